@@ -1,0 +1,300 @@
+"""Export the encoder and the decoder as two ONNX graphs, validate them against PyTorch, and
+write them with manifest.json as a bundle.
+
+Each graph is described once (GraphSpec: names, dtypes, dynamic axis, opset, tolerance); export
+and validation both read that description (as Optimum's VaeEncoderOnnxConfig does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vae_edge import VaeEdgeError, __version__
+from vae_edge.data import load_split, resolve_data_dir, to_float
+from vae_edge.model import VAE
+from vae_edge.runtime.bundle import (
+    MANIFEST, SCHEMA, SCHEMA_VERSION, add_variant, is_bundle, replace_dir, variant_filename, write_json_atomic,
+)
+from vae_edge.train import load_checkpoint, model_from_checkpoint
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+VALIDATION_BATCH_SIZES = (1, 7, 256)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple  # "batch" marks the dynamic axis
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int = DEFAULT_OPSET
+    atol: float = 1e-4
+
+    def to_dict(self) -> dict:
+        def t(s: TensorSpec) -> dict:
+            return {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
+        return {"inputs": [t(s) for s in self.inputs], "outputs": [t(s) for s in self.outputs],
+                "opset": self.opset, "atol": self.atol}
+
+
+def graph_specs(model: VAE, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
+    d = model.cfg.latent_dim
+    label = (TensorSpec("y", "int64", ("batch",)),) if model.cfg.conditional else ()
+    image = ("batch", 1, 28, 28)
+    return {
+        "encoder": GraphSpec(
+            "encoder",
+            (TensorSpec("x", "float32", image), *label),
+            (TensorSpec("mu", "float32", ("batch", d)), TensorSpec("logvar", "float32", ("batch", d))),
+            opset,
+        ),
+        "decoder": GraphSpec(
+            "decoder",
+            (TensorSpec("z", "float32", ("batch", d)), *label),
+            (TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image)),
+            opset,
+        ),
+    }
+
+
+class EncoderGraph(nn.Module):
+    """x [B,1,28,28] (, y [B]) -> mu, logvar: the distribution's parameters, never a sample."""
+
+    def __init__(self, model: VAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        return self.model.encode(x, y)
+
+
+class DecoderGraph(nn.Module):
+    """z [B,D] (, y [B]) -> Bernoulli logits and probabilities [B,1,28,28]."""
+
+    def __init__(self, model: VAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None):
+        logits = self.model.decode(z, y)
+        return logits, torch.sigmoid(logits)
+
+
+WRAPPERS = {"encoder": EncoderGraph, "decoder": DecoderGraph}
+
+
+def _example(spec: GraphSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    out = []
+    for t in spec.inputs:
+        shape = [batch if s == "batch" else s for s in t.shape]
+        out.append(torch.randint(0, 10, shape) if t.dtype == "int64" else torch.rand(shape))
+    return tuple(out)
+
+
+def export_graph(model: VAE, spec: GraphSpec, path: Path, model_name: str) -> None:
+    """torch.onnx.export of one wrapper; one self-contained file with metadata_props."""
+    import onnx
+
+    wrapper = WRAPPERS[spec.name](model).eval()
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes = tuple({0: batch} for _ in spec.inputs)
+    # The exporter is chatty (progress lines, warnings about its own internals): keep it quiet.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, _example(spec), input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs], dynamic_shapes=dynamic_shapes,
+            opset_version=spec.opset, dynamo=True, external_data=False, verbose=False,
+        )
+    proto = program.model_proto
+    for t in list(spec.inputs) + list(spec.outputs):  # name the dynamic axis as the spec does
+        for vi in list(proto.graph.input) + list(proto.graph.output):
+            if vi.name == t.name and vi.type.tensor_type.shape.dim:
+                vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    proto.producer_name, proto.producer_version = "vae-edge", __version__
+    proto.doc_string = f"{model_name}: {spec.name} of a VAE (see manifest.json)"
+    meta = {"model_name": model_name, "graph": spec.name, "arch": model.cfg.arch,
+            "latent_dim": str(model.cfg.latent_dim), "conditional": str(model.cfg.conditional).lower()}
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def validation_data(dataset: str, data_dir, n: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    directory = resolve_data_dir(dataset, data_dir, split="test")
+    images, labels = load_split(directory, "test")
+    return to_float(images[:n]), labels[:n].astype(np.int64)
+
+
+def validate_graph(path: Path, spec: GraphSpec, model: VAE, feeds_at: dict[int, dict[str, np.ndarray]]) -> dict:
+    """onnx.checker, I/O names, shapes at several batch sizes, values against PyTorch within atol."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise VaeEdgeError(f"{spec.name}: onnx.checker rejected the exported graph: {e}") from e
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got_in, got_out = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+    want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+    if got_in != want_in or got_out != want_out:
+        raise VaeEdgeError(f"{spec.name}: graph I/O {got_in}->{got_out}, expected {want_in}->{want_out}")
+    wrapper = WRAPPERS[spec.name](model).eval()
+    worst = dict.fromkeys(want_out, 0.0)
+    for bs, feeds in feeds_at.items():
+        outs = sess.run(None, feeds)
+        with torch.no_grad():
+            ref = wrapper(*[torch.from_numpy(feeds[n]) for n in want_in])
+        for name, o, r, t in zip(want_out, outs, ref, spec.outputs, strict=True):
+            shape = tuple(bs if s == "batch" else s for s in t.shape)
+            if o.shape != shape:
+                raise VaeEdgeError(f"{spec.name}: output {name} has shape {o.shape} at batch {bs}, expected {shape}")
+            diff = float(np.max(np.abs(o - r.numpy())))
+            if not np.isfinite(diff) or diff > spec.atol:
+                raise VaeEdgeError(
+                    f"{spec.name}: output {name} differs from PyTorch by {diff:.3g} at batch {bs} "
+                    f"(tolerance {spec.atol:g}); the export is wrong"
+                )
+            worst[name] = max(worst[name], diff)
+    return worst
+
+
+def _feeds(model: VAE, x: np.ndarray, y: np.ndarray) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """Real MNIST batches for the encoder; for the decoder, their latents and prior draws."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        mu, _ = model.encode(torch.from_numpy(x), torch.from_numpy(y) if model.cfg.conditional else None)
+    enc, dec = {}, {}
+    for bs in VALIDATION_BATCH_SIZES:
+        half = (bs + 1) // 2
+        z = torch.cat([mu[:half], torch.randn((bs - half, mu.shape[1]), generator=gen)]).numpy()
+        enc[bs] = {"x": x[:bs]}
+        dec[bs] = {"z": np.ascontiguousarray(z, dtype=np.float32)}
+        if model.cfg.conditional:
+            enc[bs]["y"] = y[:bs]
+            dec[bs]["y"] = y[:bs]
+    return {"encoder": enc, "decoder": dec}
+
+
+PREPROCESSING = {
+    "input": "float32 [batch, 1, 28, 28], values in [0, 1], white digit (1) on black (0)",
+    "image_file": [
+        "convert to 8-bit grey",
+        "invert when the background (border pixels) is light",
+        "crop to the bounding box of the digit",
+        "scale the longer side to 20 px, keeping the aspect ratio",
+        "paste into 28x28 so that the centre of mass is at the centre",
+        "divide by 255",
+    ],
+}
+
+
+def model_name(ckpt: dict) -> str:
+    cfg = ckpt["config"]
+    return f"vae-edge-{cfg['arch']}{'-cond' if cfg.get('conditional') else ''}-{ckpt.get('dataset', 'mnist')}"
+
+
+def write_ort(path: Path, ort_path: Path) -> None:
+    """Save an .ort file (onnxruntime's mobile and minimal builds) with basic optimizations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(ort_path)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def export_bundle(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    ort_format: bool = False,
+    force: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    log=lambda s: None,
+) -> Path:
+    """Checkpoint -> validated bundle folder (encoder.onnx, decoder.onnx, manifest.json)."""
+    if opset < MIN_OPSET:
+        raise VaeEdgeError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))) and not force:
+        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: choose another --out, or pass --force")
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    name = model_name(ckpt)
+    specs = graph_specs(model, opset)
+    dataset = ckpt.get("dataset", "mnist")
+    x, y = validation_data(dataset, data_dir)
+    feeds = _feeds(model, x, y)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)
+    try:
+        validation = {}
+        files = {}
+        for g, spec in specs.items():
+            fname = variant_filename(g, "fp32")
+            log(f"exporting {g} (opset {opset})")
+            export_graph(model, spec, tmp / fname, name)
+            validation[g] = validate_graph(tmp / fname, spec, model, feeds[g])
+            log(f"  validated {g} against PyTorch at batch {', '.join(map(str, VALIDATION_BATCH_SIZES))}: "
+                + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
+            files[g] = fname
+        manifest = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "producer": {"vae_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "model": ckpt["config"],
+            "dataset": dataset,
+            "training": {"train_config": ckpt.get("train_config"), "epoch": ckpt.get("epoch"),
+                         "step": ckpt.get("step"), "metrics": ckpt.get("metrics")},
+            "evaluation": ckpt.get("evaluation"),
+            "preprocessing": PREPROCESSING,
+            "graphs": {g: s.to_dict() for g, s in specs.items()},
+            "variants": {},
+            "files": {},
+        }
+        entry = {"files": files, "dtype": "float32", "quantization": None,
+                 "validation": {"against": "pytorch", "batch_sizes": list(VALIDATION_BATCH_SIZES),
+                                "max_abs_diff": validation}}
+        if ort_format:
+            entry["ort_files"] = {}
+            for g, fname in files.items():
+                ort_name = variant_filename(g, "fp32", ".ort")
+                write_ort(tmp / fname, tmp / ort_name)
+                entry["ort_files"][g] = ort_name
+        write_json_atomic(tmp / MANIFEST, manifest)
+        add_variant(tmp, manifest, "fp32", entry)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

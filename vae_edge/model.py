@@ -1,0 +1,137 @@
+"""The VAE: a config dataclass saved in every checkpoint, MLP and convolutional architectures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae_edge import VaeEdgeError
+
+ARCHS = ("mlp", "conv")
+IMAGE_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+
+
+@dataclass
+class VAEConfig:
+    arch: str = "mlp"
+    latent_dim: int = 20
+    hidden: int = 400  # mlp: width of the hidden layer (pytorch/examples: 784-400-20)
+    channels: tuple[int, int] = (32, 64)  # conv: channels at 14x14 and 7x7
+    upsample: str = "resize"  # conv decoder: "resize" (nearest + Conv, quantizes well) | "convtranspose"
+    conditional: bool = False
+    likelihood: str = "bernoulli"
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        if self.arch not in ARCHS:
+            raise VaeEdgeError(f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        if int(self.latent_dim) <= 0:
+            raise VaeEdgeError(f"latent dim must be positive, got {self.latent_dim}")
+        if int(self.hidden) <= 0 or any(c <= 0 for c in self.channels) or len(self.channels) != 2:
+            raise VaeEdgeError("hidden width and the two conv channel counts must be positive")
+        if self.upsample not in ("resize", "convtranspose"):
+            raise VaeEdgeError(f"unknown upsample {self.upsample!r}: resize or convtranspose")
+        if self.likelihood != "bernoulli":
+            raise VaeEdgeError(f"unknown likelihood {self.likelihood!r}: only bernoulli")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAEConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, cond = cfg.latent_dim, (NUM_CLASSES if cfg.conditional else 0)
+        # One-hot rows picked by a Gather: exports to a plain ONNX Gather on the int64 label.
+        self.register_buffer("onehot", torch.eye(NUM_CLASSES), persistent=False)
+        if cfg.arch == "mlp":
+            self.enc = nn.Sequential(nn.Linear(784 + cond, cfg.hidden), nn.ReLU())
+            self.enc_out = nn.Linear(cfg.hidden, 2 * d)
+            self.dec = nn.Sequential(
+                nn.Linear(d + cond, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 784)
+            )
+        else:
+            c1, c2 = cfg.channels
+            self.enc = nn.Sequential(
+                nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # [B, c1, 14, 14]
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # [B, c2, 7, 7]
+            )
+            self.enc_out = nn.Linear(c2 * 49 + cond, 2 * d)
+            self.dec_in = nn.Sequential(nn.Linear(d + cond, c2 * 49), nn.ReLU())
+            if cfg.upsample == "resize":
+                up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2, c1, 3, padding=1)]
+                up2 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c1, 1, 3, padding=1)]
+            else:
+                up1 = [nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1)]
+                up2 = [nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1)]
+            self.dec = nn.Sequential(*up1, nn.ReLU(), *up2)
+
+    def _cond(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if not self.cfg.conditional:
+            return h
+        if y is None:
+            raise ValueError("this model is conditional: pass the digit labels y")
+        return torch.cat([h, self.onehot[y]], dim=1)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, 1, 28, 28] in [0, 1] -> (mu, logvar), each [B, latent_dim]."""
+        if self.cfg.arch == "mlp":
+            h = self.enc(self._cond(x.flatten(1), y))  # [B, hidden]
+        else:
+            h = self._cond(self.enc(x).flatten(1), y)  # [B, c2*49 (+10)]
+        mu, logvar = self.enc_out(h).chunk(2, dim=1)  # [B, D] each
+        return mu, logvar
+
+    @staticmethod
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * torch.exp(0.5 * logvar)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """z [B, latent_dim] -> Bernoulli logits [B, 1, 28, 28]."""
+        h = self._cond(z, y)
+        if self.cfg.arch == "mlp":
+            return self.dec(h).view(-1, 1, 28, 28)
+        c2 = self.cfg.channels[1]
+        h = self.dec_in(h).view(-1, c2, 7, 7)  # static trailing dims: shape inference can follow
+        return self.dec(h)  # [B, 1, 28, 28]
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x, y)
+        z = self.reparameterize(mu, logvar, generator)
+        return self.decode(z, y), mu, logvar
+
+
+def elbo_terms(
+    target: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image reconstruction NLL (Bernoulli, nats) and KL(q(z|x) || N(0, I)), each [B]."""
+    rec = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    return rec, kl
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))), summed over the last axis."""
+    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

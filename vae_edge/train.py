@@ -1,0 +1,314 @@
+"""Training: Adam, beta and KL warm-up, seeded, resumable, atomic checkpoints every epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vae_edge import VaeEdgeError
+from vae_edge.data import get_spec, load_split, resolve_data_dir
+from vae_edge.model import VAE, VAEConfig, elbo_terms
+
+CHECKPOINT_FORMAT = "vae-edge-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "model.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "none"  # none | cosine
+    beta: float = 1.0
+    kl_warmup: float = 0.0  # epochs over which the KL weight ramps from 0 to beta
+    binarize: str = "none"  # none (greyscale targets) | dynamic (fresh Bernoulli draw per use)
+    dataset: str = "mnist"
+    seed: int = 0
+    max_steps: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) <= 0:
+                raise VaeEdgeError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise VaeEdgeError(f"learning rate must be positive, got {self.lr}")
+        if self.binarize not in ("none", "dynamic"):
+            raise VaeEdgeError(f"unknown binarize mode {self.binarize!r}: none or dynamic")
+        if self.lr_schedule not in ("none", "cosine"):
+            raise VaeEdgeError(f"unknown lr schedule {self.lr_schedule!r}: none or cosine")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise VaeEdgeError(f"max steps must be positive, got {self.max_steps}")
+        get_spec(self.dataset)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VaeEdgeError("--device cuda asked for, but this torch build sees no CUDA GPU")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise VaeEdgeError("--device mps asked for, but MPS is not available here")
+    if device not in ("cpu", "cuda", "mps"):
+        raise VaeEdgeError(f"unknown device {device!r}: auto, cpu, cuda or mps")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_torch_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a vae-edge checkpoint (weights_only=True: no pickled code runs)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise VaeEdgeError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise VaeEdgeError(f"{path} is not a vae-edge checkpoint ({type(e).__name__})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise VaeEdgeError(f"{path} is not a vae-edge checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise VaeEdgeError(
+            f"{path} is a checkpoint of version {ckpt.get('version')}; this vae-edge reads "
+            f"version {CHECKPOINT_VERSION}"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> VAE:
+    model = VAE(VAEConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def slim_checkpoint(ckpt: dict) -> dict:
+    """The checkpoint without optimizer and RNG state: what ships and what export needs."""
+    keep = ("format", "version", "config", "train_config", "model", "epoch", "step", "metrics", "dataset")
+    return {k: ckpt[k] for k in keep if k in ckpt}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def load_train_tensors(dataset: str, data_dir, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    directory = resolve_data_dir(dataset, data_dir, split="train")
+    images, labels = load_split(directory, "train")
+    x = torch.from_numpy(images).to(device).float().div_(255.0).unsqueeze(1)  # [N, 1, 28, 28]
+    return x, torch.from_numpy(labels.astype(np.int64)).to(device)
+
+
+def kl_weight(tc: TrainConfig, progress_epochs: float) -> float:
+    if tc.kl_warmup <= 0:
+        return tc.beta
+    return tc.beta * min(1.0, progress_epochs / tc.kl_warmup)
+
+
+def train(
+    model_cfg: VAEConfig,
+    tc: TrainConfig,
+    out: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train a VAE; write out/model.pt every epoch and out/metrics.jsonl. Returns the last metrics."""
+    out = Path(out)
+    log = log or (lambda s: print(s, file=sys.stderr))
+    dev = pick_device(device)
+    ckpt_path = out / CHECKPOINT_NAME
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path, map_location=dev)
+        if "optimizer" not in state:
+            raise VaeEdgeError(f"{ckpt_path} has no optimizer state (a shipped slim checkpoint?): cannot resume")
+        model_cfg = VAEConfig.from_dict(state["config"])
+        saved_tc = dict(state["train_config"])
+        saved_tc["epochs"] = tc.epochs  # resuming may extend the run
+        saved_tc["max_steps"] = tc.max_steps
+        tc = TrainConfig(**saved_tc)
+    elif ckpt_path.exists():
+        raise VaeEdgeError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+
+    torch.manual_seed(tc.seed)
+    model = VAE(model_cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    x_all, y_all = load_train_tensors(tc.dataset, data_dir, dev)
+    n = len(x_all)
+    steps_per_epoch = math.ceil(n / tc.batch_size)
+    total_steps = steps_per_epoch * tc.epochs
+    gen = torch.Generator(device=dev).manual_seed(tc.seed)
+    epoch, step_in_epoch, step, perm = 0, 0, 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"].cpu() if dev.type == "cpu" else state["rng"])
+        epoch, step_in_epoch, step = state["epoch"], state["step_in_epoch"], state["step"]
+        perm = state["perm"].to(dev) if step_in_epoch else None
+    sched = None
+    if tc.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+        )
+        if state is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+
+    metrics: dict = dict(state.get("metrics", {})) if state else {}
+    out.mkdir(parents=True, exist_ok=True)
+    model.train()
+    stopped = False
+    while epoch < tc.epochs and not stopped:
+        if perm is None:
+            perm = torch.randperm(n, generator=gen, device=dev)
+        t0 = time.perf_counter()
+        sum_loss = sum_rec = sum_kl = 0.0
+        seen = 0
+        batches = range(step_in_epoch, steps_per_epoch)
+        bar = _progress(batches, progress, f"epoch {epoch + 1}/{tc.epochs}")
+        with bar as it:
+            for b in it:
+                idx = perm[b * tc.batch_size : (b + 1) * tc.batch_size]
+                x, y = x_all[idx], y_all[idx]
+                if tc.binarize == "dynamic":
+                    x = torch.bernoulli(x, generator=gen)
+                logits, mu, logvar = model(x, y if model_cfg.conditional else None, generator=gen)
+                rec, kl = elbo_terms(x, logits, mu, logvar)
+                w = kl_weight(tc, epoch + b / steps_per_epoch)
+                loss = (rec + w * kl).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                step += 1
+                step_in_epoch = b + 1
+                bs = len(idx)
+                with torch.no_grad():  # one sync per step: the bar shows the running loss
+                    sum_loss += float(loss) * bs
+                    sum_rec += float(rec.sum())
+                    sum_kl += float(kl.sum())
+                seen += bs
+                if hasattr(it, "running_loss"):
+                    it.running_loss = sum_loss / seen
+                if tc.max_steps is not None and step >= tc.max_steps:
+                    stopped = True
+                    break
+        seconds = time.perf_counter() - t0
+        finished_epoch = step_in_epoch == steps_per_epoch
+        row = {
+            "epoch": epoch + (1 if finished_epoch else step_in_epoch / steps_per_epoch),
+            "step": step,
+            "train_loss": sum_loss / max(seen, 1),
+            "train_rec": sum_rec / max(seen, 1),
+            "train_kl": sum_kl / max(seen, 1),
+            "kl_weight": kl_weight(tc, epoch + step_in_epoch / steps_per_epoch),
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else None,
+            "device": dev.type,
+        }
+        if finished_epoch:
+            epoch, step_in_epoch = epoch + 1, 0
+        metrics = row
+        ckpt = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": model_cfg.to_dict(),
+            "train_config": asdict(tc),
+            "dataset": tc.dataset,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "rng": gen.get_state(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "step": step,
+            "perm": perm.cpu(),
+            "metrics": metrics,
+        }
+        atomic_torch_save(ckpt, ckpt_path)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(
+            f"epoch {row['epoch']:.2f}  loss {row['train_loss']:.2f}  rec {row['train_rec']:.2f}  "
+            f"kl {row['train_kl']:.2f}  {row['images_per_s'] or 0:.0f} img/s"
+        )
+        if finished_epoch:
+            perm = None
+    return metrics
+
+
+class _Bar:
+    """click's progress bar with the running loss shown beside it (to stderr)."""
+
+    def __init__(self, iterable, label: str):
+        import click
+
+        self.running_loss = float("nan")
+        self._bar = click.progressbar(
+            iterable, label=label, file=sys.stderr, show_pos=True,
+            item_show_func=lambda _: f"loss {self.running_loss:.2f}",
+        )
+
+    def __enter__(self):
+        self._it = self._bar.__enter__()
+        return self
+
+    def __iter__(self):
+        return iter(self._it)
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+
+class _NoBar:
+    def __init__(self, iterable):
+        self._iterable = iterable
+
+    def __enter__(self):
+        return self
+
+    def __iter__(self):
+        return iter(self._iterable)
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(iterable, enabled: bool, label: str):
+    return _Bar(iterable, label) if enabled else _NoBar(iterable)
