@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -258,3 +257,353 @@ def evaluate(checkpoint, iw_samples, limit, dataset, data_dir, seed, threads, as
     click.echo(f"-ELBO (binarized) {res['neg_elbo_binarized']:.2f} nats")
     if res["iw_nll"] is not None:
         click.echo(f"IW-NLL (K={iw_samples}) {res['iw_nll']:.2f} nats")
+
+
+# --------------------------------------------------------------------------------------------
+# export / quantize (torch + onnx)
+# --------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=True), help="Bundle folder to write.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--ort-format", is_flag=True, help="Also write .ort files for onnxruntime mobile/minimal builds.")
+@click.option("--force", is_flag=True, help="Replace --out even if it is not a bundle.")
+@data_dir_option
+def export(checkpoint, out, opset, ort_format, force, data_dir) -> None:
+    """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
+
+    \b
+    Example: vae-edge export runs/mlp/model.pt --out bundles/mlp
+    """
+    from vae_edge.export.onnx_export import export_bundle
+
+    path = export_bundle(checkpoint, out, opset=opset, ort_format=ort_format, force=force,
+                         data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+    click.echo(f"bundle: {path}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--mode", type=click.Choice(["auto", "dynamic", "static", "fp16"]), default="auto", show_default=True,
+              help="auto: static int8 for conv graphs, dynamic int8 for MLP graphs.")
+@data_dir_option
+@click.option("--calibration-size", type=int, default=512, show_default=True, help="MNIST training images to calibrate on.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--per-channel", is_flag=True, help="Per-channel weight scales.")
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option("--eval-size", type=int, default=10000, show_default=True, help="Test images for the accuracy record.")
+@json_option
+def quantize(bundle, mode, data_dir, calibration_size, method, per_channel, activation_type, weight_type,
+             eval_size, as_json) -> None:
+    """Add a quantized variant (int8 dynamic/static, fp16) to a bundle, with its accuracy.
+
+    \b
+    Example: vae-edge quantize bundles/mlp --mode dynamic
+             vae-edge quantize bundles/conv --mode static --per-channel
+    """
+    from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
+
+    if calibration_size <= 0:
+        raise VaeEdgeError(f"--calibration-size must be positive, got {calibration_size}")
+    qc = QuantizeConfig(mode=mode, method=method, activation_type=activation_type, weight_type=weight_type,
+                        per_channel=per_channel, calibration_size=calibration_size, eval_size=eval_size)
+    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+    if as_json:
+        click.echo(json.dumps({"variant": variant, **entry}))
+        return
+    a = entry["accuracy"]
+    click.echo(f"{variant}: -ELBO {a['neg_elbo']:.2f} nats ({a['neg_elbo_delta']:+.3f} vs fp32), "
+               f"decoder PSNR {a['decoder_psnr_db']:.1f} dB, size {entry['size_ratio_to_fp32']:.0%} of fp32"
+               + ("" if entry["within_budget"] else "  [OUTSIDE the accuracy budget]"))
+
+
+# --------------------------------------------------------------------------------------------
+# On-device commands (numpy + onnxruntime only)
+# --------------------------------------------------------------------------------------------
+
+def runtime_options(f):
+    """--bundle/--variant/--provider/--provider-option/--threads/--strict, defined once."""
+    opts = [
+        click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: the shipped mlp-mnist)."),
+        click.option("--variant", default="fp32", show_default=True,
+                     help="fp32, int8-dynamic, int8-static, fp16, or auto (the tuned choice)."),
+        click.option("--provider", "providers", multiple=True,
+                     help="Execution provider, by preference: cpu, cuda, tensorrt, openvino, coreml, xnnpack, qnn, dml."),
+        click.option("--provider-option", "provider_options", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the first provider (repeatable)."),
+        click.option("--threads", type=int, default=None, callback=positive("threads"), help="Intra-op threads."),
+        click.option("--strict", is_flag=True, help="Fail instead of warning when onnxruntime falls back to another provider."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def load_runtime(kw: dict):
+    from vae_edge.runtime import VAERuntime
+    from vae_edge.runtime.providers import parse_provider_options
+
+    return VAERuntime.load(
+        kw.pop("bundle"), variant=kw.pop("variant"), providers=kw.pop("providers") or None,
+        threads=kw.pop("threads"), provider_options=parse_provider_options(kw.pop("provider_options")),
+        strict=kw.pop("strict"), warn=lambda s: click.echo(s, err=True),
+    )
+
+
+def with_runtime(f):
+    """Build the VAERuntime from the shared options and pass it as `rt`."""
+    @runtime_options
+    @functools.wraps(f)
+    def wrapper(**kw):
+        rt = load_runtime(kw)
+        return f(rt=rt, **kw)
+    return wrapper
+
+
+def _labels_for(rt, labels, digit):
+    if not rt.conditional:
+        return None
+    if digit is not None:
+        return digit
+    if labels is None:
+        raise VaeEdgeError("this model is conditional: pass --digit, or use dataset slices (they carry labels)")
+    return labels
+
+
+@cli.command()
+@click.option("-n", "n", type=int, default=64, show_default=True, help="How many images.")
+@click.option("--digit", type=int, default=None, help="Which digit (conditional models only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help="PNG grid (or .npy of images).")
+@with_runtime
+def sample(rt, n, digit, seed, output) -> None:
+    """Generate new digits from the prior, as a grid image.
+
+    \b
+    Example: vae-edge sample -n 64 -o samples.png
+             vae-edge sample -n 16 --digit 7 --bundle mlp-cond-mnist -o sevens.png
+    """
+
+    from vae_edge.runtime.images import check_output, grid, save_image, save_npy
+
+    out = check_output(output, (".png", ".jpg", ".jpeg", ".npy"))
+    images = rt.sample(n, seed=seed, digit=digit)
+    if out.suffix == ".npy":
+        save_npy(images, out)
+    else:
+        save_image(grid(images), out)
+    click.echo(f"{n} samples -> {out}")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path())
+@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
+@data_dir_option
+@with_runtime
+def reconstruct(rt, inputs, output, digit, data_dir) -> None:
+    """Encode and decode images: originals on the top row, reconstructions below.
+
+    \b
+    Example: vae-edge reconstruct "mnist:test[0:16]" -o recon.png
+             vae-edge reconstruct my_digit.png -o recon.png
+    """
+    import numpy as np
+
+    from vae_edge.runtime.images import check_output, grid, load_inputs, save_image
+
+    out = check_output(output)
+    x, labels = load_inputs(inputs, data_dir)
+    rec = rt.reconstruct(x, _labels_for(rt, labels, digit))
+    save_image(grid(np.concatenate([x, rec]), ncol=len(x)), out)
+    click.echo(f"{len(x)} reconstructions -> {out}")
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--steps", type=int, default=10, show_default=True)
+@click.option("--method", type=click.Choice(["lerp", "slerp"]), default="lerp", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help=".gif (animated) or .png (a strip).")
+@data_dir_option
+@with_runtime
+def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
+    """Morph one image into another through the latent space.
+
+    \b
+    Example: vae-edge interpolate "mnist:test[0:1]" "mnist:test[1:2]" --steps 10 -o morph.gif
+    """
+    from vae_edge.runtime.images import check_output, grid, load_inputs, save_gif, save_image
+
+    out = check_output(output, (".gif", ".png"))
+    xa, la = load_inputs([a], data_dir)
+    xb, lb = load_inputs([b], data_dir)
+    if len(xa) != 1 or len(xb) != 1:
+        raise VaeEdgeError("A and B must each be one image (a file, or a slice like mnist:test[3:4])")
+    y = None
+    if rt.conditional:
+        if la is None or lb is None:
+            raise VaeEdgeError("this model is conditional: use dataset slices (they carry labels)")
+        import numpy as np
+        y = np.concatenate([la, lb])
+    frames = rt.interpolate(xa[0], xb[0], steps=steps, method=method, y=y)
+    if out.suffix == ".gif":
+        save_gif(frames, out)
+    else:
+        save_image(grid(frames, ncol=steps), out)
+    click.echo(f"{steps} frames -> {out}")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--noise", default="gaussian:0.3", show_default=True,
+              help="gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right (inpainting).")
+@click.option("--iterations", type=int, default=20, show_default=True, help="Encode/decode rounds for masks.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--digit", type=int, default=None)
+@click.option("-o", "--output", required=True, type=click.Path())
+@data_dir_option
+@with_runtime
+def denoise(rt, inputs, noise, iterations, seed, digit, output, data_dir) -> None:
+    """Corrupt images, then restore them: rows are clean, corrupted, restored.
+
+    \b
+    Example: vae-edge denoise "mnist:test[0:8]" --noise saltpepper:0.2 -o denoised.png
+             vae-edge denoise "mnist:test[0:8]" --noise mask:rect -o inpainted.png
+    """
+    import numpy as np
+
+    from vae_edge.runtime import corrupt
+    from vae_edge.runtime.images import check_output, grid, load_inputs, save_image
+
+    out = check_output(output)
+    x, labels = load_inputs(inputs, data_dir)
+    noisy, mask = corrupt(x, noise, seed=seed)
+    restored = rt.denoise(noisy, mask=mask, iterations=iterations, y=_labels_for(rt, labels, digit))
+    mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
+    save_image(grid(np.concatenate([x, noisy, restored]), ncol=len(x)), out)
+    click.echo(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} -> {out}")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--iw-samples", type=int, default=0, show_default=True, help="0: -ELBO; K: importance-weighted -log p(x).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--digit", type=int, default=None)
+@data_dir_option
+@json_option
+@with_runtime
+def score(rt, inputs, iw_samples, seed, digit, data_dir, as_json) -> None:
+    """Anomaly score of each image in nats (-ELBO or IW -log p(x)): higher is more unusual.
+
+    \b
+    Example: vae-edge score "mnist:test[0:4]" my_digit.png --json
+    """
+    x, labels, names = load_inputs_with_names(inputs, data_dir)
+    scores = rt.score(x, _labels_for(rt, labels, digit), iw_samples=iw_samples, seed=seed)
+    kind = f"iw_nll_k{iw_samples}" if iw_samples else "neg_elbo"
+    if as_json:
+        click.echo(json.dumps([{"input": nm, kind: round(float(s), 4)} for nm, s in zip(names, scores, strict=True)]))
+        return
+    for nm, s in zip(names, scores, strict=True):
+        click.echo(f"{s:10.2f}  {nm}")
+
+
+def load_inputs_with_names(inputs, data_dir):
+    """(x, labels, one display name per image): each input is loaded once."""
+    import numpy as np
+
+    from vae_edge.runtime.images import load_inputs
+
+    xs, ys, names = [], [], []
+    for spec in inputs:
+        x, y = load_inputs([spec], data_dir)
+        xs.append(x)
+        ys.append(y)
+        names += [spec] if len(x) == 1 and y is None else [f"{spec}#{i}" for i in range(len(x))]
+    labels = None if any(y is None for y in ys) else np.concatenate(ys)
+    return np.concatenate(xs), labels, names
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help=".npy file: mu [N, latent] (and logvar with --with-logvar).")
+@click.option("--with-logvar", is_flag=True, help="Save [2, N, latent]: mu and logvar.")
+@click.option("--digit", type=int, default=None)
+@data_dir_option
+@with_runtime
+def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
+    """Encode images to latent vectors (the posterior mean), saved as .npy.
+
+    \b
+    Example: vae-edge encode "mnist:test[0:100]" -o latents.npy
+    """
+    import numpy as np
+
+    from vae_edge.runtime.images import check_output, load_inputs, save_npy
+
+    out = check_output(output, (".npy",))
+    x, labels = load_inputs(inputs, data_dir)
+    mu, logvar = rt.encode(x, _labels_for(rt, labels, digit))
+    arr = np.stack([mu, logvar]) if with_logvar else mu
+    save_npy(arr, out)
+    click.echo(f"{len(x)} latents of dim {mu.shape[1]} -> {out}")
+
+
+@cli.command()
+@click.argument("latents", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path())
+@click.option("--digit", type=int, default=None)
+@with_runtime
+def decode(rt, latents, output, digit) -> None:
+    """Decode latent vectors from a .npy file into an image grid.
+
+    \b
+    Example: vae-edge decode latents.npy -o decoded.png
+    """
+    import numpy as np
+
+    from vae_edge.runtime.images import check_output, grid, save_image
+
+    out = check_output(output)
+    try:
+        z = np.load(latents, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VaeEdgeError(f"cannot read latents from {latents}: {e}") from e
+    if z.ndim == 3 and z.shape[0] == 2:
+        z = z[0]  # [mu, logvar] as written by `encode --with-logvar`
+    images = rt.decode(z, _labels_for(rt, None, digit) if rt.conditional else None)
+    save_image(grid(images), out)
+    click.echo(f"{len(images)} images -> {out}")
+
+
+@cli.command()
+@click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: the shipped mlp-mnist).")
+@json_option
+def info(bundle, as_json) -> None:
+    """onnxruntime, providers, CPU features for int8, and the bundle's manifest summary.
+
+    \b
+    Example: vae-edge info --json
+    """
+    from vae_edge.runtime.sysinfo import bundle_summary, environment
+
+    env = environment()
+    summary = bundle_summary(bundle)
+    if as_json:
+        click.echo(json.dumps({"environment": env, "bundle": summary}, indent=2))
+        return
+    click.echo(f"onnxruntime {env['onnxruntime']}  numpy {env['numpy']}  python {env['python']}")
+    click.echo(f"providers available: {', '.join(env['providers_available'])}")
+    click.echo(f"cpu: {env['cpu']['model']} ({env['cpu']['cores']} cores, {env['cpu']['arch']})")
+    flags = env["cpu"]["int8_features"]
+    click.echo("int8 features: " + (", ".join(k for k, v in flags.items() if v) or "none detected"))
+    click.echo(f"bundle: {summary['path']}  ({summary['name']}, {summary['arch']}, latent {summary['latent_dim']}"
+               f"{', conditional' if summary['conditional'] else ''})")
+    for v in summary["variants"]:
+        acc = f"  -ELBO {v['neg_elbo_delta']:+.3f} nats vs fp32" if v.get("neg_elbo_delta") is not None else ""
+        click.echo(f"  {v['variant']:<13} {v['size_bytes'] / 1e6:6.2f} MB{acc}")
+    if summary.get("tuned"):
+        click.echo(f"  tuned choice: {summary['tuned']}")

@@ -204,7 +204,7 @@ def resolve_data_dir(
     split: str = "train",
 ) -> Path:
     """Find a directory holding the dataset, downloading it into the user cache as a last resort."""
-    spec = get_spec(dataset)
+    get_spec(dataset)
     if data_dir is not None:
         d = Path(data_dir)
         if not d.is_dir():

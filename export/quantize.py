@@ -1,0 +1,325 @@
+"""Quantize a bundle's graphs: int8 dynamic, int8 static (QDQ, calibrated on real MNIST), fp16.
+
+Each variant is added to the bundle with what was done and the accuracy it kept, measured on the
+MNIST test set against the fp32 graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from vae_edge.runtime.bundle import (
+    GRAPHS,
+    add_variant,
+    load_manifest,
+    variant_filename,
+    variant_files,
+    verify_files,
+)
+from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, psnr
+
+from vae_edge import VaeEdgeError
+from vae_edge.data import binarize, load_split, resolve_data_dir, to_float
+
+MODES = ("auto", "dynamic", "static", "fp16")
+METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+           "percentile": CalibrationMethod.Percentile}
+QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+# Accuracy budget a variant must keep, else the layer that costs most stays in float.
+MAX_ELBO_DELTA = 0.5  # nats
+MIN_PSNR = 30.0  # dB, decoder probabilities against fp32
+
+
+@dataclass
+class QuantizeConfig:
+    mode: str = "auto"
+    method: str = "minmax"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = False
+    calibration_size: int = 512
+    eval_size: int = 10000
+    seed: int = 0
+    exclude: dict = field(default_factory=dict)  # graph -> node names kept in float
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise VaeEdgeError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.method not in METHODS:
+            raise VaeEdgeError(f"unknown calibration method {self.method!r}: {', '.join(METHODS)}")
+        for name in ("activation_type", "weight_type"):
+            if getattr(self, name) not in QTYPES:
+                raise VaeEdgeError(f"unknown {name.replace('_', ' ')} {getattr(self, name)!r}: int8 or uint8")
+        if self.calibration_size <= 0:
+            raise VaeEdgeError(f"calibration size must be positive, got {self.calibration_size}")
+        if self.eval_size <= 0:
+            raise VaeEdgeError(f"eval size must be positive, got {self.eval_size}")
+
+
+class ArrayReader(CalibrationDataReader):
+    """Feeds calibration batches (dicts of input name -> array) to onnxruntime's calibrator."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self._batches = batches
+        self._it = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], bs: int = 1000) -> list[np.ndarray]:
+    n = len(next(iter(feeds.values())))
+    parts = [sess.run(None, {k: v[i : i + bs] for k, v in feeds.items()}) for i in range(0, n, bs)]
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, data_dir, batch: int = 64) -> dict:
+    """MNIST training images for the encoder; for the decoder, their latents q(z|x) and prior draws."""
+    conditional = manifest["model"]["conditional"]
+    directory = resolve_data_dir(manifest.get("dataset", "mnist"), data_dir, split="train")
+    images, labels = load_split(directory, "train")
+    rng = np.random.default_rng(qc.seed)
+    idx = rng.choice(len(images), size=min(qc.calibration_size, len(images)), replace=False)
+    x, y = to_float(images[idx]), labels[idx].astype(np.int64)
+    enc_feeds = {"x": x, **({"y": y} if conditional else {})}
+    mu, logvar = _batched(_session(fp32_encoder), enc_feeds)
+    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
+    half = len(z) // 2
+    z[half:] = rng.standard_normal((len(z) - half, z.shape[1])).astype(np.float32)
+    dec_feeds = {"z": z.astype(np.float32), **({"y": y} if conditional else {})}
+
+    def cut(feeds):
+        n = len(next(iter(feeds.values())))
+        return [{k: v[i : i + batch] for k, v in feeds.items()} for i in range(0, n, batch)]
+
+    return {"encoder": cut(enc_feeds), "decoder": cut(dec_feeds)}
+
+
+def weight_nodes(path: Path) -> list[str]:
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in WEIGHT_OPS]
+
+
+def has_conv(path: Path) -> bool:
+    return any(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(path)).graph.node)
+
+
+def _static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclude: list[str]) -> None:
+    reader.rewind()
+    quantize_static(
+        str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=qc.per_channel,
+        activation_type=QTYPES[qc.activation_type], weight_type=QTYPES[qc.weight_type],
+        calibrate_method=METHODS[qc.method], nodes_to_exclude=exclude or None,
+        extra_options={"ActivationSymmetric": qc.activation_type == "int8"},
+    )
+
+
+def _dynamic(src: Path, dst: Path, qc: QuantizeConfig, exclude: list[str]) -> list[str]:
+    # ConvInteger (dynamic Conv) ran 4x slower than fp32 here: only MatMul/Gemm are quantized.
+    quantize_dynamic(
+        str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=qc.per_channel,
+        weight_type=QTYPES["int8" if qc.weight_type == "int8" else "uint8"], nodes_to_exclude=exclude or None,
+    )
+    return ["MatMul", "Gemm"]
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save_model(model, str(dst), save_as_external_data=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy against fp32
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_set(manifest: dict, data_dir, n: int) -> dict[str, np.ndarray]:
+    """The MNIST test images (binarized with a fixed seed for models trained binarized)."""
+    directory = resolve_data_dir(manifest.get("dataset", "mnist"), data_dir, split="test")
+    images, labels = load_split(directory, "test")
+    x = to_float(images[:n])
+    binarized = (manifest.get("training", {}).get("train_config") or {}).get("binarize") == "dynamic"
+    if binarized:
+        x = binarize(x, seed=0)
+    return {"x": x, "y": labels[:n].astype(np.int64), "binarized": binarized}
+
+
+def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data: dict, seed: int = 0) -> dict:
+    """Encoder mu max diff, decoder probs max diff and PSNR, end-to-end test -ELBO delta (nats)."""
+    cond = manifest["model"]["conditional"]
+    ref = variant_files(manifest, "fp32")
+    x, y = data["x"], data["y"]
+    extra = {"y": y} if cond else {}
+    mu_f, lv_f = _batched(_session(bundle / ref["encoder"]), {"x": x, **extra})[:2]
+    mu_q, lv_q = _batched(_session(paths["encoder"]), {"x": x, **extra})[:2]
+    eps = np.random.default_rng(seed).standard_normal(mu_f.shape).astype(np.float32)
+    dec_f, dec_q = _session(bundle / ref["decoder"]), _session(paths["decoder"])
+    # decoder alone, on the same (fp32) latents
+    logits_f, probs_f = _batched(dec_f, {"z": mu_f, **extra})
+    _, probs_q = _batched(dec_q, {"z": mu_f, **extra})
+    # end to end: each pipeline's own encoder and decoder, same noise
+    lf, _ = _batched(dec_f, {"z": (mu_f + np.exp(0.5 * lv_f) * eps).astype(np.float32), **extra})
+    lq, _ = _batched(dec_q, {"z": (mu_q + np.exp(0.5 * lv_q) * eps).astype(np.float32), **extra})
+    elbo_f = float(np.mean(bce_with_logits(lf, x) + kl_to_prior(mu_f, lv_f)))
+    elbo_q = float(np.mean(bce_with_logits(lq, x) + kl_to_prior(mu_q, lv_q)))
+    return {
+        "test_images": len(x),
+        "binarized": bool(data["binarized"]),
+        "encoder_mu_max_abs_diff": float(np.max(np.abs(mu_q - mu_f))),
+        "decoder_probs_max_abs_diff": float(np.max(np.abs(probs_q - probs_f))),
+        "decoder_psnr_db": round(float(psnr(probs_q, probs_f)), 2),
+        "neg_elbo_fp32": round(elbo_f, 4),
+        "neg_elbo": round(elbo_q, 4),
+        "neg_elbo_delta": round(elbo_q - elbo_f, 4),
+    }
+
+
+def within_budget(acc: dict) -> bool:
+    return bool(abs(acc["neg_elbo_delta"]) <= MAX_ELBO_DELTA and acc["decoder_psnr_db"] >= MIN_PSNR)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def plan(manifest: dict, bundle: Path, qc: QuantizeConfig) -> dict[str, str]:
+    """Per graph: static, dynamic or fp16. auto: convolutional graphs static with uint8
+    activations (int8 activations and dynamic ConvInteger were both slower than fp32 on x86
+    here), MatMul/Gemm-only graphs dynamic."""
+    ref = variant_files(manifest, "fp32")
+    if qc.mode == "fp16":
+        return dict.fromkeys(GRAPHS, "fp16")
+    if qc.mode in ("static", "dynamic"):
+        return dict.fromkeys(GRAPHS, qc.mode)
+    return {g: ("static" if has_conv(bundle / ref[g]) else "dynamic") for g in GRAPHS}
+
+
+def variant_name(methods: dict[str, str]) -> str:
+    kinds = set(methods.values())
+    if kinds == {"fp16"}:
+        return "fp16"
+    if len(kinds) == 1:
+        return f"int8-{kinds.pop()}"
+    return "int8-mixed"
+
+
+def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None, log=lambda s: None) -> tuple[str, dict]:
+    """Add one quantized variant to a bundle; returns (variant name, its manifest entry)."""
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    ref = variant_files(manifest, "fp32")
+    verify_files(bundle, manifest, list(ref.values()))
+    methods = plan(manifest, bundle, qc)
+    variant = variant_name(methods)
+    data = eval_set(manifest, data_dir, qc.eval_size)
+    tmp = Path(tempfile.mkdtemp(dir=bundle, prefix=".quantize-"))
+    try:
+        pre, out = {}, {}
+        for g in GRAPHS:
+            pre[g] = tmp / f"{g}.pre.onnx"
+            quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=False)
+        calib = None
+        if "static" in methods.values():
+            log(f"calibrating on {qc.calibration_size} MNIST training images ({qc.method})")
+            calib = calibration_batches(manifest, bundle / ref["encoder"], qc, data_dir)
+        details = {}
+        excluded = {g: list(qc.exclude.get(g, [])) for g in GRAPHS}
+
+        def build(g: str) -> None:
+            out[g] = tmp / variant_filename(g, variant)
+            if methods[g] == "static":
+                _static(pre[g], out[g], ArrayReader(calib[g]), qc, excluded[g])
+                details[g] = {"method": "static", "format": "QDQ"}
+            elif methods[g] == "dynamic":
+                ops = _dynamic(pre[g], out[g], qc, excluded[g])
+                details[g] = {"method": "dynamic", "op_types": ops}
+            else:
+                _fp16(bundle / ref[g], out[g])
+                details[g] = {"method": "fp16", "io_types": "float32"}
+            details[g]["kept_in_float"] = list(excluded[g])
+
+        for g in GRAPHS:
+            log(f"quantizing {g}: {methods[g]}")
+            build(g)
+        names = {g: out[g].name for g in GRAPHS}
+        acc = measure_accuracy(bundle, manifest, out, data)
+        # Where the budget is missed, keep the most costly weight layer (last, then first) in float.
+        if methods != dict.fromkeys(GRAPHS, "fp16") and not within_budget(acc):
+            for g in ("decoder", "encoder"):
+                if methods[g] == "fp16" or within_budget(acc):
+                    continue
+                nodes = weight_nodes(pre[g])
+                for trial in ([nodes[-1]], [nodes[0]], [nodes[0], nodes[-1]]):
+                    saved = list(excluded[g])
+                    excluded[g] = sorted(set(saved) | set(trial))
+                    build(g)
+                    trial_acc = measure_accuracy(bundle, manifest, out, data)
+                    log(f"  {g} with {excluded[g]} in float: -ELBO delta {trial_acc['neg_elbo_delta']:+.3f}, "
+                        f"PSNR {trial_acc['decoder_psnr_db']:.1f} dB")
+                    if within_budget(trial_acc) or _better(trial_acc, acc):
+                        acc = trial_acc
+                        if within_budget(acc):
+                            break
+                    else:
+                        excluded[g] = saved
+                        build(g)
+                for gg in GRAPHS:
+                    details[gg]["kept_in_float"] = list(excluded[gg])
+        sizes = {g: out[g].stat().st_size for g in GRAPHS}
+        fp32_sizes = {g: (bundle / ref[g]).stat().st_size for g in GRAPHS}
+        entry = {
+            "files": names,
+            "dtype": "float16" if variant == "fp16" else "int8",
+            "quantization": {
+                "config": {k: v for k, v in asdict(qc).items() if k not in ("exclude", "eval_size")},
+                "graphs": details,
+                "preprocess": "onnxruntime quant_pre_process (symbolic shape inference + basic optimization)",
+                "calibration": None if calib is None else {
+                    "encoder": f"{qc.calibration_size} MNIST training images",
+                    "decoder": "latents q(z|x) of those images (half) and draws from the N(0, I) prior (half)",
+                },
+            },
+            "accuracy": acc,
+            "within_budget": within_budget(acc),
+            "size_bytes": sizes,
+            "size_ratio_to_fp32": round(sum(sizes.values()) / sum(fp32_sizes.values()), 4),
+        }
+        json.dumps(entry)  # fail before anything in the bundle changes
+        for g in GRAPHS:
+            os.replace(out[g], bundle / names[g])
+        add_variant(bundle, manifest, variant, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return variant, entry
+
+
+def _better(a: dict, b: dict) -> bool:
+    return abs(a["neg_elbo_delta"]) < abs(b["neg_elbo_delta"]) and a["decoder_psnr_db"] >= b["decoder_psnr_db"]

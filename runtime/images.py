@@ -1,0 +1,161 @@
+"""Images in and out: MNIST-style preprocessing of user images, grids, GIFs, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vae_edge import VaeEdgeError
+
+MAX_PIXELS = 50_000_000  # larger images are refused (decompression bombs)
+IMAGE_SUFFIXES = {".png": "PNG", ".gif": "GIF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
+
+
+def preprocess(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> float32 [1, 28, 28] in [0, 1], the way MNIST was made: grey, white digit
+    on black, cropped to the digit, longer side scaled to 20 px, centred by mass in 28x28."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    a = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if border.mean() > 0.5:  # dark digit on a light background: invert
+        a = 1.0 - a
+    a = np.clip((a - np.median(border if border.mean() <= 0.5 else 1 - border)), 0, None)
+    if a.max() <= 0:
+        return np.zeros((1, 28, 28), np.float32)
+    a = a / a.max()
+    rows, cols = np.nonzero(a > 0.1)
+    a = a[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = a.shape
+    scale = 20.0 / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = np.asarray(
+        Image.fromarray((a * 255).astype(np.uint8)).resize((nw, nh), Image.Resampling.LANCZOS), np.float32
+    ) / 255.0
+    total = small.sum()
+    cy = (small.sum(1) * np.arange(nh)).sum() / total
+    cx = (small.sum(0) * np.arange(nw)).sum() / total
+    top = int(np.clip(round(14 - cy), 0, 28 - nh))
+    left = int(np.clip(round(14 - cx), 0, 28 - nw))
+    out = np.zeros((28, 28), np.float32)
+    out[top : top + nh, left : left + nw] = small
+    return np.clip(out, 0, 1)[None]
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise VaeEdgeError(f"input {path} does not exist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        try:
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise VaeEdgeError(f"{path} is {img.width}x{img.height}: too large (limit {MAX_PIXELS} pixels)")
+                img.load()
+                return preprocess(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise VaeEdgeError(f"{path} is too large to open safely (limit {MAX_PIXELS} pixels)") from e
+        except UnidentifiedImageError as e:
+            raise VaeEdgeError(f"{path} is not an image pillow can read") from e
+        except OSError as e:
+            raise VaeEdgeError(f"cannot read image {path}: {e}") from e
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image files and dataset slices ('mnist:test[0:16]') -> (x [N,1,28,28], labels or None)."""
+    from vae_edge.data import is_dataset_slice, load_slice
+
+    if not specs:
+        raise VaeEdgeError("no input given: pass image files or a slice such as mnist:test[0:16]")
+    xs, ys, all_labelled = [], [], True
+    for spec in specs:
+        if is_dataset_slice(spec) and not Path(spec).exists():
+            x, y = load_slice(spec, data_dir)
+            xs.append(x)
+            ys.append(y)
+        else:
+            xs.append(load_image(spec)[None])
+            ys.append(np.full(1, -1, np.int64))
+            all_labelled = False
+    return np.concatenate(xs), (np.concatenate(ys) if all_labelled else None)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale: int = 2) -> Image.Image:
+    """[N, 1, 28, 28] in [0, 1] -> one grey PIL image, N cells laid out in rows of ncol."""
+    images = np.asarray(images).reshape(-1, 28, 28)
+    n = len(images)
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    cell = 28 + pad
+    canvas = np.full((nrow * cell + pad, ncol * cell + pad), 64, np.uint8)
+    for i, im in enumerate(to_uint8(images)):
+        r, c = divmod(i, ncol)
+        canvas[pad + r * cell : pad + r * cell + 28, pad + c * cell : pad + c * cell + 28] = im
+    img = Image.fromarray(canvas, "L")
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
+
+
+def check_output(path: str | os.PathLike, suffixes=tuple(IMAGE_SUFFIXES)) -> Path:
+    """Refuse a bad output path before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise VaeEdgeError(f"output {path} must end in one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise VaeEdgeError(f"output {path} is a folder")
+    if not path.parent.exists():
+        raise VaeEdgeError(f"the folder of output {path} does not exist")
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """write(tmp_path) then rename: no half-written output if anything fails."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_image(img: Image.Image, path: str | os.PathLike) -> Path:
+    fmt = IMAGE_SUFFIXES[Path(path).suffix.lower()]
+    return atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
+
+
+def save_gif(frames: np.ndarray, path: str | os.PathLike, scale: int = 4, duration_ms: int = 120) -> Path:
+    """[T, 1, 28, 28] -> an animated GIF that plays forward then back."""
+    pics = [grid(f[None], ncol=1, pad=0, scale=scale) for f in frames]
+    seq = pics + pics[-2:0:-1]
+    return atomic_write(
+        path, lambda tmp: seq[0].save(tmp, format="GIF", save_all=True, append_images=seq[1:],
+                                      duration=duration_ms, loop=0),
+    )
+
+
+def save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, array, allow_pickle=False)
+    return atomic_write(path, write)
