@@ -1,0 +1,522 @@
+"""Latency benchmarks of bundle variants against bare onnxruntime and PyTorch eager, and `tune`.
+
+Contenders of one setting (graph x batch x threads x provider) run in alternating blocks of calls,
+so the machine's drift hits all alike; ratios are taken per pair within one run. numpy and
+onnxruntime only, except the optional PyTorch baseline (imported only when asked for).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_edge import VaeEdgeError
+from vae_edge.runtime import providers as prov
+from vae_edge.runtime.bundle import GRAPHS, load_manifest, variant_files, write_json_atomic
+from vae_edge.runtime.sysinfo import environment
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def stats(samples_s) -> dict:
+    """Latency statistics in milliseconds: mean, std (sample), p50/p90/p95/p99 (linear)."""
+    a = np.asarray(samples_s, dtype=np.float64) * 1e3
+    if a.size == 0:
+        raise ValueError("no samples")
+    out = {"n": int(a.size), "mean_ms": float(a.mean()), "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+    for p in PERCENTILES:
+        out[f"p{p}_ms"] = float(np.percentile(a, p))
+    return out
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_blocks(
+    contenders: dict[str, Callable[[], object]], warmup: int, min_time: float, block: int = 0, rounds: int = 5
+) -> dict[str, list[float]]:
+    """Warm each contender up, then run them in alternating blocks of calls until each has had
+    min_time of calls; returns the per-call times (seconds) of each."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    # size the block so one round of blocks takes about min_time / rounds per contender
+    if not block:
+        probe = {}
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            probe[name] = time.perf_counter() - t0
+        per_call = max(max(probe.values()), 1e-6)
+        block = int(np.clip(min_time / rounds / per_call, 1, 2000))
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    spent = dict.fromkeys(contenders, 0.0)
+    perf = time.perf_counter
+    while min(spent.values()) < min_time or min(len(v) for v in times.values()) < 3:
+        for name, fn in contenders.items():
+            rec = times[name]
+            for _ in range(block):
+                t0 = perf()
+                fn()
+                rec.append(perf() - t0)
+            spent[name] += sum(rec[-block:])
+    return times
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs and the sgemm reference
+# ---------------------------------------------------------------------------------------------
+
+
+def graph_flops(path: str | os.PathLike, batch: int = 1) -> float:
+    """Multiply-add FLOPs (2 per MAC) of the Gemm/MatMul/Conv/ConvTranspose nodes per batch."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(path)))
+    inits = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
+    shapes = dict(inits)
+    for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        dims = [d.dim_value if d.dim_value else batch for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = tuple(dims)
+    total = 0.0
+    for n in model.graph.node:
+        if n.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+            w = shapes.get(n.input[1 if n.op_type != "QLinearMatMul" else 3])
+            out = shapes.get(n.output[0])
+            if w and out:
+                k = w[0] if not (n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)) else w[1]
+                total += 2 * np.prod(out) * k
+        elif n.op_type in ("Conv", "ConvTranspose"):
+            w, out, x = shapes.get(n.input[1]), shapes.get(n.output[0]), shapes.get(n.input[0])
+            if w and out and x:
+                if n.op_type == "Conv":
+                    total += 2 * np.prod(out) * np.prod(w[1:])
+                else:
+                    total += 2 * np.prod(x) * np.prod(w[1:])
+    return float(total)
+
+
+_SGEMM_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+shapes = json.loads(sys.argv[1]); min_time = float(sys.argv[2])
+rng = np.random.default_rng(0)
+mats = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)) for m, k, n in shapes]
+flops = sum(2 * m * k * n for m, k, n in shapes)
+def run():
+    for a, b in mats:
+        a @ b
+for _ in range(3): run()
+ts = []
+t_end = time.perf_counter() + min_time
+while time.perf_counter() < t_end or len(ts) < 5:
+    t0 = time.perf_counter(); run(); ts.append(time.perf_counter() - t0)
+p50 = float(np.median(ts))
+print(json.dumps({"p50_ms": p50 * 1e3, "gflops": flops / p50 / 1e9}))
+"""
+
+
+def sgemm_reference(shapes: list[tuple[int, int, int]], min_time: float = 0.5) -> dict:
+    """numpy matmul of the same sizes on one core (a child process with one BLAS thread and
+    OpenBLAS free to pick its best kernel)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", _SGEMM_SCRIPT, json.dumps(shapes), str(min_time)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
+    return {**json.loads(res.stdout), "shapes": shapes, "threads": 1}
+
+
+def mlp_decoder_gemms(manifest: dict, batch: int) -> list[tuple[int, int, int]] | None:
+    m = manifest["model"]
+    if m["arch"] != "mlp":
+        return None
+    cond = 10 if m["conditional"] else 0
+    return [(batch, m["latent_dim"] + cond, m["hidden"]), (batch, m["hidden"], 784)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    variants: tuple[str, ...] = ()  # empty: all in the bundle
+    graphs: tuple[str, ...] = GRAPHS
+    providers: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] = (1, 8, 64, 256, 1024)
+    threads: tuple[int, ...] = (1,)
+    warmup: int = 10
+    min_time: float = 0.3
+    baseline_torch: bool = True
+    sgemm: bool = True
+
+    def __post_init__(self) -> None:
+        for g in self.graphs:
+            if g not in GRAPHS:
+                raise VaeEdgeError(f"unknown graph {g!r}: encoder or decoder")
+        if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
+            raise VaeEdgeError("batch sizes must be positive")
+        if not self.threads or any(t <= 0 for t in self.threads):
+            raise VaeEdgeError("thread counts must be positive")
+        if self.min_time <= 0 or self.warmup < 0:
+            raise VaeEdgeError("--min-time must be positive and --warmup not negative")
+        for p in self.providers:
+            if p not in prov.PROVIDERS:
+                raise VaeEdgeError(f"unknown provider {p!r}: choose from {', '.join(prov.PROVIDERS)}")
+
+
+def _inputs(manifest: dict, graph: str, batch: int, rng) -> dict[str, np.ndarray]:
+    d = manifest["model"]["latent_dim"]
+    feeds = ({"x": rng.random((batch, 1, 28, 28), dtype=np.float32)} if graph == "encoder"
+             else {"z": rng.standard_normal((batch, d), dtype=np.float32)})
+    if manifest["model"]["conditional"]:
+        feeds["y"] = rng.integers(0, 10, batch).astype(np.int64)
+    return feeds
+
+
+def torch_model(checkpoint: str | os.PathLike):
+    from vae_edge.train import load_checkpoint, model_from_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(checkpoint))
+
+
+def find_checkpoint(bundle: Path) -> Path | None:
+    for p in (bundle / "model.pt", bundle.parent / "model.pt"):
+        if p.is_file():
+            return p
+    return None
+
+
+def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=lambda s: print(s, file=sys.stderr)) -> dict:
+    """Measure every (variant, graph, provider, threads, batch) of a bundle; returns the report."""
+    from vae_edge.runtime.vae_runtime import VAERuntime, resolve_bundle
+
+    bundle = resolve_bundle(bundle)
+    manifest = load_manifest(bundle)
+    variants = list(cfg.variants) or list(manifest.get("variants", {}))
+    for v in variants:
+        variant_files(manifest, v)  # a clear error for a variant the bundle lacks
+    providers = []
+    for p in cfg.providers:
+        if prov.PROVIDERS[p][0] in prov.available() or p in prov.available():
+            providers.append(p)
+        else:
+            warn(f"skipping provider {p}: not in this onnxruntime build (install {prov.PROVIDERS[p][1]})")
+    if not providers:
+        raise VaeEdgeError("none of the providers asked for is available here")
+
+    tmodel = None
+    torch_version = None
+    if cfg.baseline_torch:
+        ckpt = Path(checkpoint) if checkpoint else find_checkpoint(bundle)
+        try:
+            import torch
+            torch_version = torch.__version__
+        except ImportError:
+            warn("skipping the PyTorch baseline: torch is not installed")
+            ckpt = None
+        if ckpt is None and torch_version:
+            warn("skipping the PyTorch baseline: no checkpoint (pass --checkpoint)")
+        elif ckpt is not None:
+            tmodel = torch_model(ckpt)
+
+    rng = np.random.default_rng(0)
+    rows, cold = [], []
+    settings = [(p, t, g, b) for p in providers for t in cfg.threads for g in cfg.graphs for b in cfg.batch_sizes]
+    total = len(settings) + len(providers) * len(cfg.threads) * len(variants)
+    done = 0
+    flops_cache: dict[tuple[str, str], float] = {}
+    for p in providers:
+        for t in cfg.threads:
+            runtimes = {}
+            for v in variants:
+                gc.collect()
+                before = rss_mb()
+                t0 = time.perf_counter()
+                rt = VAERuntime.load(bundle, variant=v, providers=[p], threads=t, warn=warn)
+                created = time.perf_counter() - t0
+                first = {}
+                for g in GRAPHS:
+                    sess = rt.encoder if g == "encoder" else rt.decoder
+                    t1 = time.perf_counter()
+                    sess.run(None, _inputs(manifest, g, 1, rng))
+                    first[g] = time.perf_counter() - t1
+                runtimes[v] = rt
+                cold.append({"variant": v, "provider": p, "threads": t,
+                             "session_create_ms": created * 1e3, "first_run_ms": {g: s * 1e3 for g, s in first.items()},
+                             "cold_start_ms": (created + sum(first.values())) * 1e3,
+                             "rss_delta_mb": round(rss_mb() - before, 2),
+                             "providers_used": rt.providers_used})
+                done += 1
+                if progress:
+                    progress(done, total)
+            for g in cfg.graphs:
+                for b in cfg.batch_sizes:
+                    feeds = _inputs(manifest, g, b, rng)
+                    contenders: dict[str, Callable[[], object]] = {}
+                    for v, rt in runtimes.items():
+                        sess = rt.encoder if g == "encoder" else rt.decoder
+                        if g == "decoder":
+                            contenders[f"{v}/runtime"] = lambda rt=rt, f=feeds: rt.decode(f["z"], f.get("y"))
+                            contenders[f"{v}/ort"] = lambda s=sess, f=feeds: s.run(["probs"], f)
+                        else:
+                            contenders[f"{v}/runtime"] = lambda rt=rt, f=feeds: rt.encode(f["x"], f.get("y"))
+                            contenders[f"{v}/ort"] = lambda s=sess, f=feeds: s.run(None, f)
+                    if tmodel is not None and p == "cpu":
+                        contenders["torch/eager"] = _torch_call(tmodel, g, feeds, t)
+                    times = run_blocks(contenders, cfg.warmup, cfg.min_time)
+                    if "torch/eager" in contenders:
+                        import torch
+                        torch.set_num_threads(os.cpu_count() or 1)
+                    for name, ts in times.items():
+                        v, kind = name.split("/")
+                        st = stats(ts)
+                        fkey = (v if v != "torch" else "fp32", g)
+                        if fkey not in flops_cache:
+                            files = variant_files(manifest, fkey[0])
+                            flops_cache[fkey] = graph_flops(bundle / files[g], 1)
+                        gflops = flops_cache[fkey] * b / (st["p50_ms"] / 1e3) / 1e9
+                        rows.append({"provider": p, "threads": t, "graph": g, "batch": b, "variant": v,
+                                     "kind": kind, **st, "images_per_s": b / (st["p50_ms"] / 1e3),
+                                     "gflops": gflops})
+                    done += 1
+                    if progress:
+                        progress(done, total)
+    report = {
+        "schema": "vae-edge-bench", "schema_version": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": str(bundle), "model": manifest.get("name"), "config": {
+            "variants": variants, "graphs": list(cfg.graphs), "providers": providers,
+            "batch_sizes": list(cfg.batch_sizes), "threads": list(cfg.threads), "warmup": cfg.warmup,
+            "min_time_s": cfg.min_time, "blocks": "contenders alternate in blocks of calls, about 5 rounds",
+            "session_options": {"graph_optimization_level": "all", "inter_op_num_threads": 1,
+                                "intra_op_num_threads": "= threads"},
+        },
+        "environment": {**environment(), **({"torch": torch_version} if torch_version else {})},
+        "rows": rows, "cold_start": cold,
+        "variants": {v: _variant_info(bundle, manifest, v) for v in variants},
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    report["ratios"] = ratios(rows)
+    if cfg.sgemm and "decoder" in cfg.graphs and "fp32" in variants:
+        report["sgemm"] = []
+        for b in cfg.batch_sizes:
+            shapes = mlp_decoder_gemms(manifest, b)
+            if shapes is None:
+                break
+            ref = sgemm_reference(shapes, min_time=max(0.2, cfg.min_time))
+            dec = [r for r in rows if r["graph"] == "decoder" and r["batch"] == b and r["variant"] == "fp32"
+                   and r["kind"] == "ort" and r["threads"] == 1 and r["provider"] == "cpu"]
+            if dec and "gflops" in ref:
+                report["sgemm"].append({"batch": b, "decoder_fp32_gflops": dec[0]["gflops"],
+                                        "numpy_sgemm_gflops": ref["gflops"],
+                                        "fraction": dec[0]["gflops"] / ref["gflops"]})
+    return report
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _variant_info(bundle: Path, manifest: dict, v: str) -> dict:
+    entry = manifest["variants"][v]
+    size = sum(manifest["files"][f]["size"] for f in entry["files"].values())
+    acc = entry.get("accuracy") or {}
+    return {"size_bytes": size, "neg_elbo_delta": acc.get("neg_elbo_delta", 0.0 if v == "fp32" else None),
+            "decoder_psnr_db": acc.get("decoder_psnr_db"), "within_budget": entry.get("within_budget", True)}
+
+
+def _torch_call(model, graph: str, feeds: dict, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+    args = [torch.from_numpy(feeds["x" if graph == "encoder" else "z"])]
+    y = torch.from_numpy(feeds["y"]) if "y" in feeds else None
+    fn = model.encode if graph == "encoder" else (lambda z, y: torch.sigmoid(model.decode(z, y)))
+
+    def call():
+        with torch.inference_mode():
+            return fn(*args, y)
+    return call
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per setting and variant: speed-up over PyTorch eager and the runtime's overhead over bare
+    onnxruntime, both from medians of the same run."""
+    out = []
+    keyf = lambda r: (r["provider"], r["threads"], r["graph"], r["batch"])  # noqa: E731
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(keyf(r), {})[(r["variant"], r["kind"])] = r
+    for (p, t, g, b), grp in groups.items():
+        torch_row = grp.get(("torch", "eager"))
+        fp32 = grp.get(("fp32", "ort"))
+        for (v, kind), r in grp.items():
+            if kind != "runtime":
+                continue
+            bare = grp.get((v, "ort"))
+            out.append({
+                "provider": p, "threads": t, "graph": g, "batch": b, "variant": v,
+                "p50_ms": r["p50_ms"],
+                "speedup_vs_torch": torch_row["p50_ms"] / r["p50_ms"] if torch_row else None,
+                "speedup_vs_fp32_onnx": fp32["p50_ms"] / bare["p50_ms"] if fp32 and bare else None,
+                "runtime_overhead": r["p50_ms"] / bare["p50_ms"] if bare else None,
+            })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports: JSON, Markdown, PNG
+# ---------------------------------------------------------------------------------------------
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    cpu = env["cpu"]
+    lines = [
+        f"# vae-edge benchmark: {report['model']}",
+        "",
+        f"Made {report['created']} on **{cpu['model']}** ({cpu['cores']} cores, {cpu['arch']}; int8 features: "
+        f"{', '.join(k for k, v in cpu['int8_features'].items() if v) or 'none'}), {env['os']}, "
+        f"Python {env['python']}, onnxruntime {env['onnxruntime']}, numpy {env['numpy']}"
+        + (f", torch {env['torch']}" if env.get("torch") else "") + ".",
+        f"Providers asked: {', '.join(report['config']['providers'])}; available: "
+        f"{', '.join(env['providers_available'])}. Median (p50) latencies; contenders alternate in blocks "
+        f"of calls; warm-up {report['config']['warmup']} calls, at least {report['config']['min_time_s']} s each.",
+        "",
+        "## Speed-ups (from medians of the same run)",
+        "",
+        "| graph | batch | threads | variant | p50 ms | vs PyTorch eager | vs fp32 ONNX | runtime overhead |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    fmt = lambda v, s="x": "-" if v is None else f"{v:.2f}{s}"  # noqa: E731
+    for r in sorted(report["ratios"], key=lambda r: (r["provider"], r["graph"], r["threads"], r["batch"], r["variant"])):
+        lines.append(f"| {r['graph']} | {r['batch']} | {r['threads']} | {r['variant']} | {r['p50_ms']:.4f} | "
+                     f"{fmt(r['speedup_vs_torch'])} | {fmt(r['speedup_vs_fp32_onnx'])} | {fmt(r['runtime_overhead'])} |")
+    lines += ["", "## Latency", "",
+              "| graph | batch | threads | variant | via | mean ms | std ms | p50 ms | p90 ms | p95 ms | p99 ms | images/s | GFLOP/s |",
+              "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(report["rows"], key=lambda r: (r["provider"], r["graph"], r["threads"], r["batch"], r["variant"], r["kind"])):
+        lines.append(f"| {r['graph']} | {r['batch']} | {r['threads']} | {r['variant']} | {r['kind']} | {r['mean_ms']:.4f} | "
+                     f"{r['std_ms']:.4f} | {r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p95_ms']:.4f} | "
+                     f"{r['p99_ms']:.4f} | {r['images_per_s']:.0f} | {r['gflops']:.2f} |")
+    lines += ["", "## Variants", "", "| variant | size MB | -ELBO delta (nats) | decoder PSNR dB | cold start ms | session RSS MB |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for v, info in report["variants"].items():
+        c = next((c for c in report["cold_start"] if c["variant"] == v), {})
+        lines.append(f"| {v} | {info['size_bytes'] / 1e6:.2f} | {fmt(info['neg_elbo_delta'], '')} | "
+                     f"{fmt(info['decoder_psnr_db'], '')} | {c.get('cold_start_ms', 0):.1f} | {c.get('rss_delta_mb', 0):.1f} |")
+    if report.get("sgemm"):
+        lines += ["", "## fp32 decoder against numpy sgemm (one core, same run)", "",
+                  "| batch | decoder fp32 GFLOP/s | numpy sgemm GFLOP/s | fraction |", "|---:|---:|---:|---:|"]
+        for s in report["sgemm"]:
+            lines.append(f"| {s['batch']} | {s['decoder_fp32_gflops']:.1f} | {s['numpy_sgemm_gflops']:.1f} | {s['fraction']:.0%} |")
+    lines += ["", f"Peak resident memory of the benchmark process: {report['peak_rss_mb']:.0f} MB.", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, directory: str | os.PathLike) -> dict[str, Path]:
+    from vae_edge.runtime.images import atomic_write
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise VaeEdgeError(f"report directory {directory} is a file")
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"json": directory / "bench.json", "markdown": directory / "bench.md"}
+    write_json_atomic(paths["json"], report)
+    atomic_write(paths["markdown"], lambda tmp: Path(tmp).write_text(markdown(report)))
+    from vae_edge.charts import latency_chart, speedup_chart
+
+    for g in report["config"]["graphs"]:
+        p = directory / f"latency_{g}.png"
+        latency_chart(report, g, p)
+        paths[f"latency_{g}"] = p
+    if any(r["speedup_vs_torch"] for r in report["ratios"]):
+        p = directory / "speedup_vs_torch.png"
+        speedup_chart(report, p)
+        paths["speedup"] = p
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# tune
+# ---------------------------------------------------------------------------------------------
+
+
+def tune(
+    bundle,
+    max_elbo_delta: float = 0.5,
+    batch_size: int = 1,
+    threads: tuple[int, ...] | None = None,
+    min_time: float = 0.3,
+    measure: Callable[[str, str, int], float] | None = None,
+    warn=lambda s: print(s, file=sys.stderr),
+) -> dict:
+    """Try variants x available providers x threads at one batch size on the decoder and
+    encoder together; keep those within the accuracy budget; record the fastest in the manifest."""
+    from vae_edge.runtime.vae_runtime import VAERuntime, resolve_bundle
+
+    if batch_size <= 0:
+        raise VaeEdgeError(f"batch size must be positive, got {batch_size}")
+    bundle = resolve_bundle(bundle)
+    manifest = load_manifest(bundle)
+    threads = tuple(threads or sorted({1, os.cpu_count() or 1}))
+    rng = np.random.default_rng(0)
+
+    def default_measure(variant: str, provider: str, t: int) -> float:
+        rt = VAERuntime.load(bundle, variant=variant, providers=[provider], threads=t, strict=True, warn=warn)
+        enc, dec = _inputs(manifest, "encoder", batch_size, rng), _inputs(manifest, "decoder", batch_size, rng)
+        times = run_blocks({"e2e": lambda: (rt.encode(enc["x"], enc.get("y")), rt.decode(dec["z"], dec.get("y")))},
+                           warmup=5, min_time=min_time)["e2e"]
+        return stats(times)["p50_ms"]
+
+    measure = measure or default_measure
+    table = []
+    for v, entry in manifest.get("variants", {}).items():
+        delta = 0.0 if v == "fp32" else (entry.get("accuracy") or {}).get("neg_elbo_delta")
+        ok = delta is not None and abs(delta) <= max_elbo_delta
+        for p in prov.available():
+            if p not in ("cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack", "qnn", "dml", "acl"):
+                continue
+            for t in threads:
+                try:
+                    ms = measure(v, p, t)
+                except VaeEdgeError as e:
+                    warn(f"skipping {v} on {p}: {e}")
+                    continue
+                table.append({"variant": v, "provider": p, "threads": t, "p50_ms": ms,
+                              "neg_elbo_delta": delta, "within_budget": ok})
+    candidates = [r for r in table if r["within_budget"]]
+    if not candidates:
+        raise VaeEdgeError(f"no variant is within {max_elbo_delta} nats of fp32")
+    best = min(candidates, key=lambda r: r["p50_ms"])
+    manifest["tuning"] = {
+        "choice": {k: best[k] for k in ("variant", "provider", "threads")},
+        "batch_size": batch_size, "max_elbo_delta": max_elbo_delta, "table": table,
+        "measured": "median latency of encode + decode through VAERuntime",
+        "machine": environment()["cpu"]["model"],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(bundle / "manifest.json", manifest)
+    return manifest["tuning"]

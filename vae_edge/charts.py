@@ -1,0 +1,100 @@
+"""Small PNG charts drawn with pillow (no plotting library needed on the device)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from vae_edge.runtime.images import save_image
+
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (127, 127, 127)]
+W, H, L, R, T, B = 760, 480, 80, 170, 50, 60
+
+
+def _font():
+    return ImageFont.load_default()
+
+
+def _frame(title: str, xlabel: str, ylabel: str) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    d.text((L, 15), title, fill="black", font=_font())
+    d.rectangle([L, T, W - R, H - B], outline="black")
+    d.text(((L + W - R) // 2 - 40, H - 25), xlabel, fill="black", font=_font())
+    d.text((5, T - 20), ylabel, fill="black", font=_font())
+    return img, d
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    ticks = []
+    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10**e
+            if lo <= v <= hi:
+                ticks.append(v)
+    return ticks
+
+
+def latency_chart(report: dict, graph: str, path: str | Path) -> None:
+    """Median latency against batch size, one line per variant (and PyTorch), log-log."""
+    rows = [r for r in report["rows"] if r["graph"] == graph and r["kind"] in ("runtime", "eager")
+            and r["threads"] == min(report["config"]["threads"])]
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        series.setdefault("torch eager" if r["kind"] == "eager" else r["variant"], []).append((r["batch"], r["p50_ms"]))
+    img, d = _frame(f"{report['model']}: {graph} latency (p50, {min(report['config']['threads'])} thread)",
+                    "batch size (log)", "ms (log)")
+    xs = [b for s in series.values() for b, _ in s]
+    ys = [v for s in series.values() for _, v in s]
+    if not xs:
+        save_image(img, path)
+        return
+    x0, x1 = math.log10(min(xs)), math.log10(max(xs)) + 1e-9
+    y0, y1 = math.log10(min(ys) * 0.8), math.log10(max(ys) * 1.25)
+    px = lambda x: L + (math.log10(x) - x0) / max(x1 - x0, 1e-9) * (W - R - L)  # noqa: E731
+    py = lambda y: H - B - (math.log10(y) - y0) / max(y1 - y0, 1e-9) * (H - B - T)  # noqa: E731
+    for v in _log_ticks(10**y0, 10**y1):
+        d.line([L, py(v), W - R, py(v)], fill=(225, 225, 225))
+        d.text((L - 55, py(v) - 6), f"{v:g}", fill="black", font=_font())
+    for b in sorted(set(xs)):
+        d.text((px(b) - 8, H - B + 6), str(b), fill="black", font=_font())
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        c = COLORS[i % len(COLORS)]
+        pts = sorted(pts)
+        d.line([(px(b), py(v)) for b, v in pts], fill=c, width=2)
+        for b, v in pts:
+            d.ellipse([px(b) - 3, py(v) - 3, px(b) + 3, py(v) + 3], fill=c)
+        d.line([W - R + 10, T + 10 + 18 * i, W - R + 30, T + 10 + 18 * i], fill=c, width=3)
+        d.text((W - R + 35, T + 4 + 18 * i), name, fill="black", font=_font())
+    save_image(img, path)
+
+
+def speedup_chart(report: dict, path: str | Path) -> None:
+    """Speed-up of each variant over PyTorch eager, grouped by graph and batch size."""
+    rows = [r for r in report["ratios"] if r["speedup_vs_torch"] and r["threads"] == min(report["config"]["threads"])]
+    groups = sorted({(r["graph"], r["batch"]) for r in rows})
+    variants = sorted({r["variant"] for r in rows})
+    img, d = _frame(f"{report['model']}: speed-up over PyTorch eager (p50, same run)", "graph / batch", "x faster")
+    if not rows:
+        save_image(img, path)
+        return
+    top = max(r["speedup_vs_torch"] for r in rows) * 1.15
+    py = lambda v: H - B - v / top * (H - B - T)  # noqa: E731
+    d.line([L, py(1), W - R, py(1)], fill=(200, 0, 0))
+    d.text((L - 30, py(1) - 6), "1x", fill=(200, 0, 0), font=_font())
+    gw = (W - R - L) / len(groups)
+    bw = gw * 0.8 / max(1, len(variants))
+    for gi, (g, b) in enumerate(groups):
+        d.text((L + gi * gw + 4, H - B + 6), f"{g[:3]} {b}", fill="black", font=_font())
+        for vi, v in enumerate(variants):
+            r = next((r for r in rows if r["graph"] == g and r["batch"] == b and r["variant"] == v), None)
+            if r is None:
+                continue
+            x = L + gi * gw + gw * 0.1 + vi * bw
+            d.rectangle([x, py(r["speedup_vs_torch"]), x + bw - 2, py(0)], fill=COLORS[vi % len(COLORS)])
+    for vi, v in enumerate(variants):
+        d.rectangle([W - R + 10, T + 6 + 18 * vi, W - R + 28, T + 16 + 18 * vi], fill=COLORS[vi % len(COLORS)])
+        d.text((W - R + 35, T + 4 + 18 * vi), v, fill="black", font=_font())
+    save_image(img, path)
