@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import numpy as np
+import pytest
+from PIL import Image
+
+from vae_edge.cli import cli
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,), cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + (name,))
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _commands(cli)], ids=lambda p: " ".join(p))
+def test_every_command_has_help_with_example(runner, path):
+    res = runner.invoke(cli, [*path, "--help"])
+    assert res.exit_code == 0 and "Example" in res.output, res.output
+
+
+def test_help_starts_without_torch():
+    code = "import sys; from vae_edge.cli import cli; cli(['--help'], standalone_mode=False); assert 'torch' not in sys.modules"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def _one_line_error(res, match: str):
+    assert res.exit_code != 0
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in res.output, res.output
+
+
+def test_on_device_commands(runner, tmp_path, quantized, mnist_dir):
+    b = ["--bundle", str(quantized)]
+    d = ["--data-dir", str(mnist_dir)]
+    out = tmp_path
+    r = runner.invoke(cli, ["sample", "-n", "9", *b, "-o", str(out / "s.png"), "--variant", "int8-static"])
+    assert r.exit_code == 0, r.output
+    with Image.open(out / "s.png") as im:
+        assert im.size == (2 * (3 * 30 + 2),) * 2
+    r = runner.invoke(cli, ["reconstruct", "mnist:test[0:4]", *d, *b, "-o", str(out / "r.png")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["interpolate", "mnist:test[0:1]", "mnist:test[1:2]", "--steps", "5", *d, *b, "-o", str(out / "m.gif")])
+    assert r.exit_code == 0, r.output
+    with Image.open(out / "m.gif") as im:
+        assert im.n_frames == 8  # forward and back
+    r = runner.invoke(cli, ["denoise", "mnist:test[0:3]", "--noise", "mask:rect", *d, *b, "-o", str(out / "d.png")])
+    assert r.exit_code == 0 and "MSE" in r.output, r.output
+    r = runner.invoke(cli, ["encode", "mnist:test[0:5]", *d, *b, "-o", str(out / "z.npy")])
+    assert r.exit_code == 0 and np.load(out / "z.npy").shape == (5, 8), r.output
+    r = runner.invoke(cli, ["decode", str(out / "z.npy"), *b, "-o", str(out / "dz.png")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["score", "mnist:test[0:2]", str(out / "s.png"), *d, *b, "--json"])
+    rows = json.loads(r.output)
+    assert [x["input"] for x in rows] == ["mnist:test[0:2]#0", "mnist:test[0:2]#1", str(out / "s.png")]
+    r = runner.invoke(cli, ["info", *b, "--json"])
+    info = json.loads(r.output)
+    assert "CPUExecutionProvider" in info["environment"]["providers_available"]
+    assert {v["variant"] for v in info["bundle"]["variants"]} == {"fp32", "int8-dynamic", "int8-static", "fp16"}
+
+
+@pytest.mark.parametrize("args,match", [
+    (["sample", "-n", "0"], "n must be between"),
+    (["sample", "--digit", "3"], "conditional"),
+    (["sample", "--variant", "int3"], "unknown variant"),
+    (["sample", "--provider", "tensorrt"], "install onnxruntime-gpu"),
+    (["sample", "--provider", "warp"], "unknown provider"),
+    (["sample", "--provider-option", "oops"], "key=value"),
+    (["reconstruct", "NOFILE.png"], "does not exist"),
+    (["denoise", "NOFILE.png", "--noise", "blur:3"], "unknown noise"),
+    (["interpolate", "A.png", "B.png", "--steps", "1"], "does not exist"),
+])
+def test_errors_are_one_line_and_write_nothing(runner, tmp_path, quantized, args, match):
+    out = tmp_path / "out.png"
+    res = runner.invoke(cli, [*args, "--bundle", str(quantized), "-o", str(out)])
+    _one_line_error(res, match)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bad_latents_and_output(runner, tmp_path, quantized):
+    z = tmp_path / "z.npy"
+    np.save(z, np.full((2, 8), np.nan, np.float32))
+    _one_line_error(runner.invoke(cli, ["decode", str(z), "--bundle", str(quantized), "-o", str(tmp_path / "o.png")]), "NaN")
+    np.save(z, np.zeros((2, 5), np.float32))
+    _one_line_error(runner.invoke(cli, ["decode", str(z), "--bundle", str(quantized), "-o", str(tmp_path / "o.png")]), "shape")
+    _one_line_error(runner.invoke(cli, ["sample", "--bundle", str(quantized), "-o", str(tmp_path / "o.txt")]), "must end in")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.npy"]
+
+
+def test_tampered_bundle_cli(runner, tmp_path, bundle_copy):
+    with open(bundle_copy / "decoder.onnx", "ab") as f:
+        f.write(b"x")
+    _one_line_error(runner.invoke(cli, ["sample", "--bundle", str(bundle_copy), "-o", str(tmp_path / "o.png")]), "sha256")
+    _one_line_error(runner.invoke(cli, ["quantize", str(bundle_copy), "--mode", "dynamic"]), "sha256")
+
+
+def test_train_evaluate_export_quantize_cli(runner, tmp_path, mnist_dir):
+    d = ["--data-dir", str(mnist_dir)]
+    r = runner.invoke(cli, ["train", "--hidden", "64", "--latent-dim", "4", "--max-steps", "20", "--out", str(tmp_path / "run"), *d])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["evaluate", str(tmp_path / "run" / "model.pt"), "--iw-samples", "10", "--limit", "20", "--json", *d])
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["images"] == 20 and res["iw_samples"] == 10
+    r = runner.invoke(cli, ["export", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "b"), *d])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["quantize", str(tmp_path / "b"), "--mode", "static", "--calibration-size", "32", "--eval-size", "100", *d])
+    assert r.exit_code == 0 and "int8-static" in r.output, r.output
+    _one_line_error(runner.invoke(cli, ["quantize", str(tmp_path / "b"), "--calibration-size", "0"]), "calibration")
+    _one_line_error(runner.invoke(cli, ["quantize", str(tmp_path / "b"), "--mode", "int4"]), "int4")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--epochs", "0", "--out", "x"], "positive"),
+    (["train", "--arch", "rnn", "--out", "x"], "rnn"),
+    (["train", "--latent-dim", "-2", "--out", "x"], "positive"),
+    (["train", "--data-dir", "/nonexistent/mnist", "--out", "RUN"], "does not exist"),
+    (["evaluate", "nothing.pt"], "does not exist"),
+    (["export", "nothing.pt", "--out", "b"], "does not exist"),
+    (["data", "verify", "--data-dir", "/nonexistent"], "does not exist"),
+    (["bench", "--batch-sizes", "0"], "positive"),
+    (["bench", "--graphs", "middle"], "unknown graph"),
+])
+def test_bad_options(runner, tmp_path, monkeypatch, args, match):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(cli, args)
+    assert res.exit_code != 0 and match in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "RUN" / "model.pt").exists()
+
+
+def test_not_a_checkpoint_cli(runner, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("junk")
+    _one_line_error(runner.invoke(cli, ["evaluate", str(bad)]), "not a vae-edge checkpoint")
+    _one_line_error(runner.invoke(cli, ["export", str(bad), "--out", str(tmp_path / "b")]), "not a vae-edge checkpoint")
+    assert not (tmp_path / "b").exists()
+
+
+def test_data_commands(runner, mnist_dir):
+    r = runner.invoke(cli, ["data", "verify", "--data-dir", str(mnist_dir), "--json"])
+    assert json.loads(r.output) == {"dir": str(mnist_dir), "ok": True, "train": 60000, "test": 10000}
+    r = runner.invoke(cli, ["data", "info", "--dataset", "fashion-mnist"])
+    assert r.exit_code == 0 and "fashion-mnist" in r.output
+
+
+def test_bench_and_tune_cli(runner, tmp_path, bundle_copy, ckpts):
+    r = runner.invoke(cli, ["bench", "--bundle", str(bundle_copy), "--variants", "fp32,int8-dynamic", "--batch-sizes", "1",
+                            "--graphs", "decoder", "--min-time", "0.005", "--warmup", "1", "--checkpoint", str(ckpts["mlp"]),
+                            "--report", str(tmp_path / "rep")])
+    assert r.exit_code == 0 and "vs PyTorch eager" in r.output, r.output
+    assert (tmp_path / "rep" / "bench.json").exists() and (tmp_path / "rep" / "latency_decoder.png").exists()
+    (tmp_path / "f").write_text("x")
+    _one_line_error(runner.invoke(cli, ["bench", "--bundle", str(bundle_copy), "--report", str(tmp_path / "f")]), "is a file")
+    r = runner.invoke(cli, ["tune", "--bundle", str(bundle_copy), "--min-time", "0.005", "--threads", "1"])
+    assert r.exit_code == 0 and "chosen:" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_pipeline_on_shipped_model(runner, tmp_path, mnist_dir):
+    out = tmp_path / "p"
+    r = runner.invoke(cli, ["pipeline", "--out", str(out), "--data-dir", str(mnist_dir), "--min-time", "0.01"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["quantization"]) == {"int8-dynamic", "int8-static"}
+    for f in ("samples.png", "reconstructions.png", "interpolation.gif", "report.md", "bench/bench.json"):
+        assert (out / f).exists(), f

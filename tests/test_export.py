@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from vae_edge.export import export_bundle, onnx_export
+from vae_edge.runtime.bundle import load_manifest, verify_files
+
+from vae_edge import VaeEdgeError
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv", "mlp-cond"])
+def test_bundle_layout_and_validation(bundles, name):
+    b = bundles[name]
+    m = load_manifest(b)
+    verify_files(b, m)
+    assert sorted(p.name for p in b.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+    val = m["variants"]["fp32"]["validation"]
+    assert val["batch_sizes"] == [1, 7, 256]
+    assert max(val["max_abs_diff"]["decoder"].values()) <= 1e-4
+    assert max(val["max_abs_diff"]["encoder"].values()) <= 1e-4
+    enc = onnx.load(str(b / "encoder.onnx"))
+    assert enc.opset_import[0].version >= 17
+    assert {p.key: p.value for p in enc.metadata_props}["graph"] == "encoder"
+    ins = [i.name for i in enc.graph.input]
+    assert ins == (["x", "y"] if name == "mlp-cond" else ["x"])
+    assert [o.name for o in enc.graph.output] == ["mu", "logvar"]
+    dec = onnx.load(str(b / "decoder.onnx"))
+    assert [o.name for o in dec.graph.output] == ["logits", "probs"]
+    assert "sha256" in m["files"]["encoder.onnx"] and m["preprocessing"]["input"].startswith("float32")
+
+
+def test_no_sampling_in_encoder_graph(bundles):
+    ops = {n.op_type for n in onnx.load(str(bundles["conv"] / "encoder.onnx")).graph.node}
+    assert not ops & {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
+
+
+def test_conv_decoder_uses_resize_not_convtranspose(bundles):
+    ops = [n.op_type for n in onnx.load(str(bundles["conv"] / "decoder.onnx")).graph.node]
+    assert "Resize" in ops and "ConvTranspose" not in ops
+
+
+def test_dynamic_batch_is_really_dynamic(bundles):
+    sess = ort.InferenceSession(str(bundles["conv"] / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    for bs in (1, 300):
+        logits, probs = sess.run(None, {"z": np.zeros((bs, 8), np.float32)})
+        assert logits.shape == probs.shape == (bs, 1, 28, 28)
+        assert np.allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-6)
+
+
+def test_ort_format(tmp_path, ckpts, mnist_dir):
+    b = export_bundle(ckpts["mlp"], tmp_path / "b", ort_format=True, data_dir=mnist_dir)
+    m = load_manifest(b)
+    assert m["variants"]["fp32"]["ort_files"] == {"encoder": "encoder.ort", "decoder": "decoder.ort"}
+    sess = ort.InferenceSession(str(b / "decoder.ort"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"z": np.zeros((2, 8), np.float32)})[0].shape == (2, 1, 28, 28)
+
+
+def test_refuses_non_bundle_out(tmp_path, ckpts, mnist_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(VaeEdgeError, match="--force"):
+        export_bundle(ckpts["mlp"], out, data_dir=mnist_dir)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_validation_failure_is_loud_and_leaves_nothing(tmp_path, ckpts, mnist_dir, monkeypatch):
+    real = onnx_export.graph_specs
+
+    def strict_specs(model, opset=18):
+        specs = real(model, opset)
+        return {k: onnx_export.GraphSpec(s.name, s.inputs, s.outputs, s.opset, atol=0.0) for k, s in specs.items()}
+
+    monkeypatch.setattr(onnx_export, "graph_specs", strict_specs)
+    # validation against PyTorch now fails (any float difference exceeds 0), unless bit-exact
+    out = tmp_path / "b"
+    try:
+        export_bundle(ckpts["conv"], out, data_dir=mnist_dir)
+    except VaeEdgeError as e:
+        assert "differs from PyTorch by" in str(e) and "tolerance 0" in str(e)
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
+    else:  # bit-exact outputs are possible; then the bundle must be complete
+        assert (out / "manifest.json").exists()
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_text("no")
+    with pytest.raises(VaeEdgeError, match="not a vae-edge checkpoint"):
+        export_bundle(bad, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_old_opset_refused(tmp_path, ckpts):
+    with pytest.raises(VaeEdgeError, match="opset"):
+        export_bundle(ckpts["mlp"], tmp_path / "b", opset=13)
+
+
+def test_manifest_is_json_with_schema(bundles):
+    m = json.loads((bundles["mlp"] / "manifest.json").read_text())
+    assert m["schema"] == "vae-edge-bundle" and m["schema_version"] == 1
+    assert m["graphs"]["decoder"]["inputs"][0] == {"name": "z", "dtype": "float32", "shape": ["batch", 8]}

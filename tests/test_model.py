@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vae_edge import VaeEdgeError
+from vae_edge.model import VAE, VAEConfig, elbo_terms
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("conditional", [False, True])
+@pytest.mark.parametrize("upsample", ["resize", "convtranspose"])
+def test_shapes(arch, conditional, upsample):
+    m = VAE(VAEConfig(arch=arch, latent_dim=6, conditional=conditional, upsample=upsample))
+    x, y = torch.rand(5, 1, 28, 28), torch.arange(5)
+    mu, logvar = m.encode(x, y if conditional else None)
+    assert mu.shape == logvar.shape == (5, 6)
+    logits = m.decode(mu, y if conditional else None)
+    assert logits.shape == (5, 1, 28, 28)
+
+
+def test_forward_only_chains_encode_reparameterize_decode():
+    torch.manual_seed(0)
+    m = VAE(VAEConfig()).eval()
+    x = torch.rand(3, 1, 28, 28)
+    logits, mu, logvar = m(x, generator=torch.Generator().manual_seed(1))
+    z = m.reparameterize(*m.encode(x), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(logits, m.decode(z)) and torch.equal(mu, m.encode(x)[0])
+
+
+def test_mlp_default_is_pytorch_examples_shape():
+    m = VAE(VAEConfig())
+    assert m.enc[0].in_features == 784 and m.enc[0].out_features == 400 and m.cfg.latent_dim == 20
+
+
+def test_elbo_terms_match_closed_form():
+    x = torch.rand(2, 1, 28, 28)
+    logits = torch.zeros(2, 1, 28, 28)
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    rec, kl = elbo_terms(x, logits, mu, logvar)
+    assert torch.allclose(rec, torch.full((2,), 784 * torch.log(torch.tensor(2.0)).item()))
+    assert torch.allclose(kl, torch.zeros(2))
+    _, kl2 = elbo_terms(x, logits, torch.ones(1, 3), torch.zeros(1, 3))
+    assert torch.allclose(kl2, torch.tensor([1.5]))
+
+
+@pytest.mark.parametrize("bad", [dict(arch="rnn"), dict(latent_dim=0), dict(latent_dim=-3), dict(hidden=0),
+                                 dict(upsample="bilinear"), dict(likelihood="gaussian")])
+def test_bad_config(bad):
+    with pytest.raises(VaeEdgeError):
+        VAEConfig(**bad)
+
+
+def test_config_roundtrip():
+    cfg = VAEConfig(arch="conv", channels=(4, 8), conditional=True)
+    assert VAEConfig.from_dict(cfg.to_dict()) == cfg

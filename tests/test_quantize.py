@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+from vae_edge.export.quantize import QuantizeConfig, plan, quantize_bundle
+from vae_edge.runtime.bundle import load_manifest, verify_files
+
+from vae_edge import VaeEdgeError
+
+
+def test_every_mode_recorded(quantized):
+    m = load_manifest(quantized)
+    verify_files(quantized, m)
+    assert set(m["variants"]) == {"fp32", "int8-dynamic", "int8-static", "fp16"}
+    for v in ("int8-dynamic", "int8-static", "fp16"):
+        e = m["variants"][v]
+        acc = e["accuracy"]
+        assert set(acc) >= {"encoder_mu_max_abs_diff", "decoder_probs_max_abs_diff", "decoder_psnr_db", "neg_elbo_delta"}
+        assert abs(acc["neg_elbo_delta"]) < 2.0 and acc["decoder_psnr_db"] > 25
+        assert e["files"] == {"encoder": f"encoder.{v}.onnx", "decoder": f"decoder.{v}.onnx"}
+    assert m["variants"]["int8-dynamic"]["size_ratio_to_fp32"] <= 0.3
+    assert m["variants"]["int8-static"]["size_ratio_to_fp32"] <= 0.3
+    assert m["variants"]["int8-static"]["quantization"]["calibration"]["encoder"].startswith("128 MNIST")
+
+
+def test_static_is_qdq_and_fp16_keeps_float_io(quantized):
+    ops = {n.op_type for n in onnx.load(str(quantized / "decoder.int8-static.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    fp16 = onnx.load(str(quantized / "decoder.fp16.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert fp16.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_auto_plan_per_graph(bundles):
+    assert plan(load_manifest(bundles["conv"]), bundles["conv"], QuantizeConfig()) == {"encoder": "static", "decoder": "static"}
+    assert plan(load_manifest(bundles["mlp"]), bundles["mlp"], QuantizeConfig()) == {"encoder": "dynamic", "decoder": "dynamic"}
+
+
+@pytest.mark.slow
+def test_conv_static_quantization(tmp_path, bundles, mnist_dir):
+    b = tmp_path / "conv"
+    shutil.copytree(bundles["conv"], b)
+    v, e = quantize_bundle(b, QuantizeConfig(mode="auto", calibration_size=64, eval_size=300), data_dir=mnist_dir)
+    assert v == "int8-static" and e["accuracy"]["binarized"] is True
+    assert e["size_bytes"]["decoder"] < (b / "decoder.onnx").stat().st_size
+
+
+def test_conditional_quantization(tmp_path, bundles, mnist_dir):
+    b = tmp_path / "cond"
+    shutil.copytree(bundles["mlp-cond"], b)
+    v, e = quantize_bundle(b, QuantizeConfig(mode="static", calibration_size=64, eval_size=200), data_dir=mnist_dir)
+    assert v == "int8-static" and abs(e["accuracy"]["neg_elbo_delta"]) < 2
+
+
+def test_tampered_file_refused(bundle_copy, mnist_dir):
+    before = (bundle_copy / "manifest.json").read_text()
+    with open(bundle_copy / "encoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(VaeEdgeError, match="sha256"):
+        quantize_bundle(bundle_copy, QuantizeConfig(mode="dynamic", eval_size=50), data_dir=mnist_dir)
+    assert (bundle_copy / "manifest.json").read_text() == before
+
+
+def test_missing_file_refused(bundle_copy, mnist_dir):
+    (bundle_copy / "decoder.onnx").unlink()
+    with pytest.raises(VaeEdgeError, match="missing"):
+        quantize_bundle(bundle_copy, QuantizeConfig(mode="dynamic", eval_size=50), data_dir=mnist_dir)
+
+
+@pytest.mark.parametrize("bad", [dict(mode="int4"), dict(method="magic"), dict(calibration_size=0),
+                                 dict(activation_type="int4")])
+def test_bad_config(bad):
+    with pytest.raises(VaeEdgeError):
+        QuantizeConfig(**bad)
+
+
+def test_requantizing_keeps_other_variants(bundle_copy, mnist_dir):
+    quantize_bundle(bundle_copy, QuantizeConfig(mode="dynamic", eval_size=50), data_dir=mnist_dir)
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    assert {"fp32", "int8-static", "fp16", "int8-dynamic"} <= set(m["variants"])
+    verify_files(bundle_copy, m)

@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from vae_edge.runtime import VAERuntime, corrupt
+from vae_edge.runtime import providers as prov
+from vae_edge.runtime.images import load_image, preprocess
+
+from vae_edge import VaeEdgeError
+
+
+def test_import_never_loads_torch(quantized):
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        from vae_edge.runtime import VAERuntime
+        rt = VAERuntime.load({str(quantized)!r}, variant="int8-static")
+        x = rt.sample(3, seed=0)
+        rt.score(x, iw_samples=8)
+        rt.interpolate(x[0], x[1], 4)
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_operations(quantized, mnist_dir):
+    from vae_edge.data import load_slice
+
+    rt = VAERuntime.load(quantized, threads=1)
+    x, _ = load_slice("mnist:test[0:6]", mnist_dir)
+    mu, logvar = rt.encode(x)
+    assert mu.shape == logvar.shape == (6, 8)
+    assert rt.decode(mu).shape == (6, 1, 28, 28) and rt.decode(mu, logits=True).min() < 0
+    s1, s2 = rt.sample(5, seed=3), rt.sample(5, seed=3)
+    assert np.array_equal(s1, s2) and s1.min() >= 0 and s1.max() <= 1
+    assert not np.array_equal(s1, rt.sample(5, seed=4))
+    frames = rt.interpolate(x[0], x[1], steps=7, method="slerp")
+    assert frames.shape == (7, 1, 28, 28)
+    assert np.allclose(frames[0], rt.reconstruct(x[:1])[0], atol=1e-5)
+    assert np.allclose(frames[-1], rt.reconstruct(x[1:2])[0], atol=1e-5)
+
+
+def test_runtime_matches_pytorch(quantized, ckpts, mnist_dir):
+    from vae_edge.data import load_slice
+    from vae_edge.train import load_checkpoint, model_from_checkpoint
+
+    m = model_from_checkpoint(load_checkpoint(ckpts["mlp"]))
+    rt = VAERuntime.load(quantized)
+    x, _ = load_slice("mnist:test[0:16]", mnist_dir)
+    with torch.no_grad():
+        mu_t, _ = m.encode(torch.from_numpy(x))
+        rec_t = torch.sigmoid(m.decode(mu_t)).numpy()
+    assert np.abs(rt.reconstruct(x) - rec_t).max() < 1e-4
+
+
+def test_score_matches_torch_iw_estimate(quantized, ckpts, mnist_dir):
+    from vae_edge.data import binarize, load_slice
+    from vae_edge.evaluate import iw_log_likelihood
+    from vae_edge.train import load_checkpoint, model_from_checkpoint
+
+    x, _ = load_slice("mnist:test[0:4]", mnist_dir)
+    xb = binarize(x, 0)
+    rt = VAERuntime.load(quantized)
+    ours = rt.score(xb, iw_samples=2000)
+    ref = -iw_log_likelihood(model_from_checkpoint(load_checkpoint(ckpts["mlp"])), torch.from_numpy(xb), None, 2000).numpy()
+    # independent Monte Carlo estimates (numpy vs torch RNG) of the same quantity
+    assert np.allclose(ours, ref, rtol=0.015), (ours, ref)
+    elbo = rt.score(xb, elbo_samples=50)
+    assert np.all(ours <= elbo + 0.2)
+
+
+def test_anomaly_score_ranks_noise_above_digits(quantized, mnist_dir):
+    from vae_edge.data import load_slice
+
+    rt = VAERuntime.load(quantized)
+    x, _ = load_slice("mnist:test[0:8]", mnist_dir)
+    noise = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    assert rt.score(noise).min() > rt.score(x).max()
+
+
+@pytest.mark.parametrize("spec", ["gaussian:0.3", "saltpepper:0.2", "mask:rect", "mask:bottom"])
+def test_denoise_improves(mnist_dir, spec):
+    from vae_edge.data import load_slice
+
+    rt = VAERuntime.load(None, variant="int8-dynamic")  # the shipped, fully trained model
+    x, _ = load_slice("mnist:test[0:16]", mnist_dir)
+    noisy, mask = corrupt(x, spec, seed=0)
+    out = rt.denoise(noisy, mask=mask)
+    if mask is not None:
+        assert np.array_equal(out[mask > 0], x[mask > 0])  # known pixels kept
+    if spec.startswith(("gaussian", "saltpepper")):
+        assert np.mean((out - x) ** 2) < np.mean((noisy - x) ** 2)
+
+
+def test_conditional_runtime(bundles):
+    rt = VAERuntime.load(bundles["mlp-cond"])
+    assert rt.sample(4, seed=0, digit=7).shape == (4, 1, 28, 28)
+    with pytest.raises(VaeEdgeError, match="0-9"):
+        rt.sample(2, digit=11)
+    with pytest.raises(VaeEdgeError, match="conditional"):
+        rt.encode(np.zeros((1, 1, 28, 28), np.float32))
+    plain = VAERuntime.load(bundles["mlp"])
+    with pytest.raises(VaeEdgeError, match="conditional"):
+        plain.sample(2, digit=3)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((1, 19), np.float32), "shape"),
+    (np.full((2, 8), np.nan, np.float32), "NaN"),
+    (np.array([[np.inf] * 8], np.float32), "NaN or inf"),
+    (np.zeros((0, 8), np.float32), "batch of 0"),
+])
+def test_bad_latents(quantized, bad, match):
+    with pytest.raises(VaeEdgeError, match=match):
+        VAERuntime.load(quantized).decode(bad)
+
+
+def test_bad_images_and_n(quantized):
+    rt = VAERuntime.load(quantized)
+    with pytest.raises(VaeEdgeError, match=r"\[0, 1\]"):
+        rt.encode(np.full((1, 1, 28, 28), 2.0, np.float32))
+    with pytest.raises(VaeEdgeError, match="shape"):
+        rt.encode(np.zeros((1, 3, 28, 28), np.float32))
+    for n in (0, -1, 10**9):
+        with pytest.raises(VaeEdgeError, match="n must be"):
+            rt.sample(n)
+
+
+def test_tampered_and_missing_files_refused(bundle_copy):
+    with open(bundle_copy / "decoder.int8-static.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xff")
+    with pytest.raises(VaeEdgeError, match="sha256"):
+        VAERuntime.load(bundle_copy)
+    (bundle_copy / "encoder.fp16.onnx").unlink()
+    with pytest.raises(VaeEdgeError, match="missing"):
+        VAERuntime.load(bundle_copy)
+
+
+def test_unknown_variant_and_provider(quantized, bundles):
+    with pytest.raises(VaeEdgeError, match="unknown variant"):
+        VAERuntime.load(quantized, variant="int3")
+    with pytest.raises(VaeEdgeError, match="no 'int8-static' variant"):
+        VAERuntime.load(bundles["conv"], variant="int8-static")
+    with pytest.raises(VaeEdgeError, match="unknown provider"):
+        VAERuntime.load(quantized, providers=["gpu9000"])
+
+
+def test_missing_provider_names_its_package():
+    if "CUDAExecutionProvider" in prov.ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(prov.ProviderUnavailable, match="onnxruntime-gpu"):
+        prov.resolve(["cuda"])
+
+
+def test_fallback_is_reported_or_strict(quantized, monkeypatch):
+    warnings = []
+    real = prov.ort.InferenceSession
+
+    class FakeFallback(real):  # onnxruntime used only the CPU although another was asked for
+        def __init__(self, path, sess_options=None, providers=None):
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(prov.ort, "InferenceSession", FakeFallback)
+    so = prov.session_options(1)
+    prov.make_session(quantized / "decoder.onnx", ["XnnpackExecutionProvider", "CPUExecutionProvider"], so,
+                      warn=warnings.append)
+    assert len(warnings) == 1 and "fell back from XnnpackExecutionProvider" in warnings[0]
+    with pytest.raises(prov.ProviderUnavailable, match="--strict"):
+        prov.make_session(quantized / "decoder.onnx", ["XnnpackExecutionProvider"], so, strict=True)
+
+
+def test_provider_options_parse():
+    assert prov.parse_provider_options(["device_id=0", "a = b"]) == {"device_id": "0", "a": "b"}
+    with pytest.raises(VaeEdgeError, match="key=value"):
+        prov.parse_provider_options(["oops"])
+
+
+def test_corrupt_onnx_file_is_one_line_error(tmp_path):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(b"not a model")
+    with pytest.raises(VaeEdgeError, match="cannot load"):
+        prov.make_session(p, ["CPUExecutionProvider"], prov.session_options())
+
+
+def test_preprocess_like_mnist(tmp_path):
+    # a dark "1" on a light, larger, colour canvas, off centre
+    canvas = np.full((120, 90, 3), 240, np.uint8)
+    canvas[20:100, 10:22] = 10
+    path = tmp_path / "one.png"
+    Image.fromarray(canvas).save(path)
+    x = load_image(path)
+    assert x.shape == (1, 28, 28) and x.dtype == np.float32
+    assert x[0, 0].max() == 0 and x.max() == pytest.approx(1.0, abs=0.02)  # inverted: black background
+    rows, cols = np.nonzero(x[0] > 0.5)
+    assert rows.max() - rows.min() + 1 in (19, 20, 21)  # longer side scaled to 20 px
+    com_r = (x[0].sum(1) * np.arange(28)).sum() / x[0].sum()
+    com_c = (x[0].sum(0) * np.arange(28)).sum() / x[0].sum()
+    assert abs(com_r - 14) < 1.5 and abs(com_c - 14) < 1.5
+
+
+def test_preprocess_blank_and_rgba():
+    assert preprocess(Image.new("L", (30, 30), 0)).max() == 0
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    img.paste((0, 0, 0, 255), (15, 5, 25, 35))
+    assert preprocess(img).max() > 0.9
+
+
+def test_decompression_bomb_and_non_image(tmp_path, monkeypatch):
+    from vae_edge.runtime import images
+
+    big = tmp_path / "big.png"
+    Image.new("L", (200, 200)).save(big)
+    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)
+    with pytest.raises(VaeEdgeError, match="too large"):
+        load_image(big)
+    txt = tmp_path / "x.png"
+    txt.write_text("hello")
+    with pytest.raises(VaeEdgeError, match="not an image"):
+        load_image(txt)
+    with pytest.raises(VaeEdgeError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
