@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vae_edge.runtime import shipped_bundles
-
 from vae_edge.bench import BenchConfig, benchmark, write_report
+from vae_edge.runtime import shipped_bundles
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from vae_edge import VaeEdgeError, __version__
+from vae_edge.data import load_split, resolve_data_dir, to_float
+from vae_edge.model import VAE
 from vae_edge.runtime.bundle import (
     MANIFEST,
     SCHEMA,
@@ -32,10 +36,6 @@ from vae_edge.runtime.bundle import (
     variant_filename,
     write_json_atomic,
 )
-
-from vae_edge import VaeEdgeError, __version__
-from vae_edge.data import load_split, resolve_data_dir, to_float
-from vae_edge.model import VAE
 from vae_edge.train import load_checkpoint, model_from_checkpoint
 
 DEFAULT_OPSET = 18

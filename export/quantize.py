@@ -25,6 +25,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from vae_edge import VaeEdgeError
+from vae_edge.data import binarize, load_split, resolve_data_dir, to_float
 from vae_edge.runtime.bundle import (
     GRAPHS,
     add_variant,
@@ -34,9 +37,6 @@ from vae_edge.runtime.bundle import (
     verify_files,
 )
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, psnr
-
-from vae_edge import VaeEdgeError
-from vae_edge.data import binarize, load_split, resolve_data_dir, to_float
 
 MODES = ("auto", "dynamic", "static", "fp16")
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

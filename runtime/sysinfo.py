@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from vae_edge.runtime.bundle import load_manifest
 
 

@@ -11,11 +11,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.bundle import VARIANTS, load_manifest, variant_files, verify_files
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_normal, logsumexp
-
-from vae_edge import VaeEdgeError
 
 DEFAULT_MODEL = "mlp-mnist"
 MAX_BATCH = 100_000  # a larger n is refused (memory)
@@ -272,14 +272,19 @@ def _fast_run(sess):
 _NOISE_RE = re.compile(r"^(gaussian|saltpepper|mask):(\d*\.?\d+|rect|top|bottom|left|right|random)$")
 
 
-def corrupt(x: np.ndarray, spec: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Apply a corruption; returns (corrupted images, mask of known pixels or None)."""
+def parse_noise(spec: str) -> tuple[str, str]:
+    """'gaussian:0.3' -> ('gaussian', '0.3'); a bad spec is a user error."""
     m = _NOISE_RE.match(spec)
     if not m:
         raise VaeEdgeError(
             f"unknown noise {spec!r}: use gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right"
         )
-    kind, arg = m.groups()
+    return m.group(1), m.group(2)
+
+
+def corrupt(x: np.ndarray, spec: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Apply a corruption; returns (corrupted images, mask of known pixels or None)."""
+    kind, arg = parse_noise(spec)
     rng = np.random.default_rng(seed)
     x = np.asarray(x, np.float32)
     if kind == "gaussian":

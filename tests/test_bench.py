@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from vae_edge.runtime.bundle import load_manifest
 
 from vae_edge import VaeEdgeError
 from vae_edge.bench import (
@@ -19,6 +18,7 @@ from vae_edge.bench import (
     tune,
     write_report,
 )
+from vae_edge.runtime.bundle import load_manifest
 
 
 def test_stats_hand_computed():

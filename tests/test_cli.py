@@ -170,3 +170,13 @@ def test_pipeline_on_shipped_model(runner, tmp_path, mnist_dir):
     assert set(rep["quantization"]) == {"int8-dynamic", "int8-static"}
     for f in ("samples.png", "reconstructions.png", "interpolation.gif", "report.md", "bench/bench.json"):
         assert (out / f).exists(), f
+
+
+def test_train_on_fashion_mnist(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    r = runner.invoke(cli, ["train", "--dataset", "fashion-mnist", "--hidden", "16", "--latent-dim", "2",
+                            "--max-steps", "3", "--quiet", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    from vae_edge.train import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run")["dataset"] == "fashion-mnist"

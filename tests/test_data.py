@@ -149,3 +149,15 @@ def test_binarize_is_seeded():
     x = np.full((2, 1, 28, 28), 0.5, np.float32)
     a, b = d.binarize(x, 0), d.binarize(x, 0)
     assert np.array_equal(a, b) and set(np.unique(a)) == {0.0, 1.0}
+
+
+def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
+    """`apt-get install dataset-fashion-mnist` (done by .ci/run) is found after the cache, and
+    validated by format: Debian recompressed the files, so their md5 differs from the download's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("VAE_EDGE_DATA", raising=False)
+    directory = d.resolve_data_dir("fashion-mnist", download=False)
+    assert str(directory) == "/usr/share/datasets/fashion-mnist"
+    assert d.verify_dir(directory) == {"train": 60000, "test": 10000}
+    x, y = d.load_split(directory, "test")
+    assert y[:3].tolist() == [9, 2, 1]  # ankle boot, pullover, trouser

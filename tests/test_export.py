@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from vae_edge.export import export_bundle, onnx_export
-from vae_edge.runtime.bundle import load_manifest, verify_files
 
 from vae_edge import VaeEdgeError
+from vae_edge.export import export_bundle, onnx_export
+from vae_edge.runtime.bundle import load_manifest, verify_files
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv", "mlp-cond"])

@@ -5,10 +5,10 @@ import shutil
 
 import onnx
 import pytest
-from vae_edge.export.quantize import QuantizeConfig, plan, quantize_bundle
-from vae_edge.runtime.bundle import load_manifest, verify_files
 
 from vae_edge import VaeEdgeError
+from vae_edge.export.quantize import QuantizeConfig, plan, quantize_bundle
+from vae_edge.runtime.bundle import load_manifest, verify_files
 
 
 def test_every_mode_recorded(quantized):
@@ -82,3 +82,17 @@ def test_requantizing_keeps_other_variants(bundle_copy, mnist_dir):
     m = json.loads((bundle_copy / "manifest.json").read_text())
     assert {"fp32", "int8-static", "fp16", "int8-dynamic"} <= set(m["variants"])
     verify_files(bundle_copy, m)
+
+
+def test_budget_miss_keeps_costly_layer_in_float(tmp_path, bundles, mnist_dir, monkeypatch):
+    from vae_edge.export import quantize as q
+
+    b = tmp_path / "b"
+    shutil.copytree(bundles["mlp"], b)
+    monkeypatch.setattr(q, "MIN_PSNR", 1e9)  # no variant can meet this: every fallback is tried
+    v, e = quantize_bundle(b, QuantizeConfig(mode="static", calibration_size=64, eval_size=200), data_dir=mnist_dir)
+    assert e["within_budget"] is False
+    kept = e["quantization"]["graphs"]["decoder"]["kept_in_float"]
+    names = {n.name for n in onnx.load(str(b / "decoder.int8-static.onnx")).graph.node}
+    assert all(k in names for k in kept)  # a node kept in float is still there, unquantized
+    verify_files(b, load_manifest(b))

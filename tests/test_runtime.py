@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from vae_edge import VaeEdgeError
 from vae_edge.runtime import VAERuntime, corrupt
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.images import load_image, preprocess
-
-from vae_edge import VaeEdgeError
 
 
 def test_import_never_loads_torch(quantized):

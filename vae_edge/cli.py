@@ -336,6 +336,8 @@ def runtime_options(f):
                      help="An option of the first provider (repeatable)."),
         click.option("--threads", type=int, default=None, callback=positive("threads"), help="Intra-op threads."),
         click.option("--strict", is_flag=True, help="Fail instead of warning when onnxruntime falls back to another provider."),
+        click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+                     show_default=True, help="onnxruntime graph optimization level."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -349,7 +351,7 @@ def load_runtime(kw: dict):
     return VAERuntime.load(
         kw.pop("bundle"), variant=kw.pop("variant"), providers=kw.pop("providers") or None,
         threads=kw.pop("threads"), provider_options=parse_provider_options(kw.pop("provider_options")),
-        strict=kw.pop("strict"), warn=lambda s: click.echo(s, err=True),
+        strict=kw.pop("strict"), opt_level=kw.pop("opt_level"), warn=lambda s: click.echo(s, err=True),
     )
 
 
@@ -476,10 +478,11 @@ def denoise(rt, inputs, noise, iterations, seed, digit, output, data_dir) -> Non
     """
     import numpy as np
 
-    from vae_edge.runtime import corrupt
     from vae_edge.runtime.images import check_output, grid, load_inputs, save_image
+    from vae_edge.runtime.vae_runtime import corrupt, parse_noise
 
     out = check_output(output)
+    parse_noise(noise)
     x, labels = load_inputs(inputs, data_dir)
     noisy, mask = corrupt(x, noise, seed=seed)
     restored = rt.denoise(noisy, mask=mask, iterations=iterations, y=_labels_for(rt, labels, digit))

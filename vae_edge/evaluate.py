@@ -43,7 +43,7 @@ def iw_log_likelihood(
     y: torch.Tensor | None,
     k: int,
     seed: int = 0,
-    max_decodes: int = 1 << 16,
+    max_decodes: int | None = None,
 ) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) with K samples of q(z|x), [N] (Burda et al., 2015).
 
@@ -53,6 +53,8 @@ def iw_log_likelihood(
     if k <= 0:
         raise VaeEdgeError(f"iw samples must be positive, got {k}")
     gen = torch.Generator().manual_seed(seed)
+    if max_decodes is None:  # keep the decoder's activations around 100 MB
+        max_decodes = 1 << 15 if model.cfg.arch == "mlp" else 1 << 10
     n = len(x)
     img_batch = max(1, min(n, max_decodes // min(k, max_decodes)))
     result = []

@@ -36,12 +36,11 @@ def run_pipeline(out: str | os.PathLike, checkpoint=None, data_dir=None, min_tim
     checkpoint = Path(checkpoint) if checkpoint else shipped_checkpoint()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    timings = {}
+    timings: dict[str, float] = {}
 
-    def step(name: str, total: int = 6, _n=[0]):  # noqa: B006 - a step counter
-        _n[0] += 1
+    def step(name: str, total: int = 6) -> None:
         timings[name] = round(time.perf_counter() - t0, 2)
-        log(f"[{_n[0]}/{total}] {name}  ({timings[name]:.1f} s)")
+        log(f"[{len(timings)}/{total}] {name}  ({timings[name]:.1f} s)")
 
     step("export encoder and decoder to ONNX, validate against PyTorch")
     bundle = export_bundle(checkpoint, out / "bundle", data_dir=data_dir, force=True, log=lambda s: log("      " + s))
@@ -60,8 +59,9 @@ def run_pipeline(out: str | os.PathLike, checkpoint=None, data_dir=None, min_tim
     x, labels = load_slice("mnist:test[0:16]", data_dir)
     if rt.conditional:
         y = labels
-    save_image(grid(rt.sample(64, seed=0, digit=None) if not rt.conditional else rt.sample(60, seed=0)), out / "samples.png")
-    save_image(grid(__import__("numpy").concatenate([x, rt.reconstruct(x, y)]), ncol=16), out / "reconstructions.png")
+    save_image(grid(rt.sample(60 if rt.conditional else 64, seed=0), ncol=10 if rt.conditional else 8),
+               out / "samples.png")
+    save_image(grid(np.concatenate([x, rt.reconstruct(x, y)]), ncol=16), out / "reconstructions.png")
     save_gif(rt.interpolate(x[0], x[1], steps=12, method="slerp", y=None if y is None else y[:2]), out / "interpolation.gif")
     step("benchmark: every variant against bare onnxruntime and PyTorch eager, 1 thread")
     report = benchmark(bundle, BenchConfig(batch_sizes=tuple(batch_sizes), min_time=min_time, warmup=5),
