@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from vae_edge import VaeEdgeError
 from vae_edge.runtime.bundle import write_json_atomic
 
