@@ -17,6 +17,23 @@ from vae_edge import VaeEdgeError, __version__
 class _Group(click.Group):
     """Turns errors a user can cause into one line and a non-zero exit (traceback with --debug)."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:  # bad option or argument: one line, not usage + hint + error
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"Error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -463,14 +480,19 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--noise", default="gaussian:0.3", show_default=True,
               help="gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right (inpainting).")
-@click.option("--iterations", type=int, default=20, show_default=True, help="Encode/decode rounds for masks.")
+@click.option("--samples", type=int, default=512, show_default=True, callback=positive("samples"),
+              help="Importance samples per image and round.")
+@click.option("--rounds", type=int, default=2, show_default=True, callback=positive("rounds"))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--digit", type=int, default=None)
 @click.option("-o", "--output", required=True, type=click.Path())
 @data_dir_option
 @with_runtime
-def denoise(rt, inputs, noise, iterations, seed, digit, output, data_dir) -> None:
+def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir) -> None:
     """Corrupt images, then restore them: rows are clean, corrupted, restored.
+
+    The restoration is the model's posterior mean of the clean image given the corrupted one,
+    under the corruption's likelihood (importance sampling; masks: inpainting).
 
     \b
     Example: vae-edge denoise "mnist:test[0:8]" --noise saltpepper:0.2 -o denoised.png
@@ -485,7 +507,8 @@ def denoise(rt, inputs, noise, iterations, seed, digit, output, data_dir) -> Non
     parse_noise(noise)
     x, labels = load_inputs(inputs, data_dir)
     noisy, mask = corrupt(x, noise, seed=seed)
-    restored = rt.denoise(noisy, mask=mask, iterations=iterations, y=_labels_for(rt, labels, digit))
+    restored = rt.denoise(noisy, noise=None if mask is not None else noise, mask=mask, samples=samples,
+                          rounds=rounds, seed=seed, y=_labels_for(rt, labels, digit))
     mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
     save_image(grid(np.concatenate([x, noisy, restored]), ncol=len(x)), out)
     click.echo(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} -> {out}")
