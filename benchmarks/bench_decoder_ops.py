@@ -1,5 +1,6 @@
-"""Which upsampling ops should the conv decoder use? Builds the conv decoder with nearest Resize +
-Conv and with ConvTranspose2d, exports each, quantizes it (static QDQ with uint8 and with int8
+"""Which upsampling ops should the conv decoder use? Builds the conv decoder three ways (nearest
+Resize + Conv then a sub-pixel Conv + DepthToSpace, the default; nearest Resize + Conv twice;
+ConvTranspose2d twice), exports each, quantizes it (static QDQ with uint8 and with int8
 activations, and dynamic), and times every graph at batch 1 on one thread in alternating blocks.
 Writes benchmarks/results/decoder_ops.{json,md}.
 
@@ -26,6 +27,16 @@ from vae_edge.runtime.sysinfo import environment
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def graph_flops_of(upsample: str) -> float:
+    from vae_edge.bench import graph_flops
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = VAE(VAEConfig(arch="conv", upsample=upsample)).eval()
+        path = Path(tmp) / "d.onnx"
+        export_graph(model, graph_specs(model)["decoder"], path, "d")
+        return graph_flops(path)
+
+
 def main() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -36,7 +47,7 @@ def main() -> None:
     sessions, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for up in ("resize", "convtranspose"):
+        for up in ("resize-subpixel", "resize", "convtranspose"):
             model = VAE(VAEConfig(arch="conv", upsample=up)).eval()
             spec = graph_specs(model)["decoder"]
             fp32, pre = tmp / f"{up}.onnx", tmp / f"{up}.pre.onnx"
@@ -65,8 +76,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     env = environment()
     (RESULTS / "decoder_ops.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    md = [f"Conv decoder (latent 20, channels 64->32->1), batch 1, one thread, on {env['cpu']['model']}, "
-          f"onnxruntime {env['onnxruntime']}.", "",
+    flops = {up: graph_flops_of(up) for up in ("resize-subpixel", "resize", "convtranspose")}
+    md = [f"Conv decoder (latent 20, channels 64->32->1, untrained weights: latency does not depend on them), "
+          f"batch 1, one thread, on {env['cpu']['model']}, onnxruntime {env['onnxruntime']}. "
+          "MFLOP per image: " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in flops.items()) + ".", "",
           "| upsampling | variant | p50 ms | p90 ms | vs its fp32 |", "|---|---|---:|---:|---:|"]
     md += [f"| {r['upsample']} | {r['variant']} | {r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['speedup_vs_fp32']:.2f}x |"
            for r in rows]

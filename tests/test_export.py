@@ -38,9 +38,9 @@ def test_no_sampling_in_encoder_graph(bundles):
     assert not ops & {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
 
 
-def test_conv_decoder_uses_resize_not_convtranspose(bundles):
+def test_conv_decoder_uses_resize_and_subpixel_not_convtranspose(bundles):
     ops = [n.op_type for n in onnx.load(str(bundles["conv"] / "decoder.onnx")).graph.node]
-    assert "Resize" in ops and "ConvTranspose" not in ops
+    assert "Resize" in ops and "DepthToSpace" in ops and "ConvTranspose" not in ops
 
 
 def test_dynamic_batch_is_really_dynamic(bundles):

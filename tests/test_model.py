@@ -9,7 +9,7 @@ from vae_edge.model import VAE, VAEConfig, elbo_terms
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 @pytest.mark.parametrize("conditional", [False, True])
-@pytest.mark.parametrize("upsample", ["resize", "convtranspose"])
+@pytest.mark.parametrize("upsample", ["resize-subpixel", "resize", "convtranspose"])
 def test_shapes(arch, conditional, upsample):
     m = VAE(VAEConfig(arch=arch, latent_dim=6, conditional=conditional, upsample=upsample))
     x, y = torch.rand(5, 1, 28, 28), torch.arange(5)

@@ -200,8 +200,8 @@ def data_fetch(dataset: str, dest: str | None) -> None:
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
 @click.option("--latent-dim", type=int, default=20, show_default=True, callback=positive("latent dim"))
 @click.option("--hidden", type=int, default=400, show_default=True, help="MLP hidden width.")
-@click.option("--upsample", type=click.Choice(["resize", "convtranspose"]), default="resize", show_default=True,
-              help="Conv decoder upsampling (resize + conv quantizes well).")
+@click.option("--upsample", type=click.Choice(["resize-subpixel", "resize", "convtranspose"]), default="resize-subpixel",
+              show_default=True, help="Conv decoder upsampling (see benchmarks/results/decoder_ops.md).")
 @click.option("--conditional", is_flag=True, help="Condition encoder and decoder on the digit label.")
 @click.option("--epochs", type=int, default=10, show_default=True, callback=positive("epochs"))
 @click.option("--batch-size", type=int, default=128, show_default=True, callback=positive("batch size"))

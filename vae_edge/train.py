@@ -197,7 +197,7 @@ def train(
         if perm is None:
             perm = torch.randperm(n, generator=gen, device=dev)
         t0 = time.perf_counter()
-        sum_loss = sum_rec = sum_kl = 0.0
+        sums = torch.zeros(3, device=dev)  # loss, rec, kl summed over images; read once per epoch
         seen = 0
         batches = range(step_in_epoch, steps_per_epoch)
         bar = _progress(batches, progress, f"epoch {epoch + 1}/{tc.epochs}")
@@ -208,9 +208,10 @@ def train(
                 if tc.binarize == "dynamic":
                     x = torch.bernoulli(x, generator=gen)
                 logits, mu, logvar = model(x, y if model_cfg.conditional else None, generator=gen)
-                rec, kl = elbo_terms(x, logits, mu, logvar)
+                rec, kl = elbo_terms(x, logits, mu, logvar, reduction="sum")
                 w = kl_weight(tc, epoch + b / steps_per_epoch)
-                loss = (rec + w * kl).mean()
+                bs = len(idx)
+                loss = (rec + w * kl) / bs
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -218,17 +219,15 @@ def train(
                     sched.step()
                 step += 1
                 step_in_epoch = b + 1
-                bs = len(idx)
-                with torch.no_grad():  # one sync per step: the bar shows the running loss
-                    sum_loss += float(loss) * bs
-                    sum_rec += float(rec.sum())
-                    sum_kl += float(kl.sum())
                 seen += bs
-                if hasattr(it, "running_loss"):
-                    it.running_loss = sum_loss / seen
+                with torch.no_grad():
+                    sums += torch.stack([rec + w * kl, rec, kl])
+                if progress and step % 10 == 0:  # the bar's running loss: one sync every 10 steps
+                    it.running_loss = float(sums[0]) / seen
                 if tc.max_steps is not None and step >= tc.max_steps:
                     stopped = True
                     break
+        sum_loss, sum_rec, sum_kl = (float(v) for v in sums)
         seconds = time.perf_counter() - t0
         finished_epoch = step_in_epoch == steps_per_epoch
         row = {

@@ -20,7 +20,7 @@ MODELS = {
     # name: (train arguments, quantize modes, IW samples, IW test images (None: all 10,000))
     "mlp-mnist": (["--arch", "mlp", "--epochs", "10"], ["dynamic", "static"], 5000, None),
     "conv-mnist": (["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
-                    "--kl-warmup", "2"], ["static"], 5000, 100),
+                    "--kl-warmup", "2"], ["static"], 5000, 1000),
 }
 
 
