@@ -23,6 +23,8 @@ def main() -> None:
     args = ap.parse_args()
     lines = ["| model | graph | batch | variant | p50 ms | vs PyTorch eager | vs fp32 ONNX | runtime overhead |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
+    sgemm = ["| model | batch | fp32 decoder GFLOP/s | numpy sgemm GFLOP/s (1 core) | fraction |",
+             "|---|---:|---:|---:|---:|"]
     for name, bundle in shipped_bundles().items():
         cfg = BenchConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), min_time=args.min_time)
         rep = benchmark(bundle, cfg)
@@ -33,9 +35,12 @@ def main() -> None:
                 lines.append(f"| {name} | decoder | {r['batch']} | {r['variant']} | {r['p50_ms']:.4f} | "
                              f"{f(r['speedup_vs_torch'])} | {f(r['speedup_vs_fp32_onnx'])} | {f(r['runtime_overhead'])} |")
         for s in rep.get("sgemm", []):
-            lines.append(f"<!-- {name} batch {s['batch']}: fp32 decoder {s['decoder_fp32_gflops']:.1f} GFLOP/s, "
-                         f"numpy sgemm {s['numpy_sgemm_gflops']:.1f} GFLOP/s ({s['fraction']:.0%}) -->")
-    table = "\n".join(lines) + "\n"
+            sgemm.append(f"| {name} | {s['batch']} | {s['decoder_fp32_gflops']:.1f} | {s['numpy_sgemm_gflops']:.1f} | "
+                         f"{s['fraction']:.0%} |")
+    cpu = rep["environment"]["cpu"]
+    table = (f"Medians, one thread, {cpu['model']}, onnxruntime {rep['environment']['onnxruntime']}, "
+             f"torch {rep['environment'].get('torch', '-')}; ratios from the same run.\n\n"
+             + "\n".join(lines) + "\n\n" + "\n".join(sgemm) + "\n")
     (RESULTS / "runtime_summary.md").write_text(table)
     print(table)
 
