@@ -67,7 +67,10 @@ def main() -> None:
            "python": platform.python_version()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "training.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    md = ["| device | threads | plain loop s/epoch | vae-edge s/epoch | images/s | ratio |", "|---|---:|---:|---:|---:|---:|"]
+    from vae_edge.runtime.sysinfo import cpu
+
+    md = [f"On {cpu()['model']} ({cpu()['cores']} cores), torch {torch.__version__}; best of two epochs each.", "",
+          "| device | threads | plain loop s/epoch | vae-edge s/epoch | images/s | ratio |", "|---|---:|---:|---:|---:|---:|"]
     md += [f"| {r['device']} | {r['threads']} | {r['plain_loop_s']:.2f} | {r['vae_edge_s']:.2f} | "
            f"{r['vae_edge_images_per_s']:.0f} | {r['ratio']:.2f} |" for r in rows]
     (RESULTS / "training.md").write_text("\n".join(md) + "\n")

@@ -82,8 +82,11 @@ def speedup_chart(report: dict, path: str | Path) -> None:
         return
     top = max(r["speedup_vs_torch"] for r in rows) * 1.15
     py = lambda v: H - B - v / top * (H - B - T)  # noqa: E731
+    step = max(1, math.ceil(top / 8))
+    for v in range(0, math.floor(top) + 1, step):
+        d.line([L, py(v), W - R, py(v)], fill=(225, 225, 225))
+        d.text((L - 30, py(v) - 6), f"{v}x", fill="black", font=_font())
     d.line([L, py(1), W - R, py(1)], fill=(200, 0, 0))
-    d.text((L - 30, py(1) - 6), "1x", fill=(200, 0, 0), font=_font())
     gw = (W - R - L) / len(groups)
     bw = gw * 0.8 / max(1, len(variants))
     for gi, (g, b) in enumerate(groups):
