@@ -6,9 +6,11 @@ MNIST test set against the fp32 graphs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,6 +133,11 @@ def has_conv(path: Path) -> bool:
 
 def _static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclude: list[str]) -> None:
     reader.rewind()
+    with contextlib.redirect_stdout(sys.stderr):  # the histogram calibrators print progress
+        _quantize_static(src, dst, reader, qc, exclude)
+
+
+def _quantize_static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclude: list[str]) -> None:
     quantize_static(
         str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=qc.per_channel,
         activation_type=QTYPES[qc.activation_type], weight_type=QTYPES[qc.weight_type],
