@@ -251,8 +251,9 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
     try:
         pre, out = {}, {}
         for g in GRAPHS:
-            pre[g] = tmp / f"{g}.pre.onnx"
-            quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=False)
+            if methods[g] != "fp16":  # fp16 converts the original graph
+                pre[g] = tmp / f"{g}.pre.onnx"
+                quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=False)
         calib = None
         if "static" in methods.values():
             log(f"calibrating on {qc.calibration_size} MNIST training images ({qc.method})")
@@ -298,8 +299,6 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
                     else:
                         excluded[g] = saved
                         build(g)
-                for gg in GRAPHS:
-                    details[gg]["kept_in_float"] = list(excluded[gg])
         sizes = {g: out[g].stat().st_size for g in GRAPHS}
         fp32_sizes = {g: (bundle / ref[g]).stat().st_size for g in GRAPHS}
         entry = {

@@ -127,8 +127,6 @@ class VAERuntime:
 
     def _latents(self, z) -> np.ndarray:
         z = np.asarray(z, dtype=np.float32)
-        if z.ndim == 2 and z.shape[1] == self.latent_dim and np.all(np.isfinite(z)) and len(z):
-            return np.ascontiguousarray(z)
         if z.ndim == 1:
             z = z[None]
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
