@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -16,10 +17,23 @@ SOURCES = {
     "decoder_ops": "decoder_ops.md",
     "training": "training.md",
     "pipeline": "pipeline.md",
+    "iw_nll": "iw_nll.md",
 }
 
 
+def iw_nll_table() -> None:
+    """benchmarks/results/iw_nll.md from the iw_nll_<model>.json files of iw_nll_onnx.py."""
+    rows = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("iw_nll_*.json"))]
+    if not rows:
+        return
+    md = ["| model | test images | K | IW-NLL (nats) | ± s.e.m. | seconds | machine |", "|---|---:|---:|---:|---:|---:|---|"]
+    md += [f"| {r['model']} | {r['images']} | {r['iw_samples']} | {r['iw_nll']:.2f} | {r['iw_nll_sem']:.2f} | "
+           f"{r['seconds']:.0f} | {r['machine']} |" for r in rows]
+    (ROOT / "benchmarks" / "results" / "iw_nll.md").write_text("\n".join(md) + "\n")
+
+
 def main() -> None:
+    iw_nll_table()
     readme = (ROOT / "README.md").read_text()
     for name, fname in SOURCES.items():
         path = ROOT / "benchmarks" / "results" / fname
