@@ -161,3 +161,21 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     assert d.verify_dir(directory) == {"train": 60000, "test": 10000}
     x, y = d.load_split(directory, "test")
     assert y[:3].tolist() == [9, 2, 1]  # ankle boot, pullover, trouser
+
+
+def test_data_fetch_cli_against_local_server(tmp_path, monkeypatch, runner):
+    from vae_edge.cli import cli
+
+    served = make_idx_dir(tmp_path / "www" / "mnist")
+    server = _Server(tmp_path / "www")
+    try:
+        monkeypatch.setitem(d.DATASETS, "mnist", _spec_for(served, [server.url + "/mnist/"]))
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        res = runner.invoke(cli, ["data", "fetch"])
+        assert res.exit_code == 0, res.output
+        cached = tmp_path / "cache" / "vae-edge" / "mnist"
+        assert sorted(p.name for p in cached.iterdir()) == sorted(p.name for p in served.iterdir())
+        # the cache is now found without --data-dir
+        assert d.resolve_data_dir("mnist", download=False) == cached
+    finally:
+        server.close()
