@@ -249,8 +249,12 @@ def export_bundle(
     if opset < MIN_OPSET:
         raise VaeEdgeError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
     out = Path(out)
-    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))) and not force:
-        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: choose another --out, or pass --force")
+    # An existing bundle is replaced (the old one goes only once the new one is complete); any
+    # other file or non-empty folder is never deleted, whatever `force` says.
+    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
+        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out "
+                           "or remove it yourself")
+    del force  # kept for callers of the old signature
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     name = model_name(ckpt)

@@ -33,7 +33,10 @@ from vae_edge.data import binarize, load_split, resolve_data_dir, to_float
 from vae_edge.runtime.bundle import (
     GRAPHS,
     add_variant,
+    fresh_name,
+    fsync_dir,
     load_manifest,
+    sha256_file,
     variant_filename,
     variant_files,
     verify_files,
@@ -49,6 +52,7 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Accuracy budget a variant must keep, else the layer that costs most stays in float.
 MAX_ELBO_DELTA = 0.5  # nats
 MIN_PSNR = 30.0  # dB, decoder probabilities against fp32
+SELECTION_SIZE = 2000  # last training images: held out to choose layers kept in float
 
 
 @dataclass
@@ -107,8 +111,11 @@ def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, 
     directory = resolve_data_dir(manifest.get("dataset", "mnist"), data_dir, split="train")
     images, labels = load_split(directory, "train")
     rng = np.random.default_rng(qc.seed)
-    idx = rng.choice(len(images), size=min(qc.calibration_size, len(images)), replace=False)
+    pool = max(len(images) - SELECTION_SIZE, len(images) // 2)  # the tail is held out for layer selection
+    idx = rng.choice(pool, size=min(qc.calibration_size, pool), replace=False)
     x, y = to_float(images[idx]), labels[idx].astype(np.int64)
+    if _binarized(manifest):  # calibrate on what the model was trained on
+        x = binarize(x, seed=qc.seed)
     enc_feeds = {"x": x, **({"y": y} if conditional else {})}
     mu, logvar = _batched(_session(fp32_encoder), enc_feeds)
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
@@ -167,15 +174,25 @@ def _fp16(src: Path, dst: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def eval_set(manifest: dict, data_dir, n: int) -> dict[str, np.ndarray]:
-    """The MNIST test images (binarized with a fixed seed for models trained binarized)."""
-    directory = resolve_data_dir(manifest.get("dataset", "mnist"), data_dir, split="test")
-    images, labels = load_split(directory, "test")
-    x = to_float(images[:n])
-    binarized = (manifest.get("training", {}).get("train_config") or {}).get("binarize") == "dynamic"
+def _binarized(manifest: dict) -> bool:
+    return ((manifest.get("training") or {}).get("train_config") or {}).get("binarize") == "dynamic"
+
+
+def eval_set(manifest: dict, data_dir, n: int, split: str = "test") -> dict[str, np.ndarray]:
+    """The MNIST test images (binarized with a fixed seed for models trained binarized); with
+    split="train", the last n training images (the held-out selection set)."""
+    directory = resolve_data_dir(manifest.get("dataset", "mnist"), data_dir, split=split)
+    images, labels = load_split(directory, split)
+    sl = slice(None, n) if split == "test" else slice(max(len(images) - n, 0), None)
+    x = to_float(images[sl])
+    binarized = _binarized(manifest)
     if binarized:
         x = binarize(x, seed=0)
-    return {"x": x, "y": labels[:n].astype(np.int64), "binarized": binarized}
+    return {"x": x, "y": labels[sl].astype(np.int64), "binarized": binarized}
+
+
+def selection_set(manifest: dict, data_dir, n: int) -> dict[str, np.ndarray]:
+    return eval_set(manifest, data_dir, n, split="train")
 
 
 def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data: dict, seed: int = 0) -> dict:
@@ -247,7 +264,7 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
     methods = plan(manifest, bundle, qc)
     variant = variant_name(methods)
     data = eval_set(manifest, data_dir, qc.eval_size)
-    tmp = Path(tempfile.mkdtemp(dir=bundle, prefix=".quantize-"))
+    tmp = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=f".{bundle.name}.quantize-"))  # outside the bundle
     try:
         pre, out = {}, {}
         for g in GRAPHS:
@@ -277,8 +294,10 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
         for g in GRAPHS:
             log(f"quantizing {g}: {methods[g]}")
             build(g)
-        names = {g: out[g].name for g in GRAPHS}
-        acc = measure_accuracy(bundle, manifest, out, data)
+        # Which layers stay in float is decided on held-out training images (never used for
+        # calibration); the accuracy recorded is measured on the test set only at the end.
+        select = selection_set(manifest, data_dir, min(SELECTION_SIZE, qc.eval_size))
+        acc = measure_accuracy(bundle, manifest, out, select)
         # Where the budget is missed, keep the most costly weight layer (last, then first) in float.
         if methods != dict.fromkeys(GRAPHS, "fp16") and not within_budget(acc):
             for g in ("decoder", "encoder"):
@@ -289,7 +308,7 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
                     saved = list(excluded[g])
                     excluded[g] = sorted(set(saved) | set(trial))
                     build(g)
-                    trial_acc = measure_accuracy(bundle, manifest, out, data)
+                    trial_acc = measure_accuracy(bundle, manifest, out, select)
                     log(f"  {g} with {excluded[g]} in float: -ELBO delta {trial_acc['neg_elbo_delta']:+.3f}, "
                         f"PSNR {trial_acc['decoder_psnr_db']:.1f} dB")
                     if within_budget(trial_acc) or _better(trial_acc, acc):
@@ -299,6 +318,11 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
                     else:
                         excluded[g] = saved
                         build(g)
+        acc = measure_accuracy(bundle, manifest, out, data)  # the record: test set
+        # New files go in beside the old ones (under fresh names when a variant is re-made), the
+        # manifest is written last, and only then are files no variant uses removed: a crash at
+        # any point leaves a bundle whose manifest matches its files.
+        names = {g: fresh_name(bundle, out[g].name, sha256_file(out[g])) for g in GRAPHS}
         sizes = {g: out[g].stat().st_size for g in GRAPHS}
         fp32_sizes = {g: (bundle / ref[g]).stat().st_size for g in GRAPHS}
         entry = {
@@ -308,6 +332,8 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
                 "config": {k: v for k, v in asdict(qc).items() if k not in ("exclude", "eval_size")},
                 "graphs": details,
                 "preprocess": "onnxruntime quant_pre_process (symbolic shape inference + basic optimization)",
+                "float_layer_selection": f"on the last {len(select['x'])} training images (held out from calibration); "
+                                         "accuracy below is on the test set",
                 "calibration": None if calib is None else {
                     "encoder": f"{qc.calibration_size} MNIST training images",
                     "decoder": "latents q(z|x) of those images (half) and draws from the N(0, I) prior (half)",
@@ -321,7 +347,8 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
         json.dumps(entry)  # fail before anything in the bundle changes
         for g in GRAPHS:
             os.replace(out[g], bundle / names[g])
-        add_variant(bundle, manifest, variant, entry)
+        fsync_dir(bundle)
+        add_variant(bundle, manifest, variant, entry, log=log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return variant, entry

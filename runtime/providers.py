@@ -87,16 +87,20 @@ def session_options(threads: int | None = None, opt_level: str = "all") -> ort.S
 
 
 def make_session(
-    path: str | os.PathLike,
+    model: str | os.PathLike | bytes,
     providers: list,
     so: ort.SessionOptions,
     strict: bool = False,
     warn=lambda s: print(s, file=sys.stderr),
+    name: str | None = None,
 ) -> ort.InferenceSession:
-    """Create a session and compare the providers it uses with those asked for (Olive's
-    check_ort_fallback): a fallback is said in one line, or is an error with strict."""
+    """Create a session (from a path, or from bytes already checked) and compare the providers it
+    uses with those asked for (Olive's check_ort_fallback): a fallback is said in one line, or is an
+    error with strict."""
+    path = name or ("<bytes>" if isinstance(model, bytes) else str(model))
     try:
-        sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=so,
+                                    providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for corrupt files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VaeEdgeError(f"onnxruntime cannot load {path}: {first}") from e

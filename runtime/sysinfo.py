@@ -58,10 +58,19 @@ def environment() -> dict:
 
 
 def bundle_summary(bundle=None) -> dict:
+    from vae_edge.runtime import trust
+    from vae_edge.runtime.bundle import SIGNATURE, tuning
     from vae_edge.runtime.vae_runtime import resolve_bundle
 
     path = resolve_bundle(bundle)
     m = load_manifest(path)
+    signed = (path / SIGNATURE).is_file()
+    if not signed:
+        signature = "unsigned"
+    elif trust.available():
+        signature = "signed (checked when loaded with a trusted key)"
+    else:
+        signature = f"signed, cannot be checked here: {trust.INSTALL_HINT}"
     variants = []
     for name, v in m.get("variants", {}).items():
         size = sum(m["files"][f]["size"] for f in v["files"].values() if f in m["files"])
@@ -70,5 +79,5 @@ def bundle_summary(bundle=None) -> dict:
     return {
         "path": str(path), "name": m.get("name"), "arch": m["model"]["arch"],
         "latent_dim": m["model"]["latent_dim"], "conditional": m["model"]["conditional"],
-        "evaluation": m.get("evaluation"), "variants": variants, "tuned": (m.get("tuning") or {}).get("choice"),
+        "evaluation": m.get("evaluation"), "variants": variants, "tuned": tuning(m).get("choice"), "signature": signature,
     }

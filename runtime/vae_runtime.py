@@ -14,7 +14,8 @@ import numpy as np
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
-from vae_edge.runtime.bundle import VARIANTS, load_manifest, variant_files, verify_files
+from vae_edge.runtime import trust
+from vae_edge.runtime.bundle import VARIANTS, Bundle, open_bundle, tuning
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_normal, logsumexp
 
 DEFAULT_MODEL = "mlp-mnist"
@@ -35,6 +36,13 @@ def default_bundle(name: str = DEFAULT_MODEL) -> Path:
     return bundles[name]
 
 
+def _is_shipped(path: Path) -> bool:
+    try:
+        return any(path.resolve() == b.resolve() for b in shipped_bundles().values())
+    except OSError:
+        return False
+
+
 def resolve_bundle(bundle: str | os.PathLike | None) -> Path:
     """None -> the shipped default; a shipped model's name -> its bundle; else a folder."""
     if bundle is None:
@@ -47,8 +55,10 @@ def resolve_bundle(bundle: str | os.PathLike | None) -> Path:
 class VAERuntime:
     """The two graphs of a bundle in onnxruntime sessions, with the VAE's operations around them."""
 
-    def __init__(self, bundle: Path, manifest: dict, variant: str, sessions: dict, providers: list, threads):
-        self.bundle, self.manifest, self.variant = bundle, manifest, variant
+    def __init__(self, bundle: Bundle, variant: str, sessions: dict, providers: list, threads):
+        self.bundle, self.manifest, self.variant = bundle.path, bundle.manifest, variant
+        self.signature, self.signed_by = bundle.signature, bundle.key
+        manifest = bundle.manifest
         self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
         self.providers_asked = providers
         self.threads = threads
@@ -75,29 +85,40 @@ class VAERuntime:
         strict: bool = False,
         opt_level: str = "all",
         warn=lambda s: print(s, file=sys.stderr),
+        trusted_key: str | os.PathLike | None = None,
     ) -> VAERuntime:
-        """Load a bundle (None: the shipped default), verifying the manifest and every file's sha256.
+        """Load a bundle (None: the shipped default). The graph files it needs are read once,
+        checked against their sha256 in the manifest, and those same bytes go to onnxruntime.
 
         variant: fp32 | int8-dynamic | int8-static | fp16 | int8-mixed | auto (what `vae-edge tune`
         chose and recorded in the manifest; fp32 when nothing was tuned).
+        trusted_key: a PEM public key; the bundle must then carry a valid signature by it (also
+        set by $VAE_EDGE_TRUSTED_KEY; shipped bundles are checked against the project key
+        whenever model-signing is installed).
         """
         path = resolve_bundle(bundle)
-        manifest = load_manifest(path)
+        key, label = trust.resolve_key(trusted_key, shipped=_is_shipped(path))
+        opened = open_bundle(path, key, warn=warn, key_label=label)
+        manifest = opened.manifest
         if variant == "auto":
-            choice = (manifest.get("tuning") or {}).get("choice") or {}
+            choice = tuning(manifest).get("choice") or {}
             variant = choice.get("variant", "fp32")
+            if not choice:
+                warn(f"note: --variant auto: {path.name if path.name != 'bundle' else path.parent.name} was "
+                     "never tuned, so fp32 is used (run `vae-edge tune` to choose by speed and accuracy)")
             if providers is None and choice.get("provider") in prov.available():
                 providers = [choice["provider"]]
             if threads is None and choice.get("threads"):
                 threads = int(choice["threads"])
         elif variant not in VARIANTS and variant not in manifest.get("variants", {}):
             raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
-        files = variant_files(manifest, variant)
-        verify_files(path, manifest)
+        graphs = opened.variant_bytes(variant)
+        files = manifest["variants"][variant]["files"]
         plist = prov.resolve(providers, provider_options)
         so = prov.session_options(threads, opt_level)
-        sessions = {g: prov.make_session(path / f, plist, so, strict, warn) for g, f in files.items()}
-        return cls(path, manifest, variant, sessions, list(providers or ["cpu"]), threads)
+        sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
+                    for g, data in graphs.items()}
+        return cls(opened, variant, sessions, list(providers or ["cpu"]), threads)
 
     @property
     def providers_used(self) -> list[str]:

@@ -63,8 +63,10 @@ def test_refuses_non_bundle_out(tmp_path, ckpts, mnist_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(VaeEdgeError, match="--force"):
+    with pytest.raises(VaeEdgeError, match="not a vae-edge bundle: it is left alone"):
         export_bundle(ckpts["mlp"], out, data_dir=mnist_dir)
+    with pytest.raises(VaeEdgeError, match="left alone"):  # force never deletes a folder that is not a bundle
+        export_bundle(ckpts["mlp"], out, data_dir=mnist_dir, force=True)
     assert (out / "precious.txt").read_text() == "keep me"
 
 

@@ -475,7 +475,8 @@ def tune(
 ) -> dict:
     """Try variants x available providers x threads at one batch size on the decoder and
     encoder together; keep those within the accuracy budget; record the fastest in the manifest."""
-    from vae_edge.runtime.vae_runtime import VAERuntime, resolve_bundle
+    from vae_edge.runtime.bundle import SIGNATURE, user_tuning_file
+    from vae_edge.runtime.vae_runtime import VAERuntime, _is_shipped, resolve_bundle
 
     if batch_size <= 0:
         raise VaeEdgeError(f"batch size must be positive, got {batch_size}")
@@ -511,12 +512,22 @@ def tune(
     if not candidates:
         raise VaeEdgeError(f"no variant is within {max_elbo_delta} nats of fp32")
     best = min(candidates, key=lambda r: r["p50_ms"])
-    manifest["tuning"] = {
+    record = {
         "choice": {k: best[k] for k in ("variant", "provider", "threads")},
         "batch_size": batch_size, "max_elbo_delta": max_elbo_delta, "table": table,
         "measured": "median latency of encode + decode through VAERuntime",
         "machine": environment()["cpu"]["model"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(bundle / "manifest.json", manifest)
-    return manifest["tuning"]
+    # A shipped bundle (inside the installed package) or a signed one is never modified: the
+    # choice goes to the user cache, keyed by the manifest, where `--variant auto` finds it.
+    if _is_shipped(bundle) or (bundle / SIGNATURE).exists():
+        path = user_tuning_file({k: v for k, v in manifest.items() if k != "tuning"})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+        record["saved_to"] = str(path)
+    else:
+        manifest["tuning"] = record
+        write_json_atomic(bundle / "manifest.json", manifest)
+        record = {**record, "saved_to": str(bundle / "manifest.json")}
+    return record

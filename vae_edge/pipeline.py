@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_edge import VaeEdgeError
-from vae_edge.runtime.bundle import write_json_atomic
+from vae_edge.runtime.bundle import write_bytes_atomic, write_json_atomic
 
 
 def shipped_checkpoint(name: str = "mlp-mnist") -> Path:
@@ -37,12 +37,16 @@ def run_pipeline(out: str | os.PathLike, checkpoint=None, data_dir=None, min_tim
         raise VaeEdgeError(f"{out} exists and is not a pipeline output: choose another --out, or pass --force")
     checkpoint = Path(checkpoint) if checkpoint else shipped_checkpoint()
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {}  # step -> its duration in seconds
+    current: list = []  # [name, start] of the step under way
 
     def step(name: str, total: int = 6) -> None:
-        timings[name] = round(time.perf_counter() - t0, 2)
-        log(f"[{len(timings)}/{total}] {name}  ({timings[name]:.1f} s)")
+        now = time.perf_counter()
+        if current:
+            timings[current[0]] = round(now - current[1], 2)
+        current[:] = [name, now]
+        if name != "done":
+            log(f"[{len(timings) + 1}/{total}] {name}")
 
     step("export encoder and decoder to ONNX, validate against PyTorch")
     bundle = export_bundle(checkpoint, out / "bundle", data_dir=data_dir, force=True, log=lambda s: log("      " + s))
@@ -86,7 +90,9 @@ def run_pipeline(out: str | os.PathLike, checkpoint=None, data_dir=None, min_tim
                   f"{e['size_ratio_to_fp32']:.0%} |")
     md += ["", "![samples](samples.png) ![reconstructions](reconstructions.png) ![interpolation](interpolation.gif)", "",
            "![latency](bench/latency_decoder.png)", "", markdown(report).split("\n", 2)[2]]
-    (out / "report.md").write_text("\n".join(md))
     step("done", total=6)
+    summary["timings_s"] = timings
+    write_json_atomic(out / "report.json", summary)
+    write_bytes_atomic(out / "report.md", "\n".join(md).encode())
     log(f"report: {out / 'report.md'}")
     return summary

@@ -1,0 +1,3 @@
+from vae_edge.cli import main
+
+main()

@@ -1,0 +1,194 @@
+"""The click group, its error handling, and the options that several command groups share."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from vae_edge import VaeEdgeError, __version__
+
+
+class _Group(click.Group):
+    """Turns errors a user can cause into one line and a non-zero exit (traceback with --debug)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:  # bad option or argument: one line, not usage + hint + error
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"Error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except VaeEdgeError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except ImportError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            missing = getattr(e, "name", None) or str(e)
+            extra = "export" if missing in ("onnx", "onnxscript") else "train"
+            click.echo(
+                f"Error: this command needs {missing}, which is not installed: "
+                f"pip install 'vae-edge[{extra}]'",
+                err=True,
+            )
+            ctx.exit(1)
+        except Exception as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {type(e).__name__}: {e} (run `vae-edge --debug ...` for the traceback)", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vae-edge")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """vae-edge: train a VAE on MNIST, export it to ONNX, quantize it, run it on the edge.
+
+    \b
+    Main job on the shipped model:   vae-edge pipeline --out pipeline-out
+    Generate digits, no torch needed: vae-edge sample -n 64 -o samples.png
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main() -> None:
+    cli(prog_name="vae-edge")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared options, defined once
+# --------------------------------------------------------------------------------------------
+
+def dataset_option(f):
+    return click.option(
+        "--dataset", default="mnist", show_default=True,
+        type=click.Choice(["mnist", "fashion-mnist"]), help="Which MNIST-format dataset.",
+    )(f)
+
+
+def data_dir_option(f):
+    return click.option(
+        "--data-dir", type=click.Path(file_okay=False), default=None,
+        help="Folder with the four IDX files (else $VAE_EDGE_DATA, the user cache, a download).",
+    )(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
+
+
+def positive(name: str):
+    def check(ctx, param, value):
+        if value is not None and value <= 0:
+            raise click.BadParameter(f"must be positive, got {value}")
+        return value
+    return check
+
+
+
+# --------------------------------------------------------------------------------------------
+# On-device commands (numpy + onnxruntime only)
+# --------------------------------------------------------------------------------------------
+
+trusted_key_option = click.option(
+    "--trusted-key", type=click.Path(dir_okay=False), default=None, envvar="VAE_EDGE_TRUSTED_KEY",
+    help="PEM public key: refuse a bundle that is not signed by it ($VAE_EDGE_TRUSTED_KEY).")
+
+
+def runtime_options(f):
+    """--bundle/--variant/--provider/--provider-option/--threads/--strict, defined once."""
+    opts = [
+        click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: the shipped mlp-mnist)."),
+        click.option("--variant", default="fp32", show_default=True,
+                     help="fp32, int8-dynamic, int8-static, fp16, or auto (the tuned choice)."),
+        click.option("--provider", "providers", multiple=True,
+                     help="Execution provider, by preference: cpu, cuda, tensorrt, openvino, coreml, xnnpack, qnn, dml."),
+        click.option("--provider-option", "provider_options", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the first provider (repeatable)."),
+        click.option("--threads", type=int, default=None, callback=positive("threads"), help="Intra-op threads."),
+        click.option("--strict", is_flag=True, help="Fail instead of warning when onnxruntime falls back to another provider."),
+        click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+                     show_default=True, help="onnxruntime graph optimization level."),
+        trusted_key_option,
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def load_runtime(kw: dict):
+    from vae_edge.runtime import VAERuntime
+    from vae_edge.runtime.providers import parse_provider_options
+
+    return VAERuntime.load(
+        kw.pop("bundle"), variant=kw.pop("variant"), providers=kw.pop("providers") or None,
+        threads=kw.pop("threads"), provider_options=parse_provider_options(kw.pop("provider_options")),
+        strict=kw.pop("strict"), opt_level=kw.pop("opt_level"), warn=lambda s: click.echo(s, err=True),
+        trusted_key=kw.pop("trusted_key"),
+    )
+
+
+def with_runtime(f):
+    """Build the VAERuntime from the shared options and pass it as `rt`."""
+    @runtime_options
+    @functools.wraps(f)
+    def wrapper(**kw):
+        rt = load_runtime(kw)
+        return f(rt=rt, **kw)
+    return wrapper
+
+
+def _labels_for(rt, labels, digit):
+    if not rt.conditional:
+        return None
+    if digit is not None:
+        return digit
+    if labels is None:
+        raise VaeEdgeError("this model is conditional: pass --digit, or use dataset slices (they carry labels)")
+    return labels
+
+
+
+# --------------------------------------------------------------------------------------------
+# bench / tune / pipeline
+# --------------------------------------------------------------------------------------------
+
+def _csv(kind: type):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError as e:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of {kind.__name__}") from e
+        if kind is int and any(i <= 0 for i in items):
+            raise click.BadParameter(f"{value!r}: values must be positive")
+        return items
+    return parse
+
+

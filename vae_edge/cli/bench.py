@@ -1,0 +1,104 @@
+"""`vae-edge bench`, `tune` and `pipeline`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vae_edge import VaeEdgeError
+from vae_edge.cli.base import (
+    _csv,
+    data_dir_option,
+    json_option,
+    positive,
+)
+
+
+@click.command()
+@click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: mlp-mnist).")
+@click.option("--variants", default="all", show_default=True, help="Comma-separated variants, or all.")
+@click.option("--graphs", default="encoder,decoder", show_default=True, callback=_csv(str))
+@click.option("--providers", default="cpu", show_default=True, callback=_csv(str))
+@click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_csv(int))
+@click.option("--threads", default="1", show_default=True, callback=_csv(int))
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--min-time", type=float, default=0.3, show_default=True, help="Seconds of calls per contender and setting.")
+@click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True)
+@click.option("--checkpoint", type=click.Path(), default=None, help="PyTorch weights for the baseline (default: beside the bundle).")
+@click.option("--report", "report_dir", type=click.Path(), default=None, help="Write bench.json, bench.md and PNG charts here.")
+@json_option
+def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min_time, baseline, checkpoint,
+          report_dir, as_json) -> None:
+    """Latency of every variant against bare onnxruntime and PyTorch eager.
+
+    \b
+    Example: vae-edge bench --batch-sizes 1,1024 --report bench-out
+    """
+    from vae_edge.bench import BenchConfig, benchmark, markdown, write_report
+
+    if report_dir and Path(report_dir).exists() and not Path(report_dir).is_dir():
+        raise VaeEdgeError(f"report directory {report_dir} is a file")
+    cfg = BenchConfig(variants=() if variants == "all" else tuple(v.strip() for v in variants.split(",")),
+                      graphs=graphs, providers=providers, batch_sizes=batch_sizes, threads=threads,
+                      warmup=warmup, min_time=min_time, baseline_torch=baseline == "torch")
+    with click.progressbar(length=1, label="benchmarking", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.length = total
+            bar.update(done - bar.pos)
+        report = benchmark(bundle, cfg, checkpoint=checkpoint, progress=progress, warn=lambda s: click.echo(s, err=True))
+    if report_dir:
+        paths = write_report(report, report_dir)
+        click.echo(f"report: {', '.join(str(p) for p in paths.values())}", err=True)
+    click.echo(json.dumps(report) if as_json else markdown(report))
+
+
+@click.command()
+@click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: mlp-mnist).")
+@click.option("--max-elbo-delta", type=float, default=0.5, show_default=True, help="Accuracy budget in nats of test -ELBO.")
+@click.option("--batch-size", type=int, default=1, show_default=True, callback=positive("batch size"))
+@click.option("--threads", default=None, callback=_csv(int), help="Thread counts to try (default: 1 and all cores).")
+@click.option("--min-time", type=float, default=0.3, show_default=True)
+@json_option
+def tune(bundle, max_elbo_delta, batch_size, threads, min_time, as_json) -> None:
+    """Pick the fastest variant x provider x threads within the accuracy budget; record it.
+
+    \b
+    Example: vae-edge tune --bundle bundles/mlp --max-elbo-delta 0.5
+             vae-edge sample --bundle bundles/mlp --variant auto -o samples.png
+    """
+    from vae_edge.bench import tune as run_tune
+
+    res = run_tune(bundle, max_elbo_delta=max_elbo_delta, batch_size=batch_size, threads=threads,
+                   min_time=min_time, warn=lambda s: click.echo(s, err=True))
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"{'variant':<14}{'provider':<10}{'threads':>8}{'p50 ms':>10}{'-ELBO delta':>13}  ok")
+    for r in sorted(res["table"], key=lambda r: r["p50_ms"]):
+        d = "-" if r["neg_elbo_delta"] is None else f"{r['neg_elbo_delta']:+.3f}"
+        click.echo(f"{r['variant']:<14}{r['provider']:<10}{r['threads']:>8}{r['p50_ms']:>10.4f}{d:>13}  "
+                   f"{'yes' if r['within_budget'] else 'no'}")
+    c = res["choice"]
+    click.echo(f"chosen: {c['variant']} on {c['provider']} with {c['threads']} thread(s); "
+               "`--variant auto` now uses it")
+
+
+@click.command()
+@click.option("--out", required=True, type=click.Path(), help="Output folder for the bundle, images and report.")
+@click.option("--checkpoint", type=click.Path(), default=None, help="Default: the shipped mlp-mnist checkpoint.")
+@data_dir_option
+@click.option("--min-time", type=float, default=0.2, show_default=True, help="Benchmark seconds per contender.")
+@click.option("--force", is_flag=True, help="Write into --out even if it holds other files.")
+def pipeline(out, checkpoint, data_dir, min_time, force) -> None:
+    """The main job: export, quantize, validate, demo images, benchmark, report.
+
+    \b
+    Example: vae-edge pipeline --out pipeline-out
+    """
+    from vae_edge.pipeline import run_pipeline
+
+    run_pipeline(out, checkpoint=checkpoint, data_dir=data_dir, min_time=min_time, force=force,
+                 log=lambda s: click.echo(s, err=True))

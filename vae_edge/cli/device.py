@@ -1,0 +1,265 @@
+"""The on-device commands: numpy + onnxruntime only (sample, reconstruct, interpolate,
+denoise, score, encode, decode, info)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from vae_edge import VaeEdgeError
+from vae_edge.cli.base import (
+    _labels_for,
+    data_dir_option,
+    json_option,
+    positive,
+    with_runtime,
+)
+
+
+@click.command()
+@click.option("-n", "n", type=int, default=64, show_default=True, help="How many images.")
+@click.option("--digit", type=int, default=None, help="Which digit (conditional models only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help="PNG grid (or .npy of images).")
+@with_runtime
+def sample(rt, n, digit, seed, output) -> None:
+    """Generate new digits from the prior, as a grid image.
+
+    \b
+    Example: vae-edge sample -n 64 -o samples.png
+             vae-edge sample -n 16 --digit 7 --bundle mlp-cond-mnist -o sevens.png
+    """
+
+    from vae_edge.runtime.images import check_output, grid, save_image, save_npy
+
+    out = check_output(output, (".png", ".jpg", ".jpeg", ".npy"))
+    images = rt.sample(n, seed=seed, digit=digit)
+    if out.suffix == ".npy":
+        save_npy(images, out)
+    else:
+        save_image(grid(images), out)
+    click.echo(f"{n} samples -> {out}")
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path())
+@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
+@data_dir_option
+@with_runtime
+def reconstruct(rt, inputs, output, digit, data_dir) -> None:
+    """Encode and decode images: originals on the top row, reconstructions below.
+
+    \b
+    Example: vae-edge reconstruct "mnist:test[0:16]" -o recon.png
+             vae-edge reconstruct my_digit.png -o recon.png
+    """
+    import numpy as np
+
+    from vae_edge.runtime.images import check_output, grid, load_inputs, save_image
+
+    out = check_output(output)
+    x, labels = load_inputs(inputs, data_dir)
+    rec = rt.reconstruct(x, _labels_for(rt, labels, digit))
+    save_image(grid(np.concatenate([x, rec]), ncol=len(x)), out)
+    click.echo(f"{len(x)} reconstructions -> {out}")
+
+
+@click.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--steps", type=int, default=10, show_default=True)
+@click.option("--method", type=click.Choice(["lerp", "slerp"]), default="lerp", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help=".gif (animated) or .png (a strip).")
+@data_dir_option
+@with_runtime
+def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
+    """Morph one image into another through the latent space.
+
+    \b
+    Example: vae-edge interpolate "mnist:test[0:1]" "mnist:test[1:2]" --steps 10 -o morph.gif
+    """
+    from vae_edge.runtime.images import check_output, grid, load_inputs, save_gif, save_image
+
+    out = check_output(output, (".gif", ".png"))
+    xa, la = load_inputs([a], data_dir)
+    xb, lb = load_inputs([b], data_dir)
+    if len(xa) != 1 or len(xb) != 1:
+        raise VaeEdgeError("A and B must each be one image (a file, or a slice like mnist:test[3:4])")
+    y = None
+    if rt.conditional:
+        if la is None or lb is None:
+            raise VaeEdgeError("this model is conditional: use dataset slices (they carry labels)")
+        import numpy as np
+        y = np.concatenate([la, lb])
+    frames = rt.interpolate(xa[0], xb[0], steps=steps, method=method, y=y)
+    if out.suffix == ".gif":
+        save_gif(frames, out)
+    else:
+        save_image(grid(frames, ncol=steps), out)
+    click.echo(f"{steps} frames -> {out}")
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--noise", default="gaussian:0.3", show_default=True,
+              help="gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right (inpainting).")
+@click.option("--samples", type=int, default=512, show_default=True, callback=positive("samples"),
+              help="Importance samples per image and round.")
+@click.option("--rounds", type=int, default=2, show_default=True, callback=positive("rounds"))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--digit", type=int, default=None)
+@click.option("-o", "--output", required=True, type=click.Path())
+@data_dir_option
+@with_runtime
+def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir) -> None:
+    """Corrupt images, then restore them: rows are clean, corrupted, restored.
+
+    The restoration is the model's posterior mean of the clean image given the corrupted one,
+    under the corruption's likelihood (importance sampling; masks: inpainting).
+
+    \b
+    Example: vae-edge denoise "mnist:test[0:8]" --noise saltpepper:0.2 -o denoised.png
+             vae-edge denoise "mnist:test[0:8]" --noise mask:rect -o inpainted.png
+    """
+    import numpy as np
+
+    from vae_edge.runtime.images import check_output, grid, load_inputs, save_image
+    from vae_edge.runtime.vae_runtime import corrupt, parse_noise
+
+    out = check_output(output)
+    parse_noise(noise)
+    x, labels = load_inputs(inputs, data_dir)
+    noisy, mask = corrupt(x, noise, seed=seed)
+    restored = rt.denoise(noisy, noise=None if mask is not None else noise, mask=mask, samples=samples,
+                          rounds=rounds, seed=seed, y=_labels_for(rt, labels, digit))
+    mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
+    save_image(grid(np.concatenate([x, noisy, restored]), ncol=len(x)), out)
+    click.echo(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} -> {out}")
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--iw-samples", type=int, default=0, show_default=True, help="0: -ELBO; K: importance-weighted -log p(x).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--digit", type=int, default=None)
+@data_dir_option
+@json_option
+@with_runtime
+def score(rt, inputs, iw_samples, seed, digit, data_dir, as_json) -> None:
+    """Anomaly score of each image in nats (-ELBO or IW -log p(x)): higher is more unusual.
+
+    \b
+    Example: vae-edge score "mnist:test[0:4]" my_digit.png --json
+    """
+    x, labels, names = load_inputs_with_names(inputs, data_dir)
+    scores = rt.score(x, _labels_for(rt, labels, digit), iw_samples=iw_samples, seed=seed)
+    kind = f"iw_nll_k{iw_samples}" if iw_samples else "neg_elbo"
+    if as_json:
+        click.echo(json.dumps([{"input": nm, kind: round(float(s), 4)} for nm, s in zip(names, scores, strict=True)]))
+        return
+    for nm, s in zip(names, scores, strict=True):
+        click.echo(f"{s:10.2f}  {nm}")
+
+
+def load_inputs_with_names(inputs, data_dir):
+    """(x, labels, one display name per image): each input is loaded once."""
+    import numpy as np
+
+    from vae_edge.runtime.images import load_inputs
+
+    xs, ys, names = [], [], []
+    for spec in inputs:
+        x, y = load_inputs([spec], data_dir)
+        xs.append(x)
+        ys.append(y)
+        names += [spec] if len(x) == 1 and y is None else [f"{spec}#{i}" for i in range(len(x))]
+    labels = None if any(y is None for y in ys) else np.concatenate(ys)
+    return np.concatenate(xs), labels, names
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help=".npy file: mu [N, latent] (and logvar with --with-logvar).")
+@click.option("--with-logvar", is_flag=True, help="Save [2, N, latent]: mu and logvar.")
+@click.option("--digit", type=int, default=None)
+@data_dir_option
+@with_runtime
+def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
+    """Encode images to latent vectors (the posterior mean), saved as .npy.
+
+    \b
+    Example: vae-edge encode "mnist:test[0:100]" -o latents.npy
+    """
+    import numpy as np
+
+    from vae_edge.runtime.images import check_output, load_inputs, save_npy
+
+    out = check_output(output, (".npy",))
+    x, labels = load_inputs(inputs, data_dir)
+    mu, logvar = rt.encode(x, _labels_for(rt, labels, digit))
+    arr = np.stack([mu, logvar]) if with_logvar else mu
+    save_npy(arr, out)
+    click.echo(f"{len(x)} latents of dim {mu.shape[1]} -> {out}")
+
+
+@click.command()
+@click.argument("latents", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path())
+@click.option("--digit", type=int, default=None)
+@with_runtime
+def decode(rt, latents, output, digit) -> None:
+    """Decode latent vectors from a .npy file into an image grid.
+
+    \b
+    Example: vae-edge decode latents.npy -o decoded.png
+    """
+    import numpy as np
+
+    from vae_edge.runtime.images import check_output, grid, save_image
+
+    out = check_output(output)
+    try:
+        z = np.load(latents, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VaeEdgeError(f"cannot read latents from {latents}: {e}") from e
+    if z.ndim == 3 and z.shape[0] == 2:
+        z = z[0]  # [mu, logvar] as written by `encode --with-logvar`
+    images = rt.decode(z, _labels_for(rt, None, digit) if rt.conditional else None)
+    save_image(grid(images), out)
+    click.echo(f"{len(images)} images -> {out}")
+
+
+@click.command()
+@click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: the shipped mlp-mnist).")
+@json_option
+def info(bundle, as_json) -> None:
+    """onnxruntime, providers, CPU features for int8, and the bundle's manifest summary.
+
+    \b
+    Example: vae-edge info --json
+    """
+    from vae_edge.runtime.sysinfo import bundle_summary, environment
+
+    env = environment()
+    summary = bundle_summary(bundle)
+    if as_json:
+        click.echo(json.dumps({"environment": env, "bundle": summary}, indent=2))
+        return
+    click.echo(f"onnxruntime {env['onnxruntime']}  numpy {env['numpy']}  python {env['python']}")
+    click.echo(f"providers available: {', '.join(env['providers_available'])}")
+    click.echo(f"cpu: {env['cpu']['model']} ({env['cpu']['cores']} cores, {env['cpu']['arch']})")
+    flags = env["cpu"]["int8_features"]
+    click.echo("int8 features: " + (", ".join(k for k, v in flags.items() if v) or "none detected"))
+    click.echo(f"bundle: {summary['path']}  ({summary['name']}, {summary['arch']}, latent {summary['latent_dim']}"
+               f"{', conditional' if summary['conditional'] else ''})")
+    for v in summary["variants"]:
+        acc = f"  -ELBO {v['neg_elbo_delta']:+.3f} nats vs fp32" if v.get("neg_elbo_delta") is not None else ""
+        click.echo(f"  {v['variant']:<13} {v['size_bytes'] / 1e6:6.2f} MB{acc}")
+    t = summary.get("tuned")
+    click.echo(f"  tuned choice: {t['variant']} on {t['provider']}, {t['threads']} thread(s)" if t
+               else "  tuned choice: none (`--variant auto` means fp32; run `vae-edge tune`)")
+    click.echo(f"  signature: {summary['signature']}")
+
+

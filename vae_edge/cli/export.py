@@ -1,0 +1,73 @@
+"""`vae-edge export` and `quantize` (torch/onnx, imported inside the commands)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from vae_edge import VaeEdgeError
+from vae_edge.cli.base import (
+    data_dir_option,
+    json_option,
+)
+
+# --------------------------------------------------------------------------------------------
+# export / quantize (torch + onnx)
+# --------------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=True), help="Bundle folder to write.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--ort-format", is_flag=True, help="Also write .ort files for onnxruntime mobile/minimal builds.")
+@data_dir_option
+def export(checkpoint, out, opset, ort_format, data_dir) -> None:
+    """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
+
+    \b
+    Example: vae-edge export runs/mlp/model.pt --out bundles/mlp
+    """
+    from vae_edge.export.onnx_export import export_bundle
+
+    path = export_bundle(checkpoint, out, opset=opset, ort_format=ort_format,
+                         data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+    click.echo(f"bundle: {path}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--mode", type=click.Choice(["auto", "dynamic", "static", "fp16"]), default="auto", show_default=True,
+              help="auto: static int8 for conv graphs, dynamic int8 for MLP graphs.")
+@data_dir_option
+@click.option("--calibration-size", type=int, default=512, show_default=True, help="MNIST training images to calibrate on.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--per-channel", is_flag=True, help="Per-channel weight scales.")
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option("--eval-size", type=int, default=10000, show_default=True, help="Test images for the accuracy record.")
+@json_option
+def quantize(bundle, mode, data_dir, calibration_size, method, per_channel, activation_type, weight_type,
+             eval_size, as_json) -> None:
+    """Add a quantized variant (int8 dynamic/static, fp16) to a bundle, with its accuracy.
+
+    \b
+    Example: vae-edge quantize bundles/mlp --mode dynamic
+             vae-edge quantize bundles/conv --mode static --per-channel
+    """
+    from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
+
+    if calibration_size <= 0:
+        raise VaeEdgeError(f"--calibration-size must be positive, got {calibration_size}")
+    qc = QuantizeConfig(mode=mode, method=method, activation_type=activation_type, weight_type=weight_type,
+                        per_channel=per_channel, calibration_size=calibration_size, eval_size=eval_size)
+    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+    if as_json:
+        click.echo(json.dumps({"variant": variant, **entry}))
+        return
+    a = entry["accuracy"]
+    click.echo(f"{variant}: -ELBO {a['neg_elbo']:.2f} nats ({a['neg_elbo_delta']:+.3f} vs fp32), "
+               f"decoder PSNR {a['decoder_psnr_db']:.1f} dB, size {entry['size_ratio_to_fp32']:.0%} of fp32"
+               + ("" if entry["within_budget"] else "  [OUTSIDE the accuracy budget]"))
+
+

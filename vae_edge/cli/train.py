@@ -1,0 +1,102 @@
+"""`vae-edge train` and `evaluate` (torch, imported inside the commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vae_edge import VaeEdgeError
+from vae_edge.cli.base import (
+    data_dir_option,
+    dataset_option,
+    json_option,
+    positive,
+)
+
+# --------------------------------------------------------------------------------------------
+# train / evaluate (torch)
+# --------------------------------------------------------------------------------------------
+
+@click.command()
+@click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
+@click.option("--latent-dim", type=int, default=20, show_default=True, callback=positive("latent dim"))
+@click.option("--hidden", type=int, default=400, show_default=True, help="MLP hidden width.")
+@click.option("--upsample", type=click.Choice(["resize-subpixel", "resize", "convtranspose"]), default="resize-subpixel",
+              show_default=True, help="Conv decoder upsampling (see benchmarks/results/decoder_ops.md).")
+@click.option("--conditional", is_flag=True, help="Condition encoder and decoder on the digit label.")
+@click.option("--epochs", type=int, default=10, show_default=True, callback=positive("epochs"))
+@click.option("--batch-size", type=int, default=128, show_default=True, callback=positive("batch size"))
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(["none", "cosine"]), default="none", show_default=True)
+@click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the KL term.")
+@click.option("--kl-warmup", type=float, default=0.0, show_default=True, help="Epochs to ramp the KL weight from 0 to beta.")
+@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True)
+@dataset_option
+@data_dir_option
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue OUT/model.pt where it stopped.")
+@click.option("--max-steps", type=int, default=None, callback=positive("max steps"), help="Stop after this many steps (smoke runs).")
+@click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt and metrics.jsonl.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(arch, latent_dim, hidden, upsample, conditional, epochs, batch_size, lr, lr_schedule, beta,
+          kl_warmup, binarize, dataset, data_dir, device, seed, resume, max_steps, threads, out, quiet) -> None:
+    """Train a VAE on MNIST and write OUT/model.pt every epoch.
+
+    \b
+    Example: vae-edge train --arch mlp --epochs 10 --out runs/mlp
+             vae-edge train --arch conv --binarize dynamic --epochs 30 --out runs/conv
+    """
+    from vae_edge.model import VAEConfig
+    from vae_edge.train import TrainConfig
+    from vae_edge.train import train as run_train
+
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, upsample=upsample, conditional=conditional)
+    tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, beta=beta,
+                     kl_warmup=kl_warmup, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
+    metrics = run_train(cfg, tc, out, data_dir=data_dir, device=device, resume=resume, progress=not quiet)
+    click.echo(f"checkpoint: {Path(out) / 'model.pt'}  (train loss {metrics.get('train_loss', float('nan')):.2f})")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--iw-samples", type=int, default=5000, show_default=True, help="K for the IW estimate of -log p(x); 0 to skip.")
+@click.option("--limit", type=int, default=None, callback=positive("limit"), help="Only the first N test images.")
+@dataset_option
+@data_dir_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, callback=positive("threads"))
+@json_option
+def evaluate(checkpoint, iw_samples, limit, dataset, data_dir, seed, threads, as_json) -> None:
+    """Test -ELBO (nats/image) and importance-weighted -log p(x) of a checkpoint.
+
+    \b
+    Example: vae-edge evaluate runs/mlp/model.pt --iw-samples 5000 --json
+    """
+    from vae_edge.evaluate import evaluate as run_eval
+    from vae_edge.train import load_checkpoint, model_from_checkpoint
+
+    if iw_samples < 0:
+        raise VaeEdgeError(f"--iw-samples must be 0 or positive, got {iw_samples}")
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint)
+    res = run_eval(model_from_checkpoint(ckpt), dataset=ckpt.get("dataset", dataset), data_dir=data_dir,
+                   iw_samples=iw_samples, limit=limit, seed=seed)
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"test images       {res['images']}")
+    click.echo(f"-ELBO (greyscale) {res['neg_elbo']:.2f} nats")
+    click.echo(f"-ELBO (binarized) {res['neg_elbo_binarized']:.2f} nats")
+    if res["iw_nll"] is not None:
+        click.echo(f"IW-NLL (K={iw_samples}) {res['iw_nll']:.2f} nats")
+
+

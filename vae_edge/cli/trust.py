@@ -1,0 +1,83 @@
+"""`vae-edge keygen`, `sign` and `verify`: signed bundles (OpenSSF model signing, the [sign] extra)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vae_edge.cli.base import json_option, trusted_key_option
+
+
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder for private.pem (mode 600) and public.pem.")
+@click.option("--name", default="vae-edge", show_default=True, help="File name prefix: NAME.priv.pem, NAME.pub.pem.")
+@click.option("--force", is_flag=True, help="Replace existing key files.")
+def keygen(out_dir, name, force) -> None:
+    """Make an ECDSA P-256 key pair for signing bundles.
+
+    Keep the private key off the devices; ship the public key to them.
+
+    \b
+    Example: vae-edge keygen --out keys
+             (same as: openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt)
+    """
+    from vae_edge import VaeEdgeError
+    from vae_edge.runtime.trust import keygen as make_keys
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise VaeEdgeError(f"the folder {out} does not exist")
+    priv, pub = make_keys(out / f"{name}.priv.pem", out / f"{name}.pub.pem", force=force)
+    click.echo(f"private key: {priv} (keep it secret)\npublic key:  {pub} (give it to devices: --trusted-key)")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--key", "private_key", required=True, type=click.Path(dir_okay=False),
+              help="PEM private key (from `vae-edge keygen`).")
+def sign(bundle, private_key) -> None:
+    """Sign every file of a bundle: writes BUNDLE/model.sig.
+
+    \b
+    Example: vae-edge sign bundles/mlp --key keys/vae-edge.priv.pem
+             vae-edge sample --bundle bundles/mlp --trusted-key keys/vae-edge.pub.pem -o s.png
+    """
+    from vae_edge.runtime.trust import sign_bundle
+
+    sig = sign_bundle(bundle, private_key)
+    click.echo(f"signed: {sig}")
+
+
+@click.command()
+@click.argument("bundle", required=False)
+@trusted_key_option
+@json_option
+def verify(bundle, trusted_key, as_json) -> None:
+    """Check a bundle: manifest, every file's sha256, and its signature (with a trusted key).
+
+    BUNDLE is a folder or a shipped model's name (default: the shipped mlp-mnist).
+
+    \b
+    Example: vae-edge verify bundles/mlp --trusted-key keys/vae-edge.pub.pem
+    """
+    from vae_edge.runtime import trust
+    from vae_edge.runtime.bundle import open_bundle, verify_files
+    from vae_edge.runtime.vae_runtime import _is_shipped, resolve_bundle
+
+    path = resolve_bundle(bundle)
+    key, label = trust.resolve_key(trusted_key, shipped=_is_shipped(path))
+    b = open_bundle(path, key, key_label=label)
+    verify_files(b.path, b.manifest)
+    files = sorted(b.manifest["files"])
+    res = {"bundle": str(b.path), "files_checked": len(files), "signature": b.signature, "key": b.key,
+           "variants": sorted(b.manifest["variants"])}
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"{b.path}: {len(files)} files match the manifest ({', '.join(res['variants'])})")
+    click.echo({"verified": f"signature: valid, signed by {b.key}",
+                "unchecked": "signature: present, NOT checked (pass --trusted-key PUBLIC.pem)",
+                "unsigned": "signature: none (unsigned bundle)"}[b.signature])
