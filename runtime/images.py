@@ -51,27 +51,27 @@ def preprocess(img: Image.Image) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file -> [1, 28, 28]. The size is checked from the header, before any pixel is
+    decoded; pillow's global limits are left as they are (thread-safe)."""
     path = Path(path)
+    if path.is_dir():
+        raise VaeEdgeError(f"input {path} is a folder: give image files (or a slice such as mnist:test[0:16])")
     if not path.is_file():
         raise VaeEdgeError(f"input {path} does not exist")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-        try:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise VaeEdgeError(f"{path} is {img.width}x{img.height}: too large (limit {MAX_PIXELS} pixels)")
                 img.load()
                 return preprocess(img)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise VaeEdgeError(f"{path} is too large to open safely (limit {MAX_PIXELS} pixels)") from e
-        except UnidentifiedImageError as e:
-            raise VaeEdgeError(f"{path} is not an image pillow can read") from e
-        except OSError as e:
-            raise VaeEdgeError(f"cannot read image {path}: {e}") from e
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
+    except Image.DecompressionBombError as e:
+        raise VaeEdgeError(f"{path} is too large to open safely (limit {MAX_PIXELS} pixels)") from e
+    except UnidentifiedImageError as e:
+        raise VaeEdgeError(f"{path} is not an image pillow can read") from e
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or malformed files
+        raise VaeEdgeError(f"cannot read image {path}: {e}") from e
 
 
 def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -16,7 +16,7 @@ from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime import trust
 from vae_edge.runtime.bundle import VARIANTS, Bundle, open_bundle, tuning
-from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_normal, logsumexp
+from vae_edge.runtime.mathops import LOG_2PI, bce_with_logits, kl_to_prior, log_normal, logsumexp
 
 DEFAULT_MODEL = "mlp-mnist"
 MAX_BATCH = 100_000  # a larger n is refused (memory)
@@ -220,63 +220,103 @@ class VAERuntime:
         za, _ = self.encode(np.asarray(a, np.float32).reshape(1, 1, 28, 28), None if y is None else y[:1])
         zb, _ = self.encode(np.asarray(b, np.float32).reshape(1, 1, 28, 28), None if y is None else y[1:2])
         t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
-        if method == "lerp":
-            z = (1 - t) * za + t * zb
-        else:
-            na, nb = np.linalg.norm(za), np.linalg.norm(zb)
-            omega = np.arccos(np.clip(np.dot(za[0] / na, zb[0] / nb), -1, 1))
-            if omega < 1e-6:
-                z = (1 - t) * za + t * zb
-            else:
-                z = (np.sin((1 - t) * omega) * za + np.sin(t * omega) * zb) / np.sin(omega)
+        z = lerp(za[0], zb[0], t) if method == "lerp" else slerp(za[0], zb[0], t)
         yy = None if y is None else np.where(t[:, 0] < 0.5, y[0], y[1])
         return self.decode(z.astype(np.float32), yy)
 
     def denoise(self, x, noise: str | None = None, mask=None, samples: int = 512, rounds: int = 2,
-                seed: int = 0, y=None) -> np.ndarray:
-        """Restore corrupted images: the posterior mean E[decoder(z) | corrupted x] under the
-        corruption's own likelihood (`noise`: gaussian:SIGMA or saltpepper:FRACTION; or a `mask`
-        of known pixels, 1 = known, for inpainting), estimated by importance sampling around the
-        encoder's posterior; each round re-centres the proposal on the last estimate. Known
-        pixels of a mask are kept as they are."""
+                seed: int = 0, y=None, info: dict | None = None) -> np.ndarray:
+        """Restore corrupted images: the posterior mean E[decoder(z) | corrupted x], where the
+        corruption's own likelihood is exact (`noise`: gaussian:SIGMA, clipped to [0, 1] as
+        `corrupt` does; saltpepper:FRACTION; or a `mask` of known pixels, 1 = known, for
+        inpainting, where known pixels follow the model's Bernoulli likelihood and are kept).
+
+        Estimated by sequential Monte Carlo: `samples` particles start from the encoder's
+        posterior for the corrupted input, the likelihood is switched on through adaptively
+        chosen temperatures (each step keeps half the effective sample size), with resampling and
+        `rounds` Metropolis moves per step. `info`, if given, receives the diagnostics: the
+        effective sample size of the final weights per image, the number of temperatures, and
+        the Metropolis acceptance rate."""
         x = self._images(x)
         if mask is not None:
-            mask = np.broadcast_to(np.asarray(mask, np.float32), x.shape)
-            est = self._posterior_mean(x, _masked_loglik(mask), y, samples, rounds, seed, start=x * mask)
+            mask = np.broadcast_to(np.asarray(mask, np.float32), x.shape).astype(np.float32)
+            est = self._posterior_mean(x, _masked_loglik(mask), y, samples, rounds, seed, x * mask, info)
             return np.where(mask > 0, x, est).astype(np.float32)
-        return self._posterior_mean(x, noise_loglik(noise or "gaussian:0.2"), y, samples, rounds, seed)
+        return self._posterior_mean(x, noise_loglik(noise or "gaussian:0.2"), y, samples, rounds, seed, x, info)
 
-    def _posterior_mean(self, x, loglik, y, samples: int, rounds: int, seed: int, start=None) -> np.ndarray:
-        if samples <= 0 or rounds <= 0:
-            raise VaeEdgeError("samples and rounds must be positive")
+    def _posterior_mean(self, x, loglik, y, samples: int, rounds: int, seed: int, start, info) -> np.ndarray:
+        if samples < 2 or rounds < 1:
+            raise VaeEdgeError("denoising needs at least 2 samples and 1 round")
         labels = self._labels(y, len(x)).get("y")
         rng = np.random.default_rng(seed)
-        est = x if start is None else np.ascontiguousarray(start, dtype=np.float32)
-        for _ in range(rounds):
-            mu, logvar = self.encode(est, labels)
-            sd = np.maximum(2.0 * np.exp(0.5 * logvar), 0.5)  # a broadened proposal
-            out = np.empty_like(x)
-            for i in range(len(x)):
-                eps = rng.standard_normal((samples, self.latent_dim), dtype=np.float32)
-                z = (mu[i] + sd[i] * eps).astype(np.float32)
-                c = self.decode(z, None if labels is None else np.full(samples, labels[i]))
-                log_q = -0.5 * np.sum(eps**2, 1) - np.sum(np.log(sd[i]))
-                logw = loglik(c, x[i], i) + log_normal(z) - log_q
-                w = np.exp(logw - logsumexp(logw))
-                out[i] = np.tensordot(w, c, 1)
-            est = out
+        n, k, d = len(x), samples, self.latent_dim
+        mu, logvar = self.encode(np.ascontiguousarray(start, dtype=np.float32), labels)
+        mu, sd = mu.astype(np.float64), np.exp(0.5 * logvar.astype(np.float64))
+        lab = None if labels is None else np.repeat(labels, k)
+
+        def log_q(z):  # the fixed proposal, per image: [n, k]
+            return -0.5 * np.sum(((z - mu[:, None]) / sd[:, None]) ** 2, -1) - np.sum(np.log(sd), -1)[:, None]
+
+        def evaluate(z):  # log prior + log likelihood, and the decoded means: [n, k], [n, k, 1, 28, 28]
+            logits = self.decode(z.reshape(n * k, d).astype(np.float32), lab, logits=True)
+            logits = logits.reshape(n, k, 1, 28, 28)
+            ll = np.stack([loglik(logits[i], x[i], i) for i in range(n)])
+            return -0.5 * np.sum(z**2, -1) + ll, logits
+
+        z = mu[:, None] + sd[:, None] * rng.standard_normal((n, k, d))
+        lp, logits = evaluate(z)
+        lq = log_q(z)
+        beta = np.zeros(n)
+        logw = np.zeros((n, k))
+        steps, accepted, proposed = np.zeros(n, int), 0, 0
+        while np.any(beta < 1):
+            g = lp - lq  # log target - log proposal; the weight increment is (b' - b) * g
+            new = np.array([_next_beta(beta[i], g[i], logw[i]) for i in range(n)])
+            steps += new > beta
+            logw = logw + (new - beta)[:, None] * g
+            beta = new
+            w = _normalized(logw)
+            if np.all(beta >= 1):
+                break
+            # resample (systematic), then Metropolis moves that leave pi_beta invariant
+            idx = np.stack([_systematic(w[i], rng) for i in range(n)])
+            z, lp, lq, logits = (_take(a, idx) for a in (z, lp, lq, logits))
+            logw = np.zeros((n, k))
+            step = 2.38 / np.sqrt(d) * np.maximum(z.std(1, keepdims=True), 1e-3)
+            for _ in range(rounds):
+                z_new = z + step * rng.standard_normal(z.shape)
+                lp_new, logits_new = evaluate(z_new)
+                lq_new = log_q(z_new)
+                b = beta[:, None]
+                log_ratio = ((1 - b) * lq_new + b * lp_new) - ((1 - b) * lq + b * lp)
+                ok = np.log(rng.random((n, k))) < log_ratio
+                z = np.where(ok[..., None], z_new, z)
+                lp, lq = np.where(ok, lp_new, lp), np.where(ok, lq_new, lq)
+                logits = np.where(ok[..., None, None, None], logits_new, logits)
+                accepted, proposed = accepted + int(ok.sum()), proposed + ok.size
+        w = _normalized(logw)
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        est = np.einsum("nk,nkchw->nchw", w, probs).astype(np.float32)
+        if info is not None:
+            info.update({
+                "ess": (1.0 / np.sum(w**2, 1)).tolist(), "particles": k,
+                "temperatures": _count_steps(steps), "moves_per_temperature": rounds,
+                "acceptance": accepted / proposed if proposed else None,
+            })
         return est
 
     def score(self, x, y=None, iw_samples: int = 0, seed: int = 0, elbo_samples: int = 1) -> np.ndarray:
         """Anomaly score per image in nats: -ELBO, or with iw_samples=K the importance-weighted
         estimate of -log p(x). Higher means more unusual."""
+        if iw_samples < 0:
+            raise VaeEdgeError(f"iw samples must be 0 or positive, got {iw_samples}")
+        if elbo_samples < 1:
+            raise VaeEdgeError(f"elbo samples must be 1 or more, got {elbo_samples}")
         x = self._images(x)
         extra = self._labels(y, len(x))
         rng = np.random.default_rng(seed)
         mu, logvar = self.encoder.run(None, {"x": x, **extra})
         std = np.exp(0.5 * logvar)
-        if iw_samples < 0:
-            raise VaeEdgeError(f"iw samples must be 0 or positive, got {iw_samples}")
         if iw_samples == 0:
             total = np.zeros(len(x))
             for _ in range(elbo_samples):
@@ -297,6 +337,33 @@ class VAERuntime:
             logw = np.concatenate(logw)
             out[i] = -(logsumexp(logw) - np.log(iw_samples))
         return out
+
+
+def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return (1 - t) * a + t * b
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation of latents a, b [D] at t [T, 1] -> [T, D]. Falls back to lerp when
+    either latent is ~0 or both point the same way; for opposite latents, where the great circle
+    is not unique, it goes through a fixed direction orthogonal to a."""
+    a64, b64, t64 = a.astype(np.float64), b.astype(np.float64), t.astype(np.float64)
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na < 1e-8 or nb < 1e-8:
+        return lerp(a64, b64, t64)
+    u, w = a64 / na, b64 / nb
+    cos = float(np.clip(u @ w, -1.0, 1.0))
+    omega = math.acos(cos)
+    if omega < 1e-6:
+        return lerp(a64, b64, t64)
+    if math.pi - omega < 1e-4:  # opposite: sin(omega) ~ 0
+        e = np.zeros_like(u)
+        e[np.argmin(np.abs(u))] = 1.0
+        v = e - (e @ u) * u
+        v /= np.linalg.norm(v)
+        direction = np.cos(np.pi * t64) * u + np.sin(np.pi * t64) * v
+        return ((1 - t64) * na + t64 * nb) * direction
+    return (np.sin((1 - t64) * omega) * a64 + np.sin(t64 * omega) * b64) / math.sin(omega)
 
 
 def _fast_run(sess):
@@ -324,25 +391,127 @@ def parse_noise(spec: str) -> tuple[str, str]:
 
 
 def noise_loglik(spec: str):
-    """log p(corrupted pixel | clean value c), summed per image, for a corruption spec."""
+    """log p(corrupted image | decoder logits), summed per image, for a corruption spec: exact for
+    what `corrupt` does. logits [..., 1, 28, 28], xn [1, 28, 28] -> [...]."""
     kind, arg = parse_noise(spec)
     if kind == "gaussian":
-        sigma = max(float(arg), 1e-3)
-        return lambda c, xn, i: -0.5 * np.sum((xn - c) ** 2, axis=(-1, -2, -3)) / sigma**2
-    if kind == "saltpepper":
-        p, s = min(max(float(arg), 1e-3), 0.999), 0.1
+        sigma = float(arg)
+        if sigma <= 0:
+            raise VaeEdgeError(f"gaussian noise needs a positive sigma, got {sigma}")
 
-        def loglik(c, xn, i):
-            def g(mean):
-                return np.exp(-0.5 * ((xn - mean) / s) ** 2)
-            mix = (1 - p) * g(c) + (p / 2) * (g(0.0) + g(1.0))
-            return np.sum(np.log(mix + 1e-30), axis=(-1, -2, -3))
+        # clipped at 0: log P(c + noise <= 0) = log Phi(-c / sigma); at 1, the same at 1 - c.
+        # Tabulated over c in [0, 1] (interpolation error < 1e-8 / sigma^2 nats per pixel).
+        grid = np.linspace(0.0, 1.0, 4097)
+        table = log_ndtr(-grid / sigma)
+        const = -np.log(sigma) - 0.5 * LOG_2PI
+
+        def loglik(logits, xn, i):
+            c = 1.0 / (1.0 + np.exp(-logits.reshape(*logits.shape[:-3], -1)))
+            xf = xn.reshape(-1)
+            lo, hi = xf <= 0.0, xf >= 1.0
+            mid = ~(lo | hi)
+            out = np.sum(-0.5 * ((c[..., mid] - xf[mid]) / sigma) ** 2, -1) + const * mid.sum()
+            out = out + np.sum(np.interp(c[..., lo], grid, table), -1)
+            return out + np.sum(np.interp(1.0 - c[..., hi], grid, table), -1)
+        return loglik
+    if kind == "saltpepper":
+        p = float(arg)
+        if not 0 < p < 1:
+            raise VaeEdgeError(f"salt-and-pepper fraction must lie in (0, 1), got {p}")
+
+        log_keep, log_flip = np.log1p(-p), np.log(p / 2)
+
+        def loglik(logits, xn, i):
+            # a pixel is pepper (0) or salt (1) with probability p/2 each, else the clean pixel,
+            # which follows the model's own Bernoulli likelihood c^x (1 - c)^(1 - x)
+            lf = logits.reshape(*logits.shape[:-3], -1)
+            xf = xn.reshape(-1)
+            zero, one = xf <= 0.0, xf >= 1.0
+            mid = ~(zero | one)
+            out = np.sum(np.logaddexp(log_keep - _softplus(lf[..., zero]), log_flip), -1, dtype=np.float64)
+            out = out + np.sum(np.logaddexp(log_keep - _softplus(-lf[..., one]), log_flip), -1, dtype=np.float64)
+            lm, xm = lf[..., mid], xf[mid]
+            return out + np.sum(log_keep - xm * _softplus(-lm) - (1 - xm) * _softplus(lm), -1, dtype=np.float64)
         return loglik
     raise VaeEdgeError(f"{spec}: masks are passed as mask=, not as a noise model")
 
 
-def _masked_loglik(mask: np.ndarray, s: float = 0.1):
-    return lambda c, xn, i: -0.5 * np.sum(mask[i] * (xn - c) ** 2, axis=(-1, -2, -3)) / s**2
+def _masked_loglik(mask: np.ndarray):
+    """Known pixels follow the model's Bernoulli likelihood; unknown ones say nothing."""
+    def loglik(logits, xn, i):
+        known = mask[i].reshape(-1) > 0
+        lk = logits.reshape(*logits.shape[:-3], -1)[..., known]
+        xk = xn.reshape(-1)[known]
+        return -np.sum(xk * _softplus(-lk) + (1 - xk) * _softplus(lk), -1, dtype=np.float64)
+    return loglik
+
+
+def _softplus(v: np.ndarray) -> np.ndarray:
+    """log(1 + e^v), stable: -log sigmoid(-v)."""
+    return np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
+
+
+def log_ndtr(t: np.ndarray) -> np.ndarray:
+    """log of the standard normal CDF, stable far into the lower tail (no scipy)."""
+    t = np.asarray(t, np.float64)
+    out = np.empty_like(t)
+    lo = t < -5.0
+    tl = t[lo]  # asymptotic series: log(phi(t) / -t * (1 - 1/t^2 + 3/t^4))
+    out[lo] = -0.5 * tl**2 - 0.5 * LOG_2PI - np.log(-tl) + np.log1p(-1 / tl**2 + 3 / tl**4)
+    th = t[~lo]
+    out[~lo] = np.log(np.maximum(0.5 * _erfc(-th / np.sqrt(2.0)), 1e-300))
+    return out
+
+
+def _erfc(v: np.ndarray) -> np.ndarray:
+    """Complementary error function (Numerical Recipes' erfcc, relative error < 1.2e-7)."""
+    a = np.abs(v)
+    t = 1.0 / (1.0 + 0.5 * a)
+    r = t * np.exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277)))))))))
+    return np.where(v >= 0, r, 2.0 - r)
+
+
+def _normalized(logw: np.ndarray) -> np.ndarray:
+    w = np.exp(logw - logw.max(-1, keepdims=True))
+    return w / w.sum(-1, keepdims=True)
+
+
+def _ess(logw: np.ndarray) -> float:
+    w = _normalized(logw)
+    return float(1.0 / np.sum(w**2))
+
+
+def _next_beta(beta: float, g: np.ndarray, logw: np.ndarray) -> float:
+    """The largest next temperature whose weights keep half the effective sample size."""
+    if beta >= 1.0:
+        return 1.0
+    target = 0.5 * _ess(logw)
+    if _ess(logw + (1.0 - beta) * g) >= target:
+        return 1.0
+    lo, hi = beta, 1.0
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if _ess(logw + (mid - beta) * g) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return max(lo, beta + 1e-12)
+
+
+def _systematic(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    positions = (rng.random() + np.arange(len(w))) / len(w)
+    return np.minimum(np.searchsorted(np.cumsum(w), positions), len(w) - 1)
+
+
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a [n, k, ...] indexed along its particle axis by idx [n, k]."""
+    return np.take_along_axis(a, idx.reshape(*idx.shape, *([1] * (a.ndim - 2))), 1)
+
+
+def _count_steps(steps: np.ndarray) -> list[int]:
+    return [int(s) for s in steps]
 
 
 def corrupt(x: np.ndarray, spec: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:

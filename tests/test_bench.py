@@ -60,7 +60,13 @@ def test_benchmark_and_reports(tmp_path, quantized, ckpts):
     rep = benchmark(quantized, cfg, checkpoint=ckpts["mlp"], warn=lambda s: None)
     assert {r["kind"] for r in rep["rows"]} == {"runtime", "ort", "eager"}
     assert len(rep["ratios"]) == 2 * 2 * 2  # graphs x batches x variants
-    assert all(r["speedup_vs_torch"] > 0 for r in rep["ratios"])
+    # each ratio is the eager row's median over the runtime row's median, for the same setting
+    p50 = {(r["graph"], r["batch"], r["variant"], r["kind"]): r["p50_ms"] for r in rep["rows"]}
+    for r in rep["ratios"]:
+        torch_ms = p50[(r["graph"], r["batch"], "torch", "eager")]
+        runtime_ms = p50[(r["graph"], r["batch"], r["variant"], "runtime")]
+        assert r["speedup_vs_torch"] == pytest.approx(torch_ms / runtime_ms)
+        assert r["runtime_overhead"] == pytest.approx(runtime_ms / p50[(r["graph"], r["batch"], r["variant"], "ort")])
     assert rep["environment"]["cpu"]["cores"] >= 1 and "onnxruntime" in rep["environment"]
     assert rep["cold_start"][0]["cold_start_ms"] > 0 and rep["variants"]["int8-static"]["size_bytes"] > 0
     paths = write_report(rep, tmp_path / "rep")

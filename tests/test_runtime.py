@@ -48,6 +48,16 @@ def test_operations(quantized, mnist_dir):
     assert not np.array_equal(s1, rt.sample(5, seed=4))
     frames = rt.interpolate(x[0], x[1], steps=7, method="slerp")
     assert frames.shape == (7, 1, 28, 28)
+    # the inner frames follow the great circle between the two codes, not the straight line
+    za, zb = rt.encode(x[:1])[0][0].astype(np.float64), rt.encode(x[1:2])[0][0].astype(np.float64)
+    om = np.arccos(za @ zb / np.linalg.norm(za) / np.linalg.norm(zb))
+    zmid = (np.sin(om / 2) * (za + zb)) / np.sin(om)
+    assert np.allclose(frames[3], rt.decode(zmid.astype(np.float32)[None])[0], atol=1e-5)
+    seen = []
+    real_decode = rt.decode
+    rt.decode = lambda z, y=None: seen.append(np.array(z)) or real_decode(z, y)
+    rt.interpolate(x[0], x[1], steps=7, method="slerp")
+    assert np.allclose(seen[0][3], zmid, atol=1e-5) and not np.allclose(seen[0][3], (za + zb) / 2, atol=1e-4)
     assert np.allclose(frames[0], rt.reconstruct(x[:1])[0], atol=1e-5)
     assert np.allclose(frames[-1], rt.reconstruct(x[1:2])[0], atol=1e-5)
 
@@ -90,6 +100,22 @@ def test_anomaly_score_ranks_noise_above_digits(quantized, mnist_dir):
     assert rt.score(noise).min() > rt.score(x).max()
 
 
+def _best_single_sample(rt, noisy, spec, mask, k=512):
+    """The estimate importance sampling collapses to: the single best-weighted draw per image."""
+    from vae_edge.runtime.vae_runtime import _masked_loglik, log_normal, noise_loglik
+
+    loglik = _masked_loglik(mask) if mask is not None else noise_loglik(spec)
+    mu, logvar = rt.encode(noisy * mask if mask is not None else noisy)
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(len(noisy)):
+        z = (mu[i] + np.exp(0.5 * logvar[i]) * rng.standard_normal((k, rt.latent_dim))).astype(np.float32)
+        logw = loglik(rt.decode(z, logits=True), noisy[i], i) + log_normal(z) - log_normal(z, mu[i], logvar[i])
+        best = rt.decode(z[np.argmax(logw)][None])[0]
+        out.append(np.where(mask[i] > 0, noisy[i], best) if mask is not None else best)
+    return np.stack(out)
+
+
 @pytest.mark.parametrize("spec", ["gaussian:0.3", "saltpepper:0.2", "mask:rect", "mask:bottom"])
 def test_denoise_improves(mnist_dir, spec):
     from vae_edge.data import load_slice
@@ -97,8 +123,12 @@ def test_denoise_improves(mnist_dir, spec):
     rt = VAERuntime.load(None, variant="int8-dynamic")  # the shipped, fully trained model
     x, _ = load_slice("mnist:test[0:16]", mnist_dir)
     noisy, mask = corrupt(x, spec, seed=0)
-    out = rt.denoise(noisy, noise=None if mask is not None else spec, mask=mask, samples=256)
+    info = {}
+    out = rt.denoise(noisy, noise=None if mask is not None else spec, mask=mask, samples=256, info=info)
     mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
+    # a real posterior mean: many particles carry weight (the old importance sampler had 1.0 of 512)
+    assert min(info["ess"]) > 256 / 4 and info["acceptance"] > 0.05
+    assert mse(out) < mse(_best_single_sample(rt, noisy, spec, mask))
     if mask is not None:
         assert np.array_equal(out[mask > 0], x[mask > 0])  # known pixels kept
         assert mse(out) < 0.7 * mse(noisy)  # the hole is filled with something digit-like
@@ -238,3 +268,36 @@ def test_decompression_bomb_and_non_image(tmp_path, monkeypatch):
         load_image(txt)
     with pytest.raises(VaeEdgeError, match="does not exist"):
         load_image(tmp_path / "nope.png")
+
+
+def test_slerp_edge_cases():
+    from vae_edge.runtime.vae_runtime import slerp
+
+    t = np.linspace(0, 1, 9)[:, None]
+    a = np.array([1.0, 2.0, -0.5])
+    for b in (-2.0 * a, a * 3.0, np.zeros(3)):  # opposite, parallel, zero
+        z = slerp(a, b, t)
+        assert np.all(np.isfinite(z)) and np.allclose(z[0], a) and np.allclose(z[-1], b)
+    z = slerp(a, -2.0 * a, t)  # opposite: norms go from |a| to 2|a| along a half circle
+    assert np.allclose(np.linalg.norm(z, axis=1), np.linalg.norm(a) * (1 + t[:, 0]))
+    b = np.array([0.5, -1.0, 2.0])
+    z = slerp(a, b, t)  # in general: norms interpolate sin-weighted, directions rotate at a constant rate
+    ang = [np.arccos(np.clip(zi @ a / np.linalg.norm(zi) / np.linalg.norm(a), -1, 1)) for zi in z]
+    assert np.allclose(np.diff(ang), ang[-1] / 8, atol=1e-6) or not np.allclose(np.linalg.norm(a), np.linalg.norm(b))
+
+
+def test_clipped_gaussian_likelihood_is_exact():
+    """The censored-Gaussian likelihood against a direct computation with math.erf."""
+    import math
+
+    from vae_edge.runtime.vae_runtime import noise_loglik
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (5, 1, 28, 28)).astype(np.float32)
+    xn = np.clip(rng.random((1, 28, 28)) * 1.6 - 0.3, 0, 1).astype(np.float32)
+    got = noise_loglik("gaussian:0.3")(logits, xn, 0)
+    c = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    cdf = np.vectorize(lambda t: 0.5 * math.erfc(-t / math.sqrt(2)))
+    per = np.where(xn <= 0, np.log(cdf(-c / 0.3)), np.where(
+        xn >= 1, np.log(cdf((c - 1) / 0.3)), -0.5 * ((xn - c) / 0.3) ** 2 - math.log(0.3 * math.sqrt(2 * math.pi))))
+    assert np.allclose(got, per.sum((1, 2, 3)), atol=1e-3)

@@ -51,10 +51,16 @@ def test_existing_run_needs_resume(tmp_path, tiny_idx):
 
 
 def test_kl_warmup_and_cosine(tmp_path, tiny_idx):
-    train(VAEConfig(hidden=16, latent_dim=2), TrainConfig(epochs=2, batch_size=32, kl_warmup=1, lr_schedule="cosine"),
-          tmp_path, data_dir=tiny_idx, progress=False, log=lambda s: None)
+    from vae_edge.train import kl_weight
+
+    tc = TrainConfig(epochs=2, batch_size=32, kl_warmup=4, beta=1.0, lr_schedule="cosine")
+    assert [kl_weight(tc, e) for e in (0.0, 1.0, 2.0, 4.0, 9.0)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert kl_weight(TrainConfig(), 0.0) == 1.0  # no warm-up: the full weight from the start
+    train(VAEConfig(hidden=16, latent_dim=2), tc, tmp_path, data_dir=tiny_idx, progress=False, log=lambda s: None)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["kl_weight"] == 1.0 and rows[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+    # logged at each epoch's end: ramping over 4 epochs, 2 trained
+    assert [r["kl_weight"] for r in rows] == [pytest.approx(0.25), pytest.approx(0.5)]
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-9) and rows[0]["lr"] > 0
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=-1), dict(lr=0), dict(binarize="static"),

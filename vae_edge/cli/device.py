@@ -28,7 +28,8 @@ def sample(rt, n, digit, seed, output) -> None:
 
     \b
     Example: vae-edge sample -n 64 -o samples.png
-             vae-edge sample -n 16 --digit 7 --bundle mlp-cond-mnist -o sevens.png
+             vae-edge sample -n 16 --digit 7 --bundle bundles/my-conditional-model -o sevens.png
+             (--digit needs a conditional model: train one with `vae-edge train --conditional`)
     """
 
     from vae_edge.runtime.images import check_output, grid, save_image, save_npy
@@ -106,18 +107,22 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
 @click.option("--noise", default="gaussian:0.3", show_default=True,
               help="gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right (inpainting).")
 @click.option("--samples", type=int, default=512, show_default=True, callback=positive("samples"),
-              help="Importance samples per image and round.")
-@click.option("--rounds", type=int, default=2, show_default=True, callback=positive("rounds"))
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--digit", type=int, default=None)
-@click.option("-o", "--output", required=True, type=click.Path())
+              help="Particles per image (sequential Monte Carlo).")
+@click.option("--rounds", type=int, default=2, show_default=True, callback=positive("rounds"),
+              help="Metropolis moves per temperature step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the corruption and of the sampler.")
+@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="PNG: rows clean, corrupted, restored.")
 @data_dir_option
+@json_option
 @with_runtime
-def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir) -> None:
+def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, as_json) -> None:
     """Corrupt images, then restore them: rows are clean, corrupted, restored.
 
     The restoration is the model's posterior mean of the clean image given the corrupted one,
-    under the corruption's likelihood (importance sampling; masks: inpainting).
+    under the corruption's exact likelihood, estimated by sequential Monte Carlo (tempering from
+    the encoder's posterior, resampling, Metropolis moves). --json reports the effective sample
+    size of each image's final weights.
 
     \b
     Example: vae-edge denoise "mnist:test[0:8]" --noise saltpepper:0.2 -o denoised.png
@@ -132,11 +137,17 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir) -
     parse_noise(noise)
     x, labels = load_inputs(inputs, data_dir)
     noisy, mask = corrupt(x, noise, seed=seed)
+    diag: dict = {}
     restored = rt.denoise(noisy, noise=None if mask is not None else noise, mask=mask, samples=samples,
-                          rounds=rounds, seed=seed, y=_labels_for(rt, labels, digit))
+                          rounds=rounds, seed=seed, y=_labels_for(rt, labels, digit), info=diag)
     mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
     save_image(grid(np.concatenate([x, noisy, restored]), ncol=len(x)), out)
-    click.echo(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} -> {out}")
+    if as_json:
+        click.echo(json.dumps({"output": str(out), "noise": noise, "mse_corrupted": mse(noisy),
+                               "mse_restored": mse(restored), **diag}))
+        return
+    click.echo(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} "
+               f"(effective sample size: median {np.median(diag['ess']):.0f} of {samples}) -> {out}")
 
 
 @click.command()
