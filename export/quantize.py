@@ -36,6 +36,7 @@ from vae_edge.runtime.bundle import (
     fresh_name,
     fsync_dir,
     load_manifest,
+    remove_orphans,
     sha256_file,
     variant_filename,
     variant_files,
@@ -259,6 +260,7 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
     """Add one quantized variant to a bundle; returns (variant name, its manifest entry)."""
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
+    remove_orphans(bundle, manifest, log)
     ref = variant_files(manifest, "fp32")
     verify_files(bundle, manifest, list(ref.values()))
     methods = plan(manifest, bundle, qc)

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -336,6 +337,25 @@ def add_variant(bundle: Path, manifest: dict, variant: str, entry: dict, log=Non
         with contextlib.suppress(OSError):
             (bundle / name).unlink()
     return manifest
+
+
+_OWN_FILE = re.compile(r"^(encoder|decoder)(\.[a-z0-9-]+)?(\.[0-9a-f]{8,64})?\.(onnx|ort)$"
+                       r"|^\.(manifest\.json|model\.sig)\.[A-Za-z0-9_]+\.tmp$")  # + write_bytes_atomic's temp files
+
+
+def remove_orphans(bundle: Path, manifest: dict, log: Callable[[str], None] | None = None) -> list[str]:
+    """Graph files that no manifest entry names are leftovers of an interrupted update (written,
+    but never recorded): remove them. Only names of the form vae-edge writes are touched."""
+    gone = []
+    for entry in os.scandir(bundle):
+        if (entry.is_file(follow_symlinks=False) and _OWN_FILE.match(entry.name)
+                and entry.name not in manifest.get("files", {})):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                gone.append(entry.name)
+    if gone and log:
+        log(f"removed {len(gone)} file(s) left by an interrupted update: {', '.join(sorted(gone))}")
+    return gone
 
 
 def fresh_name(bundle: Path, name: str, data_sha: str) -> str:

@@ -120,6 +120,17 @@ class VAERuntime:
                     for g, data in graphs.items()}
         return cls(opened, variant, sessions, list(providers or ["cpu"]), threads)
 
+    def close(self) -> None:
+        """Release the onnxruntime sessions (also on leaving a `with` block)."""
+        self.encoder = self.decoder = None
+        self._enc_run = self._dec_run = _closed
+
+    def __enter__(self) -> VAERuntime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @property
     def providers_used(self) -> list[str]:
         return self.decoder.get_providers()
@@ -364,6 +375,10 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
         direction = np.cos(np.pi * t64) * u + np.sin(np.pi * t64) * v
         return ((1 - t64) * na + t64 * nb) * direction
     return (np.sin((1 - t64) * omega) * a64 + np.sin(t64 * omega) * b64) / math.sin(omega)
+
+
+def _closed(*args, **kwargs):
+    raise VaeEdgeError("this runtime was closed: load the bundle again")
 
 
 def _fast_run(sess):

@@ -5,12 +5,15 @@ numpy only (no torch), so the on-device runtime can read dataset slices too.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import http.client
 import os
 import re
 import struct
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -232,8 +235,13 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def download_file(name: str, dest_dir: Path, mirrors: tuple[str, ...], md5: str, timeout: float = 30) -> Path:
-    """Download one file, trying each mirror; verify its md5; write atomically."""
+def download_file(name: str, dest_dir: Path, mirrors: tuple[str, ...], md5: str, timeout: float = 30,
+                  deadline: float = 900) -> Path:
+    """Download one file, trying each mirror in turn; verify its md5; write atomically. Bad bytes
+    (truncated, wrong checksum, a connection that stalls for `timeout` s or takes longer than
+    `deadline` s in all, or closes mid-transfer) never reach `dest_dir`; the error names every
+    mirror tried and why it failed."""
+    created = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / name
     errors = []
@@ -241,23 +249,43 @@ def download_file(name: str, dest_dir: Path, mirrors: tuple[str, ...], md5: str,
         url = mirror.rstrip("/") + "/" + name
         fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix="." + name, suffix=".part")
         try:
+            start = time.monotonic()
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                expected = resp.headers.get("Content-Length")
+                size = 0
                 for chunk in iter(lambda: resp.read(1 << 16), b""):
                     out.write(chunk)
+                    size += len(chunk)
+                    if time.monotonic() - start > deadline:
+                        raise TimeoutError(f"took longer than {deadline:g} s")
+                if expected is not None and size != int(expected):
+                    raise http.client.IncompleteRead(b"", int(expected) - size)
+                out.flush()
+                os.fsync(out.fileno())
             got = _md5(Path(tmp))
             if got != md5:
-                errors.append(f"{url}: md5 {got} != {md5}")
+                errors.append(f"{url}: wrong checksum (md5 {got}, expected {md5})")
                 continue
             os.replace(tmp, dest)
             return dest
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+        except http.client.IncompleteRead as e:
+            errors.append(f"{url}: truncated (the body ended {e.expected} bytes short)" if e.expected
+                          else f"{url}: truncated")
+        except TimeoutError as e:
+            errors.append(f"{url}: timed out ({e or f'no data for {timeout:g} s'})")
+        except urllib.error.HTTPError as e:
+            errors.append(f"{url}: HTTP {e.code} {e.reason}")
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+            errors.append(f"{url}: {getattr(e, 'reason', None) or type(e).__name__ + (f' {e}' if str(e) else '')}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    if created:
+        with contextlib.suppress(OSError):
+            dest_dir.rmdir()  # leave no empty cache folder behind (only if nothing else is in it)
     raise VaeEdgeError(
-        f"could not download {name} ({'; '.join(errors)}); offline? copy the IDX files into "
-        f"{dest_dir} or pass --data-dir"
+        f"could not download {name} from any of {len(mirrors)} mirror(s): {'; '.join(errors)}. "
+        f"Offline? copy the IDX files into {dest_dir} or pass --data-dir"
     )
 
 

@@ -18,6 +18,7 @@ import torch
 from vae_edge import VaeEdgeError
 from vae_edge.data import get_spec, load_split, resolve_data_dir
 from vae_edge.model import VAE, VAEConfig, elbo_terms
+from vae_edge.runtime.bundle import fsync_dir
 
 CHECKPOINT_FORMAT = "vae-edge-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -79,9 +80,13 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -177,7 +182,6 @@ def train(
     epoch, step_in_epoch, step, perm = 0, 0, 0, None
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"].cpu() if dev.type == "cpu" else state["rng"])
         epoch, step_in_epoch, step = state["epoch"], state["step_in_epoch"], state["step"]
         perm = state["perm"].to(dev) if step_in_epoch else None
@@ -186,7 +190,12 @@ def train(
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
         )
-        if state is not None and state.get("scheduler"):
+    if state is not None:
+        # The optimizer's state goes in after the scheduler is made: making a LambdaLR sets every
+        # group's lr to lambda(0), which would silently train the first resumed step at the wrong
+        # learning rate (resumed runs then drift from uninterrupted ones).
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
 
     metrics: dict = dict(state.get("metrics", {})) if state else {}
