@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import numpy as np
@@ -180,3 +181,84 @@ def test_train_on_fashion_mnist(runner, tmp_path, monkeypatch):
     from vae_edge.train import load_checkpoint
 
     assert load_checkpoint(tmp_path / "run")["dataset"] == "fashion-mnist"
+
+
+# A corpus of bad inputs a user can hand the on-device commands. Each must end in one line, a
+# non-zero exit, and no output file. (README: Reliability.)
+def _bad_files(tmp: Path, bundle: Path) -> dict[str, list[str]]:
+    import hashlib
+    import shutil
+
+    def copy(name):
+        dest = tmp / name
+        shutil.copytree(bundle, dest)
+        return dest
+
+    def rewrite(b, fn):
+        m = json.loads((b / "manifest.json").read_text())
+        fn(m)
+        (b / "manifest.json").write_text(json.dumps(m))
+        return b
+
+    (tmp / "empty.png").write_bytes(b"")
+    (tmp / "text.png").write_text("not an image")
+    png = tmp / "ok.png"
+    Image.fromarray(np.full((40, 40), 200, np.uint8)).save(png)
+    (tmp / "truncated.png").write_bytes(png.read_bytes()[:60])
+    (tmp / "notes.npy").write_text("hello")
+    np.save(tmp / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp / "ints.npy", np.ones((2, 8), np.int64) * 10**9)
+    (tmp / "afile").write_text("x")
+    notjson = copy("notjson")
+    (notjson / "manifest.json").write_text("{")
+    schema = rewrite(copy("schema"), lambda m: m.update(schema_version=99))
+    escape = rewrite(copy("escape"), lambda m: m["variants"]["fp32"]["files"].update(decoder="../afile"))
+    broken = copy("broken")
+    (broken / "decoder.onnx").write_bytes(b"\x08\x01garbage" * 10)  # not a graph, checksum recomputed
+    data = (broken / "decoder.onnx").read_bytes()
+    rewrite(broken, lambda m: m["files"].update({"decoder.onnx": {"sha256": hashlib.sha256(data).hexdigest(),
+                                                                  "size": len(data)}}))
+    (tmp / "key.pem").write_text("not a key")
+    from vae_edge.runtime.trust import keygen
+
+    keygen(tmp / "real.priv.pem", tmp / "real.pub.pem")
+    return {
+        "empty image file": ["reconstruct", str(tmp / "empty.png")],
+        "text file named .png": ["reconstruct", str(tmp / "text.png")],
+        "truncated PNG": ["score", str(tmp / "truncated.png")],
+        "folder as image": ["reconstruct", str(tmp)],
+        "text file as latents": ["decode", str(tmp / "notes.npy")],  # "not a .npy file", not "pickled data"
+        "pickled object array as latents": ["decode", str(tmp / "objects.npy")],
+        "bundle that is a file": ["sample", "--bundle", str(tmp / "afile")],
+        "manifest not JSON": ["sample", "--bundle", str(notjson)],
+        "manifest of another schema version": ["sample", "--bundle", str(schema)],
+        "manifest naming a file outside the bundle": ["sample", "--bundle", str(escape)],
+        "graph that is not ONNX (checksum recomputed)": ["sample", "--bundle", str(broken)],
+        "trusted key that is not a PEM file": ["sample", "--trusted-key", str(tmp / "key.pem")],
+        "trusted key that does not exist": ["sample", "--trusted-key", str(tmp / "nokey.pem")],
+        "unsigned bundle with a trusted key": ["sample", "--bundle", str(bundle), "--trusted-key",
+                                               str(tmp / "real.pub.pem")],
+        "negative threads": ["sample", "--threads", "-1"],
+        "bad dataset slice": ["reconstruct", "mnist:test[5:5]"],
+        "IW samples below 0": ["score", "mnist:test[0:2]", "--iw-samples", "-3"],
+    }
+
+
+def test_bad_input_corpus(runner, tmp_path, quantized, mnist_dir):
+    (tmp_path / "in").mkdir()
+    corpus = _bad_files(tmp_path / "in", quantized)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for what, args in corpus.items():
+        out = out_dir / ("o.npy" if args[0] == "encode" else "o.png")
+        extra = [] if args[0] in ("decode", "sample") else ["--data-dir", str(mnist_dir)]
+        if "--bundle" not in args and args[0] != "sample":
+            extra += ["--bundle", str(quantized)]
+        cmd = [*args, *extra] + ([] if args[0] == "score" else ["-o", str(out)])
+        res = runner.invoke(cli, cmd)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code not in (0, None) and len(lines) == 1 and lines[0].startswith("Error: "), (what, res.output)
+        assert "Traceback" not in res.output and "(run `vae-edge --debug" not in res.output, (what, res.output)
+        assert "pickled" not in res.output or "object" in what, (what, res.output)
+        assert not list(out_dir.iterdir()), what
+    print(f"\n{len(corpus)} bad inputs: one line each, non-zero exit, nothing written")

@@ -232,6 +232,12 @@ def decode(rt, latents, output, digit) -> None:
 
     out = check_output(output)
     try:
+        with open(latents, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise VaeEdgeError(f"{latents} is not a .npy file (write one with `vae-edge encode` or numpy.save)")
+    except OSError as e:
+        raise VaeEdgeError(f"cannot read latents from {latents}: {e.strerror or e}") from None
+    try:
         z = np.load(latents, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise VaeEdgeError(f"cannot read latents from {latents}: {e}") from e
