@@ -18,6 +18,8 @@ SOURCES = {
     "training": "training.md",
     "pipeline": "pipeline.md",
     "iw_nll": "iw_nll.md",
+    "denoise": "denoise.md",
+    "reliability": "reliability.md",
 }
 
 

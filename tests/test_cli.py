@@ -169,6 +169,10 @@ def test_pipeline_on_shipped_model(runner, tmp_path, mnist_dir):
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["quantization"]) == {"int8-dynamic", "int8-static"}
+    # step durations (not start times): each positive, and together about the whole run
+    t = rep["timings_s"]
+    assert len(t) == 5 and all(v >= 0 for v in t.values()) and "done" not in t
+    assert t["export encoder and decoder to ONNX, validate against PyTorch"] > 0.2  # a start time would be 0
     for f in ("samples.png", "reconstructions.png", "interpolation.gif", "report.md", "bench/bench.json"):
         assert (out / f).exists(), f
 
@@ -261,4 +265,4 @@ def test_bad_input_corpus(runner, tmp_path, quantized, mnist_dir):
         assert "Traceback" not in res.output and "(run `vae-edge --debug" not in res.output, (what, res.output)
         assert "pickled" not in res.output or "object" in what, (what, res.output)
         assert not list(out_dir.iterdir()), what
-    print(f"\n{len(corpus)} bad inputs: one line each, non-zero exit, nothing written")
+    print(f"\nRELIABILITY: {len(corpus)} bad inputs: one line each, non-zero exit, nothing written")

@@ -108,7 +108,7 @@ def test_killed_training_resumes_bit_identical(tmp_path):
     assert a["epoch"] == b["epoch"] == 8
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(x, y) for x, y in zip(_opt_tensors(a), _opt_tensors(b), strict=True))
-    print(f"\nkilled training: {outcomes.count('killed')} SIGKILLs ({', '.join(outcomes)}), "
+    print(f"\nRELIABILITY: killed training: {outcomes.count('killed')} SIGKILLs ({', '.join(outcomes)}), "
           "resumed to bit-identical weights and optimizer state")
 
 
@@ -190,6 +190,8 @@ def test_interrupted_quantize_leaves_a_loadable_bundle(tmp_path, quantized, mnis
     assert _all_variants_load(b) == before
     listed = set(json.loads((b / "manifest.json").read_text())["files"]) | {"manifest.json"}
     assert {p.name for p in b.iterdir()} == listed  # no stale files once an update completes
+    print(f"\nRELIABILITY: quantize killed at {kill_at.split(':')[1]}: all {len(before)} variants still load "
+          "with valid sha256 entries; a re-run completes it")
 
 
 def test_interrupted_export_keeps_the_old_bundle(tmp_path, ckpts, quantized, mnist_dir):
@@ -201,6 +203,7 @@ def test_interrupted_export_keeps_the_old_bundle(tmp_path, ckpts, quantized, mni
     assert _all_variants_load(b) == before  # the old bundle is untouched
     assert _child(args) == 0
     assert _all_variants_load(b) == ["fp32"]  # replaced by the fresh export
+    print("\nRELIABILITY: export killed between its two graphs: the old bundle stays whole; a re-run replaces it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +237,7 @@ def test_concurrent_callers_match_serial(quantized, variant):
     with ThreadPoolExecutor(8) as pool:
         parallel = list(pool.map(do, calls))
     assert all(np.array_equal(s, p) for s, p in zip(serial, parallel, strict=True))
-    print(f"\n{variant}: {len(calls)} mixed calls from 8 threads equal the serial results")
+    print(f"\nRELIABILITY: {variant}: {len(calls)} mixed calls from 8 threads equal the serial results")
 
 
 def test_no_leak_over_1000_loads(quantized):
@@ -251,7 +254,7 @@ def test_no_leak_over_1000_loads(quantized):
         if i == 99:
             warm = rss_mb()
     grown = rss_mb() - warm
-    print(f"\nRSS after 100 warm-up loads {warm:.1f} MB; after 1,000 more load/use/close cycles {grown:+.1f} MB")
+    print(f"\nRELIABILITY: RSS after 100 warm-up loads {warm:.1f} MB; after 1,000 more load/use/close cycles {grown:+.1f} MB")
     assert grown < 10
     with pytest.raises(VaeEdgeError, match="closed"):
         rt.decode(z)
@@ -315,7 +318,7 @@ def test_download_faults_then_good_mirror(tmp_path, mirrors):
     t0 = time.perf_counter()
     path = download_file("f.gz", dest, tuple(mirrors[k] for k in order), GOOD_MD5, timeout=0.5)
     assert path.read_bytes() == GOOD and sorted(p.name for p in dest.iterdir()) == ["f.gz"]
-    print(f"\n5 faulty mirrors, then a good one: {time.perf_counter() - t0:.1f} s, only good bytes in the cache")
+    print(f"\nRELIABILITY: 5 faulty mirrors, then a good one: {time.perf_counter() - t0:.1f} s, only good bytes in the cache")
 
 
 def test_download_every_mirror_fails(tmp_path, mirrors):

@@ -82,6 +82,7 @@ def test_folder_changes_after_signing_are_refused(signed, keys, change):
     with pytest.raises(VaeEdgeError, match="signature check .* failed") as e:
         VAERuntime.load(signed, trusted_key=keys["pub"])
     assert "\n" not in str(e.value)
+    print(f"\nRELIABILITY: signed bundle, {change} after signing: refused ({str(e.value).split(': ', 2)[-1][:90]})")
 
 
 def test_wrong_key_swapped_signature_and_unsigned_are_refused(signed, keys, tmp_path, bundles):

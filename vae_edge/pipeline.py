@@ -40,10 +40,10 @@ def run_pipeline(out: str | os.PathLike, checkpoint=None, data_dir=None, min_tim
     timings: dict[str, float] = {}  # step -> its duration in seconds
     current: list = []  # [name, start] of the step under way
 
-    def step(name: str, total: int = 6) -> None:
+    def step(name: str, total: int = 5) -> None:
         now = time.perf_counter()
         if current:
-            timings[current[0]] = round(now - current[1], 2)
+            timings[current[0]] = round(now - current[1], 3)
         current[:] = [name, now]
         if name != "done":
             log(f"[{len(timings) + 1}/{total}] {name}")
@@ -90,7 +90,7 @@ def run_pipeline(out: str | os.PathLike, checkpoint=None, data_dir=None, min_tim
                   f"{e['size_ratio_to_fp32']:.0%} |")
     md += ["", "![samples](samples.png) ![reconstructions](reconstructions.png) ![interpolation](interpolation.gif)", "",
            "![latency](bench/latency_decoder.png)", "", markdown(report).split("\n", 2)[2]]
-    step("done", total=6)
+    step("done")
     summary["timings_s"] = timings
     write_json_atomic(out / "report.json", summary)
     write_bytes_atomic(out / "report.md", "\n".join(md).encode())
