@@ -26,6 +26,7 @@ from torch import nn
 from vae_edge import VaeEdgeError, __version__
 from vae_edge.data import load_split, resolve_data_dir, to_float
 from vae_edge.model import VAE
+from vae_edge.runtime import selfcheck
 from vae_edge.runtime.bundle import (
     MANIFEST,
     SCHEMA,
@@ -296,6 +297,9 @@ def export_bundle(
         entry = {"files": files, "dtype": "float32", "quantization": None,
                  "validation": {"against": "pytorch", "batch_sizes": list(VALIDATION_BATCH_SIZES),
                                 "max_abs_diff": validation}}
+        # golden vectors: what these graphs compute here, for devices to check themselves against
+        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(
+            {g: tmp / fname for g, fname in files.items()}))
         if ort_format:
             entry["ort_files"] = {}
             for g, fname in files.items():

@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from vae_edge import VaeEdgeError
 from vae_edge.data import binarize, load_split, resolve_data_dir, to_float
+from vae_edge.export.targets import TARGETS, differs_from_x86, target_settings
+from vae_edge.runtime import selfcheck
 from vae_edge.runtime.bundle import (
     GRAPHS,
     add_variant,
@@ -67,6 +69,7 @@ class QuantizeConfig:
     eval_size: int = 10000
     seed: int = 0
     exclude: dict = field(default_factory=dict)  # graph -> node names kept in float
+    target: str = "x86"  # whose settings apply (export/targets.py), recorded in the manifest
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -80,6 +83,13 @@ class QuantizeConfig:
             raise VaeEdgeError(f"calibration size must be positive, got {self.calibration_size}")
         if self.eval_size <= 0:
             raise VaeEdgeError(f"eval size must be positive, got {self.eval_size}")
+        if self.target not in TARGETS:
+            raise VaeEdgeError(f"unknown target {self.target!r}: choose from {', '.join(TARGETS)}")
+
+    def for_target(self, methods: set[str], explicit: set[str] = frozenset()) -> QuantizeConfig:
+        """A copy with the target's settings applied, except those the user set explicitly."""
+        settings = {k: v for k, v in target_settings(self.target, methods).items() if k not in explicit}
+        return replace(self, **settings)
 
 
 class ArrayReader(CalibrationDataReader):
@@ -247,24 +257,28 @@ def plan(manifest: dict, bundle: Path, qc: QuantizeConfig) -> dict[str, str]:
     return {g: ("static" if has_conv(bundle / ref[g]) else "dynamic") for g in GRAPHS}
 
 
-def variant_name(methods: dict[str, str]) -> str:
+def variant_name(methods: dict[str, str], target: str = "x86") -> str:
+    """int8-dynamic, int8-static, int8-mixed or fp16; with a target suffix (int8-dynamic-arm64)
+    when that target's settings differ from x86's."""
     kinds = set(methods.values())
     if kinds == {"fp16"}:
         return "fp16"
-    if len(kinds) == 1:
-        return f"int8-{kinds.pop()}"
-    return "int8-mixed"
+    base = f"int8-{next(iter(kinds))}" if len(kinds) == 1 else "int8-mixed"
+    return f"{base}-{target}" if differs_from_x86(target, kinds) else base
 
 
-def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None, log=lambda s: None) -> tuple[str, dict]:
-    """Add one quantized variant to a bundle; returns (variant name, its manifest entry)."""
+def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None, log=lambda s: None,
+                    explicit: set[str] = frozenset()) -> tuple[str, dict]:
+    """Add one quantized variant to a bundle; returns (variant name, its manifest entry).
+    qc.target's settings apply to the fields not named in `explicit` (those the user set)."""
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
     remove_orphans(bundle, manifest, log)
     ref = variant_files(manifest, "fp32")
     verify_files(bundle, manifest, list(ref.values()))
     methods = plan(manifest, bundle, qc)
-    variant = variant_name(methods)
+    qc = qc.for_target(set(methods.values()), explicit)
+    variant = variant_name(methods, qc.target)
     data = eval_set(manifest, data_dir, qc.eval_size)
     tmp = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=f".{bundle.name}.quantize-"))  # outside the bundle
     try:
@@ -346,6 +360,11 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
             "size_bytes": sizes,
             "size_ratio_to_fp32": round(sum(sizes.values()) / sum(fp32_sizes.values()), 4),
         }
+        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(dict(out)))
+        entry["target"] = qc.target
+        manifest.setdefault("targets", {})[qc.target] = {
+            "variant": variant, "settings": target_settings(qc.target, set(methods.values())),
+            "why": TARGETS[qc.target]["why"]}
         json.dumps(entry)  # fail before anything in the bundle changes
         for g in GRAPHS:
             os.replace(out[g], bundle / names[g])

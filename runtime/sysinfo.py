@@ -29,18 +29,54 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+# Linux arm64 HWCAP bits (asm/hwcap.h): what the kernel says this process may use.
+_HWCAP = {"neon": 1, "dotprod": 20, "sve": 22}
+_HWCAP2 = {"sve2": 1, "sve_i8mm": 9, "i8mm": 13, "bf16": 14, "sme": 23, "sme2": 37}
+_CPUINFO_ARM = {"neon": "asimd", "dotprod": "asimddp", "sve": "sve", "sve2": "sve2", "sve_i8mm": "svei8mm",
+                "i8mm": "i8mm", "bf16": "bf16", "sme": "sme", "sme2": "sme2"}
+
+
+def is_arm64() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
+def current_target() -> str:
+    """The target name bundles record settings under: arm64 or x86."""
+    return "arm64" if is_arm64() else "x86"
+
+
+def _arm_features(flags: set[str]) -> dict[str, bool]:
+    """From getauxval(AT_HWCAP/AT_HWCAP2) where it exists (authoritative for this process, and
+    right under qemu-user, whose /proc/cpuinfo is the host's), else /proc/cpuinfo's Features."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.getauxval.restype = ctypes.c_ulong
+        libc.getauxval.argtypes = [ctypes.c_ulong]
+        h1, h2 = int(libc.getauxval(16)), int(libc.getauxval(26))
+        if h1:
+            return {**{k: bool(h1 >> b & 1) for k, b in _HWCAP.items()},
+                    **{k: bool(h2 >> b & 1) for k, b in _HWCAP2.items()}}
+    except (OSError, AttributeError):
+        pass
+    return {k: f in flags for k, f in _CPUINFO_ARM.items()}
+
+
 def cpu() -> dict:
     model, flags = _cpuinfo()
-    feats = {
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_vnni": "avx512_vnni" in flags or "avx512vnni" in flags,
-        "avx_vnni": "avx_vnni" in flags,
-        "amx_int8": "amx_int8" in flags,
-        "arm_dotprod": "asimddp" in flags,
-        "arm_i8mm": "i8mm" in flags,
-    }
-    return {"model": model, "arch": platform.machine(), "cores": os.cpu_count(), "int8_features": feats}
+    if is_arm64():
+        feats = _arm_features(flags)
+    else:
+        feats = {
+            "avx2": "avx2" in flags,
+            "avx512f": "avx512f" in flags,
+            "avx512_vnni": "avx512_vnni" in flags or "avx512vnni" in flags,
+            "avx_vnni": "avx_vnni" in flags,
+            "amx_int8": "amx_int8" in flags,
+        }
+    return {"model": model, "arch": platform.machine(), "cores": os.cpu_count(), "int8_features": feats,
+            "target": current_target()}
 
 
 def environment() -> dict:

@@ -14,8 +14,8 @@ import numpy as np
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
-from vae_edge.runtime import trust
-from vae_edge.runtime.bundle import VARIANTS, Bundle, open_bundle, tuning
+from vae_edge.runtime import selfcheck, trust
+from vae_edge.runtime.bundle import VARIANTS, Bundle, BundleError, open_bundle, tuning
 from vae_edge.runtime.mathops import LOG_2PI, bce_with_logits, kl_to_prior, log_normal, logsumexp
 
 DEFAULT_MODEL = "mlp-mnist"
@@ -34,6 +34,28 @@ def default_bundle(name: str = DEFAULT_MODEL) -> Path:
     if name not in bundles:
         raise VaeEdgeError(f"no shipped model {name!r} (shipped: {', '.join(bundles) or 'none'}); pass --bundle")
     return bundles[name]
+
+
+def _auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tuple[list[str], object, object]:
+    """The variants to try for --variant auto, best first: the tuned choice, the choice recorded
+    for this device's target, then the others (fp32 last)."""
+    from vae_edge.runtime.sysinfo import current_target
+
+    choice = tuning(manifest).get("choice") or {}
+    target = ((manifest.get("targets") or {}).get(current_target()) or {}).get("variant")
+    first = [v for v in (choice.get("variant"), target) if v in manifest["variants"]]
+    if not first:
+        name = path.name if path.name != "bundle" else path.parent.name
+        warn(f"note: --variant auto: {name} was never tuned, so fp32 is used "
+             "(run `vae-edge tune` to choose by speed and accuracy)")
+        first = ["fp32"]
+    if choice and providers is None and choice.get("provider") in prov.available():
+        providers = [choice["provider"]]
+    if choice and threads is None and choice.get("threads"):
+        threads = int(choice["threads"])
+    rest = [v for v in manifest["variants"] if v not in first and v != "fp32"]
+    order = list(dict.fromkeys(first + rest + ["fp32"]))
+    return [v for v in order if v in manifest["variants"]], providers, threads
 
 
 def _is_shipped(path: Path) -> bool:
@@ -58,6 +80,7 @@ class VAERuntime:
     def __init__(self, bundle: Bundle, variant: str, sessions: dict, providers: list, threads):
         self.bundle, self.manifest, self.variant = bundle.path, bundle.manifest, variant
         self.signature, self.signed_by = bundle.signature, bundle.key
+        self.self_check_diffs: dict[str, float] | None = None
         manifest = bundle.manifest
         self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
         self.providers_asked = providers
@@ -86,6 +109,7 @@ class VAERuntime:
         opt_level: str = "all",
         warn=lambda s: print(s, file=sys.stderr),
         trusted_key: str | os.PathLike | None = None,
+        self_check: bool = True,
     ) -> VAERuntime:
         """Load a bundle (None: the shipped default). The graph files it needs are read once,
         checked against their sha256 in the manifest, and those same bytes go to onnxruntime.
@@ -95,30 +119,56 @@ class VAERuntime:
         trusted_key: a PEM public key; the bundle must then carry a valid signature by it (also
         set by $VAE_EDGE_TRUSTED_KEY; shipped bundles are checked against the project key
         whenever model-signing is installed).
+        self_check: run the variant's golden vectors first and refuse it if this device computes
+        other numbers (with variant="auto": fall back to the next variant that passes, and say so).
         """
         path = resolve_bundle(bundle)
-        key, label = trust.resolve_key(trusted_key, shipped=_is_shipped(path))
-        opened = open_bundle(path, key, warn=warn, key_label=label)
+        shipped = _is_shipped(path)
+        key, label = trust.resolve_key(trusted_key, shipped=shipped)
+        # A shipped bundle is as trusted as the package it came in: no note when it goes unchecked.
+        opened = open_bundle(path, key, warn=None if shipped else warn, key_label=label)
         manifest = opened.manifest
-        if variant == "auto":
-            choice = tuning(manifest).get("choice") or {}
-            variant = choice.get("variant", "fp32")
-            if not choice:
-                warn(f"note: --variant auto: {path.name if path.name != 'bundle' else path.parent.name} was "
-                     "never tuned, so fp32 is used (run `vae-edge tune` to choose by speed and accuracy)")
-            if providers is None and choice.get("provider") in prov.available():
-                providers = [choice["provider"]]
-            if threads is None and choice.get("threads"):
-                threads = int(choice["threads"])
-        elif variant not in VARIANTS and variant not in manifest.get("variants", {}):
+        auto = variant == "auto"
+        if auto:
+            candidates, providers, threads = _auto_candidates(manifest, providers, threads, warn, path)
+        elif variant not in VARIANTS and variant not in manifest["variants"]:
             raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
-        graphs = opened.variant_bytes(variant)
-        files = manifest["variants"][variant]["files"]
+        else:
+            candidates = [variant]
         plist = prov.resolve(providers, provider_options)
         so = prov.session_options(threads, opt_level)
-        sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
-                    for g, data in graphs.items()}
-        return cls(opened, variant, sessions, list(providers or ["cpu"]), threads)
+        failures = []
+        for v in candidates:
+            try:
+                graphs = opened.variant_bytes(v)
+                files = manifest["variants"][v]["files"]
+                sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
+                            for g, data in graphs.items()}
+                rt = cls(opened, v, sessions, list(providers or ["cpu"]), threads)
+                if self_check:
+                    rt.self_check_diffs = rt.self_check()
+            except (selfcheck.SelfCheckFailed, BundleError) as e:
+                if not auto:
+                    raise
+                failures.append(str(e))
+                continue
+            if failures:
+                warn(f"note: --variant auto: {'; '.join(failures)}; using {v}, which passes")
+            return rt
+        raise VaeEdgeError("no variant of this bundle can run correctly here: " + "; ".join(failures))
+
+    def self_check(self) -> dict[str, float] | None:
+        """Run the variant's golden vectors (one small batch per graph); raise SelfCheckFailed if
+        this device computes other numbers than where the variant was made. None: none recorded."""
+        golden = self.manifest["variants"][self.variant].get("golden")
+        if not golden:
+            return None
+
+        def run(graph: str, feeds: dict) -> np.ndarray:
+            if graph == "encoder":
+                return self._enc_run(["mu"], feeds, None)[0]
+            return self._dec_run(["probs"], feeds, None)[0]
+        return selfcheck.check(self.variant, golden, run)
 
     def close(self) -> None:
         """Release the onnxruntime sessions (also on leaving a `with` block)."""

@@ -268,7 +268,10 @@ def info(bundle, as_json) -> None:
     click.echo(f"providers available: {', '.join(env['providers_available'])}")
     click.echo(f"cpu: {env['cpu']['model']} ({env['cpu']['cores']} cores, {env['cpu']['arch']})")
     flags = env["cpu"]["int8_features"]
-    click.echo("int8 features: " + (", ".join(k for k, v in flags.items() if v) or "none detected"))
+    absent = [k for k, v in flags.items() if not v]
+    click.echo(f"cpu features for int8 ({env['cpu']['target']}): "
+               + (", ".join(k for k, v in flags.items() if v) or "none detected")
+               + (f" (absent: {', '.join(absent)})" if absent else ""))
     click.echo(f"bundle: {summary['path']}  ({summary['name']}, {summary['arch']}, latent {summary['latent_dim']}"
                f"{', conditional' if summary['conditional'] else ''})")
     for v in summary["variants"]:

@@ -46,22 +46,31 @@ def export(checkpoint, out, opset, ort_format, data_dir) -> None:
 @click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
 @click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
 @click.option("--eval-size", type=int, default=10000, show_default=True, help="Test images for the accuracy record.")
+@click.option("--target", type=click.Choice(["x86", "arm64", "wasm"]), default="x86", show_default=True,
+              help="Device family whose settings apply (export/targets.py); recorded in the manifest, and "
+                   "`--variant auto` on such a device uses it.")
 @json_option
-def quantize(bundle, mode, data_dir, calibration_size, method, per_channel, activation_type, weight_type,
-             eval_size, as_json) -> None:
+@click.pass_context
+def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel, activation_type, weight_type,
+             eval_size, target, as_json) -> None:
     """Add a quantized variant (int8 dynamic/static, fp16) to a bundle, with its accuracy.
 
     \b
     Example: vae-edge quantize bundles/mlp --mode dynamic
              vae-edge quantize bundles/conv --mode static --per-channel
+             vae-edge quantize bundles/mlp --mode dynamic --target arm64   # -> int8-dynamic-arm64
     """
     from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
 
     if calibration_size <= 0:
         raise VaeEdgeError(f"--calibration-size must be positive, got {calibration_size}")
     qc = QuantizeConfig(mode=mode, method=method, activation_type=activation_type, weight_type=weight_type,
-                        per_channel=per_channel, calibration_size=calibration_size, eval_size=eval_size)
-    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+                        per_channel=per_channel, calibration_size=calibration_size, eval_size=eval_size,
+                        target=target)
+    explicit = {name for name in ("activation_type", "weight_type", "per_channel")
+                if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=lambda s: click.echo(s, err=True),
+                                     explicit=explicit)
     if as_json:
         click.echo(json.dumps({"variant": variant, **entry}))
         return

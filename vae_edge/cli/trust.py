@@ -54,30 +54,60 @@ def sign(bundle, private_key) -> None:
 @click.command()
 @click.argument("bundle", required=False)
 @trusted_key_option
+@click.option("--record", is_flag=True, help="Maker side: record golden vectors on this machine for variants without any.")
 @json_option
-def verify(bundle, trusted_key, as_json) -> None:
-    """Check a bundle: manifest, every file's sha256, and its signature (with a trusted key).
+def verify(bundle, trusted_key, record, as_json) -> None:
+    """Check a bundle: manifest, every file's sha256, its signature (with a trusted key), and that
+    this device computes what the maker did for every variant (golden vectors).
 
-    BUNDLE is a folder or a shipped model's name (default: the shipped mlp-mnist).
+    BUNDLE is a folder or a shipped model's name (default: the shipped mlp-mnist). The exit code is
+    1 if any variant fails its self-check here.
 
     \b
     Example: vae-edge verify bundles/mlp --trusted-key keys/vae-edge.pub.pem
+             vae-edge verify conv-mnist --json
     """
-    from vae_edge.runtime import trust
-    from vae_edge.runtime.bundle import open_bundle, verify_files
+    from vae_edge import VaeEdgeError
+    from vae_edge.runtime import VAERuntime, selfcheck, trust
+    from vae_edge.runtime.bundle import BundleError, open_bundle, verify_files
+    from vae_edge.runtime.sysinfo import cpu
     from vae_edge.runtime.vae_runtime import _is_shipped, resolve_bundle
 
     path = resolve_bundle(bundle)
+    if record:
+        done = selfcheck.record_bundle(path, log=lambda s: click.echo(s, err=True))
+        click.echo(f"recorded golden vectors for: {', '.join(done) or 'none needed'}", err=True)
     key, label = trust.resolve_key(trusted_key, shipped=_is_shipped(path))
     b = open_bundle(path, key, key_label=label)
-    verify_files(b.path, b.manifest)
-    files = sorted(b.manifest["files"])
-    res = {"bundle": str(b.path), "files_checked": len(files), "signature": b.signature, "key": b.key,
-           "variants": sorted(b.manifest["variants"])}
+    variants = {}
+    for v in b.manifest["variants"]:
+        try:
+            rt = VAERuntime.load(path, variant=v, trusted_key=trusted_key, self_check=False, warn=lambda s: None)
+            diffs = rt.self_check()
+            variants[v] = {"self_check": "pass" if diffs is not None else "no golden vectors", "max_abs_diff": diffs}
+        except selfcheck.SelfCheckFailed as e:
+            variants[v] = {"self_check": "FAIL", "error": str(e)}
+        except BundleError as e:
+            variants[v] = {"self_check": "damaged", "error": str(e)}
+    files_ok = True
+    try:
+        verify_files(b.path, b.manifest)
+    except BundleError:
+        files_ok = False
+    res = {"bundle": str(b.path), "files_match": files_ok, "signature": b.signature, "key": b.key,
+           "cpu": cpu(), "variants": variants}
+    failed = [v for v, r in variants.items() if r["self_check"] in ("FAIL", "damaged")]
     if as_json:
         click.echo(json.dumps(res))
-        return
-    click.echo(f"{b.path}: {len(files)} files match the manifest ({', '.join(res['variants'])})")
-    click.echo({"verified": f"signature: valid, signed by {b.key}",
-                "unchecked": "signature: present, NOT checked (pass --trusted-key PUBLIC.pem)",
-                "unsigned": "signature: none (unsigned bundle)"}[b.signature])
+    else:
+        click.echo(f"{b.path}: {len(b.manifest['files'])} files {'match' if files_ok else 'DO NOT all match'} "
+                   "the manifest")
+        click.echo({"verified": f"signature: valid, signed by {b.key}",
+                    "unchecked": "signature: present, NOT checked (pass --trusted-key PUBLIC.pem)",
+                    "unsigned": "signature: none (unsigned bundle)"}[b.signature])
+        for v, r in variants.items():
+            detail = (", ".join(f"{g} max|diff| {d:.2g}" for g, d in r["max_abs_diff"].items())
+                      if r.get("max_abs_diff") else r.get("error", ""))
+            click.echo(f"  {v:<22} self-check {r['self_check']:<18} {detail}")
+    if failed:
+        raise VaeEdgeError(f"variant(s) {', '.join(failed)} cannot be trusted on this device")

@@ -1,0 +1,158 @@
+"""Golden vectors: a device checks that it computes what the bundle's maker computed.
+
+Where a variant is made (export, quantize), a few fixed inputs are run through its two graphs and
+the outputs are stored in the manifest with a tolerance derived from the variant's own accuracy
+record. `VAERuntime.load` runs them once (one small batch per graph) and refuses a variant whose
+outputs on this device differ by more than that: a CPU whose int8 kernels compute other numbers
+must never return silently wrong images. numpy + onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import base64
+import platform
+from collections.abc import Callable
+
+import numpy as np
+
+from vae_edge import VaeEdgeError
+
+N_GOLDEN = 4
+FP32_TOL = 1e-4  # float kernels differ by rounding across CPUs (FMA, summation order)
+INT8_FLOOR = 2e-3  # one activation-quantization step may round the other way on another CPU
+
+
+class SelfCheckFailed(VaeEdgeError):
+    """A variant computes other numbers on this device than where it was made."""
+
+
+def _enc(a: np.ndarray) -> dict:
+    a = np.ascontiguousarray(a)
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode()}
+
+
+def _enc_images(x: np.ndarray) -> dict:
+    """Images on the 1/255 grid, stored exactly as bytes."""
+    return {**_enc(np.round(x * 255).astype(np.uint8)), "scale": 1 / 255}
+
+
+def _dec(d: dict) -> np.ndarray:
+    try:
+        a = np.frombuffer(base64.b64decode(d["b64"]), dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise VaeEdgeError(f"a golden vector in the manifest is malformed: {e}") from None
+    return (a.astype(np.float32) * np.float32(d["scale"])) if "scale" in d else a
+
+
+def golden_inputs(manifest: dict) -> dict[str, np.ndarray]:
+    """Fixed inputs: latents from a seeded normal; images with digit-like structure made from a
+    seeded pattern (no dataset needed), on the 1/255 grid so they are stored exactly."""
+    cfg = manifest["model"]
+    rng = np.random.default_rng(20251125)
+    z = rng.standard_normal((N_GOLDEN, int(cfg["latent_dim"]))).astype(np.float32)
+    yy, xx = np.mgrid[0:28, 0:28]
+    imgs = []
+    for i in range(N_GOLDEN):
+        cy, cx, r = 14 + rng.normal(0, 2), 14 + rng.normal(0, 2), 6 + 2 * i
+        ring = np.exp(-((np.hypot(yy - cy, xx - cx) - r) ** 2) / 4.0)
+        imgs.append(np.clip(ring + 0.1 * rng.random((28, 28)), 0, 1))
+    x = np.round(np.stack(imgs)[:, None] * 255).astype(np.uint8).astype(np.float32) * np.float32(1 / 255)
+    out = {"z": z, "x": x}
+    if cfg.get("conditional"):
+        out["y"] = np.arange(N_GOLDEN, dtype=np.int64) % 10
+    return out
+
+
+def _feeds(graph: str, inputs: dict) -> dict:
+    key = "x" if graph == "encoder" else "z"
+    return {key: inputs[key], **({"y": inputs["y"]} if "y" in inputs else {})}
+
+
+def session_runner(models: dict, so=None) -> Callable[[str, dict], np.ndarray]:
+    """A run(graph, feeds) over CPU sessions of {graph: path or bytes}, default session options
+    (the runtime's defaults: all graph optimizations)."""
+    import onnxruntime as ort
+
+    sessions = {g: ort.InferenceSession(m if isinstance(m, bytes) else str(m), sess_options=so,
+                                        providers=["CPUExecutionProvider"]) for g, m in models.items()}
+    return lambda graph, feeds: sessions[graph].run([CHECKED[graph]], feeds)[0]
+
+
+def tolerances(variant_entry: dict) -> dict[str, float]:
+    """fp32: rounding only. Quantized: half the variant's own deviation from fp32 (recorded on
+    the whole test set), never below a floor; a kernel that computes something else lands far
+    outside (0.93 in probability for the case that prompted this)."""
+    acc = variant_entry.get("accuracy") or {}
+    if variant_entry.get("dtype", "float32") == "float32" or not acc:
+        return {"encoder": FP32_TOL, "decoder": FP32_TOL}
+    return {"encoder": max(INT8_FLOOR, 0.5 * float(acc.get("encoder_mu_max_abs_diff", 0.0))),
+            "decoder": max(INT8_FLOOR, 0.5 * float(acc.get("decoder_probs_max_abs_diff", 0.0)))}
+
+
+CHECKED = {"encoder": "mu", "decoder": "probs"}  # the output of each graph that is compared
+
+
+def record(manifest: dict, entry: dict, run: Callable[[str, dict], np.ndarray]) -> dict:
+    """Golden vectors for one variant (its manifest entry): run(graph, feeds) -> that graph's
+    checked output (encoder mu, decoder probs), computed on this machine."""
+    inputs = golden_inputs(manifest)
+    outputs = {g: _enc(np.asarray(run(g, _feeds(g, inputs)), np.float32)) for g in ("encoder", "decoder")}
+    return {
+        "inputs": {k: _enc_images(v) if k == "x" else _enc(v) for k, v in inputs.items()},
+        "outputs": outputs,
+        "tolerance": tolerances(entry),
+        "made_on": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    }
+
+
+def check(variant: str, golden: dict, run: Callable[[str, dict], np.ndarray]) -> dict[str, float]:
+    """Run the golden inputs; returns the max |difference| per graph, or raises SelfCheckFailed."""
+    try:
+        inputs = {k: _dec(v) for k, v in golden["inputs"].items()}
+        wants = {g: _dec(golden["outputs"][g]) for g in ("encoder", "decoder")}
+    except (KeyError, TypeError) as e:
+        raise VaeEdgeError(f"variant {variant}: its golden vectors in the manifest are malformed ({e})") from None
+    diffs = {}
+    for graph in ("encoder", "decoder"):
+        got = np.asarray(run(graph, _feeds(graph, inputs)), np.float64)
+        want = wants[graph]
+        if got.shape != want.shape:
+            raise SelfCheckFailed(f"variant {variant} fails its self-check: {graph} output shape {list(got.shape)} "
+                                  f"is not the recorded {list(want.shape)}")
+        d = float(np.max(np.abs(got - want))) if np.all(np.isfinite(got)) else float("inf")
+        diffs[graph] = d
+        tol = float(golden["tolerance"][graph])
+        if not d <= tol:
+            raise SelfCheckFailed(
+                f"variant {variant} fails its self-check on this device: its {graph} outputs differ by {d:.3g} "
+                f"from those recorded where it was made ({golden.get('made_on', '?')}; tolerance {tol:.3g}); "
+                "this CPU's kernels compute other numbers for it: use another variant (e.g. --variant auto)"
+            )
+    return diffs
+
+
+def record_bundle(bundle, only_missing: bool = True, log: Callable[[str], None] | None = None) -> list[str]:
+    """Maker side: (re)record the golden vectors of a bundle's variants on this machine (those
+    without any, or all). Writes the manifest atomically; a signature is voided and removed."""
+    from pathlib import Path
+
+    from vae_edge.runtime.bundle import (
+        drop_signature,
+        load_manifest,
+        open_bundle,
+        write_json_atomic,
+    )
+
+    bundle = Path(bundle)
+    opened = open_bundle(bundle)
+    manifest = load_manifest(bundle)
+    done = []
+    for v, entry in manifest["variants"].items():
+        if only_missing and entry.get("golden"):
+            continue
+        entry["golden"] = record(manifest, entry, session_runner(opened.variant_bytes(v)))
+        done.append(v)
+    if done:
+        drop_signature(bundle, log)
+        write_json_atomic(bundle / "manifest.json", manifest)
+    return done
