@@ -17,10 +17,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODELS = {
-    # name: (train arguments, quantize modes, IW samples, IW test images (None: all 10,000))
-    "mlp-mnist": (["--arch", "mlp", "--epochs", "10"], ["dynamic", "static"], 5000, None),
+    # name: (train arguments, quantize (mode, target) pairs, IW samples, IW test images (None: all 10,000))
+    "mlp-mnist": (["--arch", "mlp", "--epochs", "10"], [("dynamic", "x86"), ("static", "x86"), ("dynamic", "arm64")],
+                  5000, None),
     "conv-mnist": (["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
-                    "--kl-warmup", "2"], ["static"], 5000, 1000),
+                    "--kl-warmup", "2"], [("static", "x86")], 5000, 1000),
 }
 
 
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--reuse-runs", action="store_true", help="Skip training where runs/<name>/model.pt exists.")
     ap.add_argument("--only", choices=list(MODELS), default=None)
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--sign-key", default=None, help="Private key to sign the bundles with (the project key).")
     args = ap.parse_args()
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     exe = [sys.executable, "-m", "vae_edge"]
@@ -63,8 +65,10 @@ def main() -> None:
         if (dest / "bundle").exists():
             shutil.rmtree(dest / "bundle")
         sh(*exe, "export", str(dest / "model.pt"), "--out", str(dest / "bundle"), *data)
-        for mode in modes:
-            sh(*exe, "quantize", str(dest / "bundle"), "--mode", mode, *data)
+        for mode, target in modes:
+            sh(*exe, "quantize", str(dest / "bundle"), "--mode", mode, "--target", target, *data)
+        if args.sign_key:  # the project key's private half is kept off the repository
+            sh(*exe, "sign", str(dest / "bundle"), "--key", args.sign_key)
         del torch
     print("done: " + ", ".join(str(HERE / n) for n in MODELS if not args.only or n == args.only))
 
