@@ -20,6 +20,7 @@ SOURCES = {
     "iw_nll": "iw_nll.md",
     "denoise": "denoise.md",
     "reliability": "reliability.md",
+    "arm64_int8": "arm64_int8.md",
 }
 
 
