@@ -49,6 +49,17 @@ def test_a_device_computing_other_numbers_is_refused(bundle_copy):
     assert VAERuntime.load(bundle_copy, variant="int8-dynamic").variant == "int8-dynamic"  # others unaffected
 
 
+def test_cli_refuses_and_no_self_check_overrides(runner, bundle_copy, tmp_path):
+    _corrupt_golden(bundle_copy, "int8-static")
+    out = tmp_path / "s.png"
+    res = runner.invoke(cli, ["sample", "--bundle", str(bundle_copy), "--variant", "int8-static", "-o", str(out)])
+    assert res.exit_code == 1 and "fails its self-check" in res.output and not out.exists()
+    assert len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(cli, ["sample", "--bundle", str(bundle_copy), "--variant", "int8-static", "--no-self-check",
+                              "-o", str(out)])
+    assert res.exit_code == 0 and out.is_file()
+
+
 def test_auto_falls_back_to_a_variant_that_passes(bundle_copy):
     m = json.loads((bundle_copy / "manifest.json").read_text())
     m["tuning"] = {"choice": {"variant": "int8-static", "provider": "cpu", "threads": 1}}

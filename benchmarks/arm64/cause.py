@@ -50,6 +50,18 @@ def build(work: Path) -> None:
     np.save(work / "ref_probs.npy", ReferenceEvaluator(onnx.load(str(dec))).run(["probs"], {"z": z})[0].reshape(-1))
 
 
+def _older_ort(env: arm64_env.Arm64Python) -> arm64_env.Arm64Python:
+    """onnxruntime 1.22.0, the last release before DynamicQuantizeMatMul could take KleidiAI's path."""
+    site = arm64_env.CACHE / "site-ort1.22.0"
+    if not (site / ".complete").is_file():
+        plat = [a for p in arm64_env.PLATFORMS for a in ("--platform", p)]
+        arm64_env._run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), *plat,
+                        "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+                        "onnxruntime==1.22.0", "numpy==2.2.6"], "pip download of onnxruntime 1.22.0")
+        (site / ".complete").write_text("onnxruntime==1.22.0")
+    return arm64_env.Arm64Python(env.qemu, env.root, site)
+
+
 def main() -> None:
     env = arm64_env.ensure()
     work = Path(tempfile.mkdtemp(prefix="arm64-cause-"))
@@ -57,7 +69,8 @@ def main() -> None:
     stage = work / "stage"
     stage.mkdir()
     rows = []
-    for cpu in CPUS:
+    runs = [(cpu, env) for cpu in CPUS] + [("max", _older_ort(env))]
+    for cpu, env in runs:
         caps = env.run([str(HERE / "hwcaps.py")], cpu, stage).stdout.strip().splitlines()[-1]
         mm = env.run([str(HERE / "i8mm_instructions.py")], cpu, stage)
         wrong = [ln.split()[3] for ln in mm.stdout.splitlines() if "wrong in" in ln]
@@ -75,10 +88,10 @@ def main() -> None:
         on = [k for d in caps for k, v in d.items() if v]
         s8 = max(v for k, v in r["fused_minus_unfused"].items() if k.endswith("_s8.onnx"))
         u8 = max(v for k, v in r["fused_minus_unfused"].items() if k.endswith("_u8.onnx"))
-        md.append(f"| {r['cpu']} | {', '.join(on)} | {r['i8mm']} | {s8:.3g} | {u8:.3g} | "
+        md.append(f"| {r['cpu']} (onnxruntime {r['onnxruntime']}) | {', '.join(on)} | {r['i8mm']} | {s8:.3g} | {u8:.3g} | "
                   f"{r['decoder_vs_onnx_reference']:.3g} |")
     out = ROOT / "benchmarks" / "results" / "arm64_int8.md"
-    out.write_text(f"onnxruntime {rows[0]['onnxruntime']} (aarch64 wheel) under qemu-user-static 7.2; "
+    out.write_text("PyPI's aarch64 onnxruntime wheels under qemu-user-static 7.2; "
                    "`python benchmarks/arm64/cause.py`.\n\n" + "\n".join(md) + "\n")
     print(out.read_text())
 

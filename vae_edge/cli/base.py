@@ -149,6 +149,9 @@ def runtime_options(f):
         click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
                      show_default=True, help="onnxruntime graph optimization level."),
         trusted_key_option,
+        click.option("--no-self-check", "no_self_check", is_flag=True,
+                     help="Skip the variant's golden-vector check at load (it refuses a variant this device "
+                          "computes differently)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -163,7 +166,7 @@ def load_runtime(kw: dict):
         kw.pop("bundle"), variant=kw.pop("variant"), providers=kw.pop("providers") or None,
         threads=kw.pop("threads"), provider_options=parse_provider_options(kw.pop("provider_options")),
         strict=kw.pop("strict"), opt_level=kw.pop("opt_level"), warn=lambda s: click.echo(s, err=True),
-        trusted_key=kw.pop("trusted_key"),
+        trusted_key=kw.pop("trusted_key"), self_check=not kw.pop("no_self_check"),
     )
 
 
