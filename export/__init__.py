@@ -1,7 +1,14 @@
-"""ONNX export, validation and quantization (needs the `export` extra: torch, onnx)."""
+"""ONNX export, validation and quantization. Export needs the `export` extra (torch, onnx);
+quantization needs onnx only, so nothing here is imported before it is used."""
 
 from __future__ import annotations
 
-from vae_edge.export.onnx_export import GraphSpec, export_bundle, graph_specs, validate_graph
-
 __all__ = ["GraphSpec", "export_bundle", "graph_specs", "validate_graph"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from vae_edge.export import onnx_export
+
+        return getattr(onnx_export, name)
+    raise AttributeError(f"module 'vae_edge.export' has no attribute {name!r}")

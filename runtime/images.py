@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from PIL import Image, UnidentifiedImageError
 
 from vae_edge import VaeEdgeError
 
+_SLICE_LIKE = re.compile(r"^[A-Za-z][\w-]+:")  # mnist:..., fashion-mnist:..., not C:\ or ./x
+MAX_GRID_IMAGES = 4096  # a grid image holds at most this many digits (larger: write .npy)
 MAX_PIXELS = 50_000_000  # larger images are refused (decompression bombs)
 IMAGE_SUFFIXES = {".png": "PNG", ".gif": "GIF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
 
@@ -86,6 +89,9 @@ def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None) -> tuple[np.n
             x, y = load_slice(spec, data_dir)
             xs.append(x)
             ys.append(y)
+        elif _SLICE_LIKE.match(spec) and not Path(spec).exists():
+            raise VaeEdgeError(f"{spec!r} is not a dataset slice: write DATASET:SPLIT[A:B], with DATASET mnist or "
+                               "fashion-mnist and SPLIT train or test, e.g. mnist:test[0:16] (or an image file)")
         else:
             xs.append(load_image(spec)[None])
             ys.append(np.full(1, -1, np.int64))
@@ -101,6 +107,7 @@ def grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale: int =
     """[N, 1, 28, 28] in [0, 1] -> one grey PIL image, N cells laid out in rows of ncol."""
     images = np.asarray(images).reshape(-1, 28, 28)
     n = len(images)
+    check_grid_size(n)
     ncol = ncol or int(np.ceil(np.sqrt(n)))
     nrow = int(np.ceil(n / ncol))
     cell = 28 + pad
@@ -112,6 +119,13 @@ def grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale: int =
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
 
+def check_grid_size(n: int) -> None:
+    if n > MAX_GRID_IMAGES:
+        side = int(np.ceil(np.sqrt(n))) * 60 + 4
+        raise VaeEdgeError(f"a grid of {n} images would be a {side}x{side} picture; one image file holds at most "
+                           f"{MAX_GRID_IMAGES}: write .npy (-o out.npy) or ask for fewer")
+
+
 def check_output(path: str | os.PathLike, suffixes=tuple(IMAGE_SUFFIXES)) -> Path:
     """Refuse a bad output path before any work is done."""
     path = Path(path)
@@ -121,18 +135,25 @@ def check_output(path: str | os.PathLike, suffixes=tuple(IMAGE_SUFFIXES)) -> Pat
         raise VaeEdgeError(f"output {path} is a folder")
     if not path.parent.exists():
         raise VaeEdgeError(f"the folder of output {path} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise VaeEdgeError(f"cannot write output {path}: its folder is not writable")
     return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """write(tmp_path) then rename: no half-written output if anything fails."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

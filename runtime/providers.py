@@ -50,22 +50,32 @@ def parse_provider_options(items: list[str] | tuple[str, ...]) -> dict[str, str]
     return out
 
 
-def resolve(names: list[str] | tuple[str, ...] | None, options: dict[str, str] | None = None) -> list:
-    """Short names -> the providers list for InferenceSession, CPU last as the fallback.
-
-    Options apply to the first (the preferred) provider."""
+def resolve(names: list[str] | tuple[str, ...] | None, options: dict[str, str] | None = None,
+            strict: bool = False, warn=None) -> list:
+    """Short names, in order of preference -> the providers list for InferenceSession, CPU last as
+    the fallback. A provider this onnxruntime build lacks is skipped with a note (an error with
+    strict, or when none of those asked for is available). Options apply to the first provider
+    that is used."""
     names = list(names or ["cpu"])
     have = set(ort.get_available_providers())
-    out = []
-    for i, short in enumerate(names):
+    for short in names:
         if short not in PROVIDERS:
             raise VaeEdgeError(f"unknown provider {short!r}: choose from {', '.join(PROVIDERS)}")
+    missing = [s for s in names if PROVIDERS[s][0] not in have]
+    usable = [s for s in names if PROVIDERS[s][0] in have]
+    if missing and (strict or not usable):
+        short = missing[0]
         full, package = PROVIDERS[short]
-        if full not in have:
-            raise ProviderUnavailable(
-                f"provider {short} ({full}) is not in this onnxruntime build "
-                f"(it has: {', '.join(available())}); install {package}"
-            )
+        raise ProviderUnavailable(
+            f"provider {short} ({full}) is not in this onnxruntime build "
+            f"(it has: {', '.join(available())}); install {package}" + (" (--strict)" if usable else "")
+        )
+    if missing and warn is not None:
+        warn(f"note: skipping provider(s) {', '.join(missing)}, not in this onnxruntime build "
+             f"(install {PROVIDERS[missing[0]][1]}); using {', '.join(usable)}")
+    out = []
+    for i, short in enumerate(usable):
+        full = PROVIDERS[short][0]
         out.append((full, dict(options or {})) if i == 0 and options else full)
     if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in out]:
         out.append("CPUExecutionProvider")

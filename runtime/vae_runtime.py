@@ -135,7 +135,7 @@ class VAERuntime:
             raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
         else:
             candidates = [variant]
-        plist = prov.resolve(providers, provider_options)
+        plist = prov.resolve(providers, provider_options, strict=strict, warn=warn)
         so = prov.session_options(threads, opt_level)
         failures = []
         for v in candidates:
@@ -448,6 +448,12 @@ _NOISE_RE = re.compile(r"^(gaussian|saltpepper|mask):(\d*\.?\d+|rect|top|bottom|
 def parse_noise(spec: str) -> tuple[str, str]:
     """'gaussian:0.3' -> ('gaussian', '0.3'); a bad spec is a user error."""
     m = _NOISE_RE.match(spec)
+    kind = spec.split(":", 1)[0]
+    if not m and kind in ("gaussian", "saltpepper") and ":" in spec:
+        what = "SIGMA, a positive number" if kind == "gaussian" else "FRACTION, a number between 0 and 1"
+        raise VaeEdgeError(f"{spec!r}: {kind} noise takes {what}, e.g. {kind}:{0.3 if kind == 'gaussian' else 0.2}")
+    if not m and kind == "mask":
+        raise VaeEdgeError(f"{spec!r}: mask takes rect, top, bottom, left or right, e.g. mask:rect")
     if not m:
         raise VaeEdgeError(
             f"unknown noise {spec!r}: use gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right"

@@ -77,6 +77,12 @@ def test_on_device_commands(runner, tmp_path, quantized, mnist_dir):
     (["reconstruct", "NOFILE.png"], "does not exist"),
     (["denoise", "NOFILE.png", "--noise", "blur:3"], "unknown noise"),
     (["interpolate", "A.png", "B.png", "--steps", "1"], "does not exist"),
+    (["reconstruct", "mnist:test[5]"], "is not a dataset slice: write DATASET:SPLIT[A:B]"),
+    (["reconstruct", "mnist:tset[0:3]"], "is not a dataset slice"),
+    (["reconstruct", "mnist:test[a:b]"], "e.g. mnist:test[0:16]"),
+    (["denoise", "mnist:test[0:2]", "--noise", "gaussian:-1"], "gaussian noise takes SIGMA, a positive number"),
+    (["denoise", "mnist:test[0:2]", "--noise", "mask:circle"], "mask takes rect"),
+    (["sample", "-n", "100000"], "one image file holds at most 4096: write .npy"),
 ])
 def test_errors_are_one_line_and_write_nothing(runner, tmp_path, quantized, args, match):
     out = tmp_path / "out.png"
@@ -266,3 +272,53 @@ def test_bad_input_corpus(runner, tmp_path, quantized, mnist_dir):
         assert "pickled" not in res.output or "object" in what, (what, res.output)
         assert not list(out_dir.iterdir()), what
     print(f"\nRELIABILITY: {len(corpus)} bad inputs: one line each, non-zero exit, nothing written")
+
+
+def test_provider_preference_cli_and_broken_pipe(runner, tmp_path, quantized):
+    out = tmp_path / "s.png"
+    res = runner.invoke(cli, ["sample", "-n", "2", "--bundle", str(quantized), "--provider", "cuda", "--provider",
+                              "cpu", "-o", str(out)])
+    assert res.exit_code == 0 and out.is_file() and "skipping provider(s) cuda" in res.output
+    # a closed pipe is not an error; `python -m vae_edge.cli` is a way in too
+    cmd = f"{sys.executable} -m vae_edge info | head -1"
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("onnxruntime") and "Error" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "vae_edge.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Commands:" in r.stdout
+
+
+def test_unwritable_output_is_one_line(runner, tmp_path, quantized):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere but /proc
+        res = runner.invoke(cli, ["sample", "-n", "2", "--bundle", str(quantized), "-o", "/proc/s.png"])
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        res = runner.invoke(cli, ["sample", "-n", "2", "--bundle", str(quantized), "-o", str(ro / "s.png")])
+    _one_line_error(res, "cannot write output")
+    assert res.exit_code == 1
+
+
+@pytest.mark.parametrize("blocked,args", [
+    (("torch",), ["quantize", "{b}", "--mode", "fp16", "--eval-size", "50", "--data-dir", "{mnist}"]),
+    (("torch", "onnx"), ["bench", "--bundle", "{b}", "--baseline", "none", "--batch-sizes", "1", "--graphs", "decoder",
+                         "--variants", "fp32", "--min-time", "0.01", "--warmup", "1"]),
+])
+def test_commands_need_only_what_they_use(tmp_path, bundle_copy, mnist_dir, blocked, args):
+    """fp16 quantization needs onnx, not torch; a benchmark without the torch baseline needs neither."""
+    import textwrap
+
+    argv = [a.format(b=bundle_copy, mnist=mnist_dir) for a in args]
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {blocked!r}:
+                    raise ImportError(name + " is blocked in this test", name=name.split(".")[0])
+        sys.meta_path.insert(0, Block())
+        from vae_edge.cli import cli
+        cli({argv!r}, prog_name="vae-edge")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-1500:]

@@ -179,3 +179,16 @@ def test_data_fetch_cli_against_local_server(tmp_path, monkeypatch, runner):
         assert d.resolve_data_dir("mnist", download=False) == cached
     finally:
         server.close()
+
+
+def test_a_slice_reads_the_dataset_it_names(mnist_dir):
+    from vae_edge.data import identify, load_slice
+
+    assert identify(mnist_dir) == "mnist"
+    with pytest.raises(VaeEdgeError, match="holds mnist, not fashion-mnist"):
+        load_slice("fashion-mnist:test[0:4]", mnist_dir)
+    fashion = Path("/usr/share/datasets/fashion-mnist")
+    if fashion.is_dir():
+        assert identify(fashion) == "fashion-mnist"
+        x, y = load_slice("fashion-mnist:test[0:4]")  # its own location, without --data-dir
+        assert list(y) == [9, 2, 1, 1]

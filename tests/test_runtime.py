@@ -301,3 +301,16 @@ def test_clipped_gaussian_likelihood_is_exact():
     per = np.where(xn <= 0, np.log(cdf(-c / 0.3)), np.where(
         xn >= 1, np.log(cdf((c - 1) / 0.3)), -0.5 * ((xn - c) / 0.3) ** 2 - math.log(0.3 * math.sqrt(2 * math.pi))))
     assert np.allclose(got, per.sum((1, 2, 3)), atol=1e-3)
+
+
+def test_providers_in_order_of_preference():
+    """cuda then cpu without --strict: the missing one is skipped with a note; --strict refuses."""
+    if "CUDAExecutionProvider" in prov.ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA")
+    notes = []
+    assert prov.resolve(["cuda", "cpu"], warn=notes.append) == ["CPUExecutionProvider"]
+    assert notes and "skipping provider(s) cuda" in notes[0] and "onnxruntime-gpu" in notes[0]
+    with pytest.raises(prov.ProviderUnavailable, match="--strict"):
+        prov.resolve(["cuda", "cpu"], strict=True)
+    with pytest.raises(prov.ProviderUnavailable, match="install onnxruntime-gpu"):
+        prov.resolve(["cuda"])  # nothing asked for is available: an error, strict or not

@@ -74,6 +74,25 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# sha256 of each official test-label set (10,000 bytes): tells which dataset a folder holds.
+TEST_LABELS_SHA256 = {
+    "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5": "mnist",
+    "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9": "fashion-mnist",
+}
+
+
+def identify(directory: str | os.PathLike) -> str | None:
+    """Which known dataset a folder holds, from its test labels; None if unknown or absent."""
+    path = _find_file(Path(directory), SPLIT_FILES["test"][1])
+    if path is None:
+        return None
+    try:
+        labels = read_idx(path)
+    except VaeEdgeError:
+        return None
+    return TEST_LABELS_SHA256.get(hashlib.sha256(labels.tobytes()).hexdigest())
+
+
 def get_spec(dataset: str) -> DatasetSpec:
     if dataset not in DATASETS:
         raise VaeEdgeError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
@@ -216,6 +235,10 @@ def resolve_data_dir(
                 f"data directory {d} does not exist: pass a folder with the MNIST IDX files, "
                 "or leave --data-dir out to use the cache (`vae-edge data fetch` fills it)"
             )
+        held = identify(d)
+        if held is not None and held != dataset:
+            raise VaeEdgeError(f"{d} holds {held}, not {dataset}: pass a folder with {dataset}'s files "
+                               f"(or leave --data-dir out to use {dataset}'s own location)")
         return d
     for d in candidate_dirs(dataset):
         if d.is_dir() and split_present(d, split):

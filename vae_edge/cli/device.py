@@ -32,9 +32,11 @@ def sample(rt, n, digit, seed, output) -> None:
              (--digit needs a conditional model: train one with `vae-edge train --conditional`)
     """
 
-    from vae_edge.runtime.images import check_output, grid, save_image, save_npy
+    from vae_edge.runtime.images import check_grid_size, check_output, grid, save_image, save_npy
 
     out = check_output(output, (".png", ".jpg", ".jpeg", ".npy"))
+    if out.suffix != ".npy":
+        check_grid_size(n)  # before any work
     images = rt.sample(n, seed=seed, digit=digit)
     if out.suffix == ".npy":
         save_npy(images, out)
@@ -45,7 +47,7 @@ def sample(rt, n, digit, seed, output) -> None:
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg, ...): a grid.")
 @click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
 @data_dir_option
 @with_runtime
@@ -154,7 +156,7 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, a
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--iw-samples", type=int, default=0, show_default=True, help="0: -ELBO; K: importance-weighted -log p(x).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--digit", type=int, default=None)
+@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
 @data_dir_option
 @json_option
 @with_runtime
@@ -194,7 +196,7 @@ def load_inputs_with_names(inputs, data_dir):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help=".npy file: mu [N, latent] (and logvar with --with-logvar).")
 @click.option("--with-logvar", is_flag=True, help="Save [2, N, latent]: mu and logvar.")
-@click.option("--digit", type=int, default=None)
+@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
 @data_dir_option
 @with_runtime
 def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
@@ -217,8 +219,8 @@ def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
 
 @click.command()
 @click.argument("latents", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path())
-@click.option("--digit", type=int, default=None)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg, ...): a grid.")
+@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
 @with_runtime
 def decode(rt, latents, output, digit) -> None:
     """Decode latent vectors from a .npy file into an image grid.
