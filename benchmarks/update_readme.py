@@ -21,6 +21,7 @@ SOURCES = {
     "denoise": "denoise.md",
     "reliability": "reliability.md",
     "arm64_int8": "arm64_int8.md",
+    "anomaly": "anomaly.md",
 }
 
 

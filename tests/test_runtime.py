@@ -356,3 +356,23 @@ def test_photos_preprocess_like_clean_drawings(mnist_dir):
     rt = VAERuntime.load("conv-mnist")
     gap = rt.score(photo) - rt.score(clean)
     assert abs(gap.mean()) < 5, gap  # scored like the same digit drawn cleanly (former: +44 nats)
+
+
+def test_complexity_score_ranks_simple_images_above_digits(mnist_dir):
+    """Likelihood rates blank images as the most normal; the complexity-corrected score puts every
+    blank, near-blank, noise and non-digit image above every real test digit."""
+    from vae_edge.data import load_slice
+    from vae_edge.runtime.anomaly_sets import auroc, simple_images
+    from vae_edge.runtime.images import has_ink
+
+    x, _ = load_slice("mnist:test[0:300]", mnist_dir)
+    rt = VAERuntime.load("mlp-mnist")
+    simple = simple_images(n_each=12)
+    digits_elbo, digits_c = rt.score(x), rt.complexity_score(x)
+    for kind, imgs in simple.items():
+        c = rt.complexity_score(imgs)
+        assert c.min() > digits_c.max(), (kind, c.min(), digits_c.max())
+    assert rt.score(simple["blank"][:1])[0] < np.percentile(digits_elbo, 1)  # likelihood alone: "most normal"
+    assert auroc(rt.score(simple["near-blank"]), digits_elbo) < 0.2
+    assert not has_ink(simple["blank"][0]) and has_ink(x[0])
+    assert auroc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)

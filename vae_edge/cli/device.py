@@ -155,25 +155,47 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, a
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--iw-samples", type=int, default=0, show_default=True, help="0: -ELBO; K: importance-weighted -log p(x).")
+@click.option("--complexity", is_flag=True,
+              help="Also the complexity-corrected score: -log p(x) of the binarized image minus its compressed "
+                   "length (nats); unlike likelihood, it rates blank and trivial images as unusual.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
 @data_dir_option
 @json_option
 @with_runtime
-def score(rt, inputs, iw_samples, seed, digit, data_dir, as_json) -> None:
+def score(rt, inputs, iw_samples, complexity, seed, digit, data_dir, as_json) -> None:
     """Anomaly score of each image in nats (-ELBO or IW -log p(x)): higher is more unusual.
+
+    Likelihood alone is fooled by simple inputs (a blank page scores as the most normal image of
+    all): images without ink are flagged, and --complexity adds a score that corrects for it.
 
     \b
     Example: vae-edge score "mnist:test[0:4]" my_digit.png --json
+             vae-edge score blank.png --complexity
     """
+    from vae_edge.runtime.images import has_ink
+
     x, labels, names = load_inputs_with_names(inputs, data_dir)
-    scores = rt.score(x, _labels_for(rt, labels, digit), iw_samples=iw_samples, seed=seed)
+    y = _labels_for(rt, labels, digit)
+    scores = rt.score(x, y, iw_samples=iw_samples, seed=seed)
+    corrected = rt.complexity_score(x, y, iw_samples=iw_samples, seed=seed) if complexity else None
+    inked = [has_ink(xi) for xi in x]
     kind = f"iw_nll_k{iw_samples}" if iw_samples else "neg_elbo"
     if as_json:
-        click.echo(json.dumps([{"input": nm, kind: round(float(s), 4)} for nm, s in zip(names, scores, strict=True)]))
+        rows = []
+        for i, (nm, s) in enumerate(zip(names, scores, strict=True)):
+            row = {"input": nm, kind: round(float(s), 4), "ink": inked[i]}
+            if corrected is not None:
+                row["complexity_corrected"] = round(float(corrected[i]), 4)
+            rows.append(row)
+        click.echo(json.dumps(rows))
         return
-    for nm, s in zip(names, scores, strict=True):
-        click.echo(f"{s:10.2f}  {nm}")
+    for i, (nm, s) in enumerate(zip(names, scores, strict=True)):
+        extra = f"  {corrected[i]:10.2f}" if corrected is not None else ""
+        click.echo(f"{s:10.2f}{extra}  {nm}" + ("" if inked[i] else "   (no ink found: blank image?)"))
+    if not all(inked):
+        click.echo("note: images without ink get low likelihood scores (they look 'normal'); use --complexity",
+                   err=True)
 
 
 def load_inputs_with_names(inputs, data_dir):
