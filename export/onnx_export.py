@@ -221,7 +221,14 @@ PREPROCESSING = {
 }
 
 
-def model_name(ckpt: dict) -> str:
+def model_name(ckpt: dict, checkpoint: str | os.PathLike | None = None) -> str:
+    """The bundle's name: after its checkpoint's run folder (runs/my-run/model.pt -> my-run), so a
+    one-epoch experiment is not named like a shipped model; the architecture when there is none."""
+    if checkpoint is not None:
+        p = Path(checkpoint)
+        run = (p if p.is_dir() else p.parent).name
+        if run and run not in (".", ""):
+            return run
     cfg = ckpt["config"]
     return f"vae-edge-{cfg['arch']}{'-cond' if cfg.get('conditional') else ''}-{ckpt.get('dataset', 'mnist')}"
 
@@ -258,13 +265,14 @@ def export_bundle(
     del force  # kept for callers of the old signature
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
-    name = model_name(ckpt)
+    name = model_name(ckpt, checkpoint)
     specs = graph_specs(model, opset)
     dataset = ckpt.get("dataset", "mnist")
     x, y = validation_data(dataset, data_dir)
     feeds = _feeds(model, x, y)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():
+        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(0o755)
     try:

@@ -199,7 +199,7 @@ def variant_files(manifest: dict, variant: str, bundle: object = "BUNDLE") -> di
         mode = {"int8-dynamic": "dynamic", "int8-static": "static", "fp16": "fp16"}.get(variant, "auto")
         raise BundleError(
             f"this bundle has no {variant!r} variant (it has: {have}); "
-            f"make it with `vae-edge quantize {bundle} --mode {mode}`"
+            f"make it with `vae-edge quantize {bundle} --mode {mode}` (needs pip install 'vae-edge[export]')"
         )
     return variants[variant]["files"]
 

@@ -133,6 +133,13 @@ class VAERuntime:
             candidates, providers, threads = _auto_candidates(manifest, providers, threads, warn, path)
         elif variant not in VARIANTS and variant not in manifest["variants"]:
             raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
+        elif variant not in manifest["variants"] and shipped:
+            name = path.parent.name
+            raise VaeEdgeError(
+                f"the shipped {name} has no {variant!r} variant (it has: {', '.join(manifest['variants'])}); shipped "
+                f"bundles are read-only: copy it (cp -r {path} my-{name}) and run `vae-edge quantize my-{name} "
+                f"--mode {variant.split('-')[-1] if variant.startswith('int8') else variant}` "
+                "(needs pip install 'vae-edge[export]')")
         else:
             candidates = [variant]
         plist = prov.resolve(providers, provider_options, strict=strict, warn=warn)

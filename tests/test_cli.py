@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vae_edge import VaeEdgeError
 from vae_edge.cli import cli
 
 
@@ -322,3 +323,64 @@ def test_commands_need_only_what_they_use(tmp_path, bundle_copy, mnist_dir, bloc
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-1500:]
+
+
+def test_output_paths_one_rule(runner, tmp_path, ckpts, mnist_dir, quantized):
+    """The last level of an output path is created, a missing parent is an error, everywhere."""
+    d = ["--data-dir", str(mnist_dir)]
+    _one_line_error(runner.invoke(cli, ["export", str(ckpts["mlp"]), "--out", str(tmp_path / "no" / "b"), *d]),
+                    "only the last level is created")
+    _one_line_error(runner.invoke(cli, ["train", "--max-steps", "1", "--out", str(tmp_path / "no" / "run"), *d]),
+                    "only the last level is created")
+    _one_line_error(runner.invoke(cli, ["bench", "--bundle", str(quantized), "--report", str(tmp_path / "no" / "r"),
+                                        "--baseline", "none", "--batch-sizes", "1", "--min-time", "0.01"]),
+                    "only the last level is created")
+    assert not (tmp_path / "no").exists()
+    r = runner.invoke(cli, ["export", str(ckpts["mlp"]), "--out", str(tmp_path / "b"), *d])
+    assert r.exit_code == 0 and (tmp_path / "b" / "manifest.json").is_file()
+    # the bundle is named after its checkpoint's run, not like a shipped model
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["name"] == ckpts["mlp"].parent.name
+
+
+def test_pipeline_leaves_nothing_on_failure_and_reruns_after_interruption(runner, tmp_path, monkeypatch, mnist_dir):
+    from vae_edge import pipeline
+
+    out = tmp_path / "p"
+
+    def boom(*a, **k):
+        raise VaeEdgeError("simulated failure in the middle")
+
+    monkeypatch.setattr(pipeline, "_run", boom)
+    _one_line_error(runner.invoke(cli, ["pipeline", "--out", str(out)]), "simulated failure")
+    assert not out.exists()  # no empty (or half-made) output folder
+    out.mkdir()
+    (out / pipeline.MARKER).write_text("x")  # what an interrupted run leaves
+    (out / "bundle").mkdir()
+    monkeypatch.setattr(pipeline, "_run", lambda *a, **k: {"ok": True})
+    assert runner.invoke(cli, ["pipeline", "--out", str(out)]).exit_code == 0  # recognised as ours
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep")
+    _one_line_error(runner.invoke(cli, ["pipeline", "--out", str(other)]), "not a pipeline output")
+
+
+def test_info_variant_and_shipped_advice(runner):
+    r = runner.invoke(cli, ["info", "--variant", "auto"])
+    assert r.exit_code == 0 and "--variant auto loads fp32 here (self-check: passed)" in r.output
+    r = runner.invoke(cli, ["sample", "--variant", "fp16", "-o", "never.png"])
+    _one_line_error(r, "shipped bundles are read-only: copy it")
+
+
+def test_damaged_variant_is_repaired_by_quantize(runner, bundle_copy, mnist_dir, tmp_path):
+    (bundle_copy / "decoder.int8-static.onnx").unlink()
+    out = tmp_path / "s.png"
+    assert runner.invoke(cli, ["sample", "--bundle", str(bundle_copy), "-o", str(out)]).exit_code == 0  # fp32 fine
+    _one_line_error(runner.invoke(cli, ["sample", "--bundle", str(bundle_copy), "--variant", "int8-static",
+                                        "-o", str(out)]), "variant int8-static is damaged")
+    r = runner.invoke(cli, ["tune", "--bundle", str(bundle_copy), "--min-time", "0.005", "--threads", "1"])
+    assert r.exit_code == 0 and "skipping int8-static" in r.output and "chosen:" in r.output
+    r = runner.invoke(cli, ["quantize", str(bundle_copy), "--mode", "static", "--eval-size", "100",
+                            "--calibration-size", "32", "--data-dir", str(mnist_dir)])
+    assert r.exit_code == 0, r.output
+    assert runner.invoke(cli, ["sample", "--bundle", str(bundle_copy), "--variant", "int8-static",
+                               "-o", str(out)]).exit_code == 0

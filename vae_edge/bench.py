@@ -8,7 +8,6 @@ onnxruntime only, except the optional PyTorch baseline (imported only when asked
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import json
 import os
 import subprocess
@@ -37,6 +36,42 @@ def stats(samples_s) -> dict:
     for p in PERCENTILES:
         out[f"p{p}_ms"] = float(np.percentile(a, p))
     return out
+
+
+_COLD = """
+import json, os, sys, time
+import numpy as np, onnxruntime  # imported first: library loading is not the variant's cost
+from vae_edge.runtime import VAERuntime
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+bundle, variant, provider, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+before = rss()
+t0 = time.perf_counter()
+rt = VAERuntime.load(bundle, variant=variant, providers=[provider], threads=threads, warn=lambda s: None)
+created = time.perf_counter() - t0
+y = {"y": np.zeros(1, np.int64)} if rt.conditional else {}
+first = {}
+for g, feeds in (("encoder", {"x": np.zeros((1, 1, 28, 28), np.float32), **y}),
+                 ("decoder", {"z": np.zeros((1, rt.latent_dim), np.float32), **y})):
+    t1 = time.perf_counter()
+    (rt.encoder if g == "encoder" else rt.decoder).run(None, feeds)
+    first[g] = (time.perf_counter() - t1) * 1e3
+print(json.dumps({"session_create_ms": created * 1e3, "first_run_ms": first,
+                  "cold_start_ms": created * 1e3 + sum(first.values()), "rss_delta_mb": round(rss() - before, 2)}))
+"""
+
+
+def cold_start_fresh(bundle, variant: str, provider: str, threads: int) -> dict:
+    """Load time, first calls and resident memory of one variant, measured in a fresh process."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _COLD, str(bundle), variant, provider, str(threads)],
+                         capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise VaeEdgeError(f"cold-start measurement of {variant} failed: "
+                           f"{(res.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def rss_mb() -> float:
@@ -250,22 +285,10 @@ def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=lam
         for t in cfg.threads:
             runtimes = {}
             for v in variants:
-                gc.collect()
-                before = rss_mb()
-                t0 = time.perf_counter()
-                rt = VAERuntime.load(bundle, variant=v, providers=[p], threads=t, warn=warn)
-                created = time.perf_counter() - t0
-                first = {}
-                for g in GRAPHS:
-                    sess = rt.encoder if g == "encoder" else rt.decoder
-                    t1 = time.perf_counter()
-                    sess.run(None, _inputs(manifest, g, 1, rng))
-                    first[g] = time.perf_counter() - t1
-                runtimes[v] = rt
-                cold.append({"variant": v, "provider": p, "threads": t,
-                             "session_create_ms": created * 1e3, "first_run_ms": {g: s * 1e3 for g, s in first.items()},
-                             "cold_start_ms": (created + sum(first.values())) * 1e3,
-                             "rss_delta_mb": round(rss_mb() - before, 2),
+                runtimes[v] = rt = VAERuntime.load(bundle, variant=v, providers=[p], threads=t, warn=warn)
+                # cold start and memory in a fresh process each: in this one they would depend on
+                # which variant loaded first, and freed pages make later deltas read zero
+                cold.append({"variant": v, "provider": p, "threads": t, **cold_start_fresh(bundle, v, p, t),
                              "providers_used": rt.providers_used})
                 done += 1
                 if progress:
@@ -447,7 +470,9 @@ def write_report(report: dict, directory: str | os.PathLike) -> dict[str, Path]:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise VaeEdgeError(f"report directory {directory} is a file")
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.parent.is_dir():
+        raise VaeEdgeError(f"the folder of --report {directory} does not exist (only the last level is created)")
+    directory.mkdir(exist_ok=True)
     paths = {"json": directory / "bench.json", "markdown": directory / "bench.md"}
     write_json_atomic(paths["json"], report)
     atomic_write(paths["markdown"], lambda tmp: Path(tmp).write_text(markdown(report)))

@@ -309,7 +309,8 @@ def download_file(name: str, dest_dir: Path, mirrors: tuple[str, ...], md5: str,
             dest_dir.rmdir()  # leave no empty cache folder behind (only if nothing else is in it)
     raise VaeEdgeError(
         f"could not download {name} from any of {len(mirrors)} mirror(s): {'; '.join(errors)}. "
-        f"Offline? copy the IDX files into {dest_dir} or pass --data-dir"
+        f"Offline? copy the IDX files into {dest_dir} (or another folder, then pass it with --data-dir; "
+        "`vae-edge data fetch --dest DIR` downloads elsewhere)"
     )
 
 

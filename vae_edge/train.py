@@ -155,6 +155,8 @@ def train(
 ) -> dict:
     """Train a VAE; write out/model.pt every epoch and out/metrics.jsonl. Returns the last metrics."""
     out = Path(out)
+    if not out.parent.is_dir():
+        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
     log = log or (lambda s: print(s, file=sys.stderr))
     dev = pick_device(device)
     ckpt_path = out / CHECKPOINT_NAME
@@ -199,7 +201,7 @@ def train(
             sched.load_state_dict(state["scheduler"])
 
     metrics: dict = dict(state.get("metrics", {})) if state else {}
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
     model.train()
     stopped = False
     while epoch < tc.epochs and not stopped:

@@ -20,11 +20,12 @@ from vae_edge.cli.base import (
 @click.command()
 @click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: mlp-mnist).")
 @click.option("--variants", default="all", show_default=True, help="Comma-separated variants, or all.")
-@click.option("--graphs", default="encoder,decoder", show_default=True, callback=_csv(str))
+@click.option("--graphs", default="encoder,decoder", show_default=True, callback=_csv(str), help="Graphs to time.")
 @click.option("--providers", default="cpu", show_default=True, callback=_csv(str))
-@click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_csv(int))
-@click.option("--threads", default="1", show_default=True, callback=_csv(int))
-@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_csv(int),
+              help="Comma-separated batch sizes.")
+@click.option("--threads", default="1", show_default=True, callback=_csv(int), help="Comma-separated intra-op thread counts.")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls per contender first.")
 @click.option("--min-time", type=float, default=0.3, show_default=True, help="Seconds of calls per contender and setting.")
 @click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True)
 @click.option("--checkpoint", type=click.Path(), default=None, help="PyTorch weights for the baseline (default: beside the bundle).")
@@ -41,6 +42,8 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
 
     if report_dir and Path(report_dir).exists() and not Path(report_dir).is_dir():
         raise VaeEdgeError(f"report directory {report_dir} is a file")
+    if report_dir and not Path(report_dir).parent.is_dir():  # before any work
+        raise VaeEdgeError(f"the folder of --report {report_dir} does not exist (only the last level is created)")
     cfg = BenchConfig(variants=() if variants == "all" else tuple(v.strip() for v in variants.split(",")),
                       graphs=graphs, providers=providers, batch_sizes=batch_sizes, threads=threads,
                       warmup=warmup, min_time=min_time, baseline_torch=baseline == "torch")

@@ -274,8 +274,9 @@ def decode(rt, latents, output, digit) -> None:
 
 @click.command()
 @click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: the shipped mlp-mnist).")
+@click.option("--variant", default=None, help="Show what `--variant` (e.g. auto) resolves to on this device.")
 @json_option
-def info(bundle, as_json) -> None:
+def info(bundle, variant, as_json) -> None:
     """onnxruntime, providers, CPU features for int8, and the bundle's manifest summary.
 
     \b
@@ -285,6 +286,11 @@ def info(bundle, as_json) -> None:
 
     env = environment()
     summary = bundle_summary(bundle)
+    if variant is not None:
+        from vae_edge.runtime import VAERuntime
+
+        rt = VAERuntime.load(bundle, variant=variant, warn=lambda s: click.echo(s, err=True))
+        summary["variant"] = {"asked": variant, "loads": rt.variant, "self_check": rt.self_check_diffs}
     if as_json:
         click.echo(json.dumps({"environment": env, "bundle": summary}, indent=2))
         return
@@ -305,5 +311,9 @@ def info(bundle, as_json) -> None:
     click.echo(f"  tuned choice: {t['variant']} on {t['provider']}, {t['threads']} thread(s)" if t
                else "  tuned choice: none (`--variant auto` means fp32; run `vae-edge tune`)")
     click.echo(f"  signature: {summary['signature']}")
+    if "variant" in summary:
+        v = summary["variant"]
+        click.echo(f"  --variant {v['asked']} loads {v['loads']} here (self-check: "
+                   f"{'passed' if v['self_check'] is not None else 'no golden vectors'})")
 
 

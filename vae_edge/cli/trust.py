@@ -29,7 +29,9 @@ def keygen(out_dir, name, force) -> None:
 
     out = Path(out_dir)
     if not out.is_dir():
-        raise VaeEdgeError(f"the folder {out} does not exist")
+        if not out.parent.is_dir():
+            raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
+        out.mkdir(mode=0o700)
     priv, pub = make_keys(out / f"{name}.priv.pem", out / f"{name}.pub.pem", force=force)
     click.echo(f"private key: {priv} (keep it secret)\npublic key:  {pub} (give it to devices: --trusted-key)")
 

@@ -41,6 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     exe = [sys.executable, "-m", "vae_edge"]
+    Path(args.runs).mkdir(exist_ok=True)
     for name, (train_args, modes, k, limit) in MODELS.items():
         if args.only and name != args.only:
             continue
