@@ -384,3 +384,33 @@ def test_damaged_variant_is_repaired_by_quantize(runner, bundle_copy, mnist_dir,
     assert r.exit_code == 0, r.output
     assert runner.invoke(cli, ["sample", "--bundle", str(bundle_copy), "--variant", "int8-static",
                                "-o", str(out)]).exit_code == 0
+
+
+def test_source_tree_shadowing_the_install_is_explained(tmp_path):
+    """Run from a source checkout without the editable install: say what is happening."""
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    code = textwrap.dedent(f"""
+        import sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
+                            and "editable" not in repr(f).lower()]
+        sys.path.insert(0, {str(root)!r})
+        for m in [m for m in sys.modules if m.startswith("vae_edge")]:
+            del sys.modules[m]
+        from vae_edge.cli import cli
+        cli(["sample", "-o", {str(tmp_path / "s.png")!r}], prog_name="vae-edge")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    if r.returncode == 0:
+        pytest.skip("this environment resolves vae_edge.runtime from the source tree anyway")
+    assert r.returncode == 1 and "imported from the source folder" in r.stderr and "pip install -e ." in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_says_how_long_it_will_take(runner, ckpts, mnist_dir):
+    r = runner.invoke(cli, ["evaluate", str(ckpts["mlp"]), "--iw-samples", "20", "--limit", "300",
+                            "--data-dir", str(mnist_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "IW estimate with K=20 on 300 images: about" in r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["images"] == 300

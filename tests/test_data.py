@@ -192,3 +192,26 @@ def test_a_slice_reads_the_dataset_it_names(mnist_dir):
         assert identify(fashion) == "fashion-mnist"
         x, y = load_slice("fashion-mnist:test[0:4]")  # its own location, without --data-dir
         assert list(y) == [9, 2, 1, 1]
+
+
+def test_test_images_only_fetch_the_test_split(tmp_path, monkeypatch):
+    """Offline, a command that needs test images names a test file, and fetches nothing else."""
+    from vae_edge.data import load_slice
+
+    served = make_idx_dir(tmp_path / "www" / "mnist")
+    server = _Server(tmp_path / "www")
+    try:
+        spec = _spec_for(served, [server.url + "/mnist/"])
+        monkeypatch.setitem(d.DATASETS, "mnist", spec)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        monkeypatch.delenv("VAE_EDGE_DATA", raising=False)
+        x, _ = load_slice("mnist:test[0:3]")
+        assert x.shape == (3, 1, 28, 28)
+        assert sorted(p.name for p in d.cache_dir("mnist").iterdir()) == [
+            "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    finally:
+        server.close()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+    with pytest.raises(VaeEdgeError, match="t10k-images") as e:
+        load_slice("mnist:test[0:3]")  # the server is gone: offline
+    assert "train-images" not in str(e.value)

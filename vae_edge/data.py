@@ -248,7 +248,7 @@ def resolve_data_dir(
             f"{dataset} not found in {', '.join(str(d) for d in candidate_dirs(dataset))}: "
             "run `vae-edge data fetch`, set VAE_EDGE_DATA, or pass --data-dir"
         )
-    return fetch(dataset)
+    return fetch(dataset, splits=(split,))
 
 
 def _md5(path: Path) -> str:
@@ -314,11 +314,17 @@ def download_file(name: str, dest_dir: Path, mirrors: tuple[str, ...], md5: str,
     )
 
 
-def fetch(dataset: str = "mnist", dest: str | os.PathLike | None = None, mirrors: tuple[str, ...] | None = None) -> Path:
-    """Download the four IDX files of a dataset (skipping those already verified) into dest."""
+def fetch(dataset: str = "mnist", dest: str | os.PathLike | None = None, mirrors: tuple[str, ...] | None = None,
+          splits: tuple[str, ...] = ("train", "test")) -> Path:
+    """Download the IDX files of a dataset's splits (skipping those already verified) into dest:
+    a command that needs test images only fetches the two test files."""
     spec = get_spec(dataset)
     dest_dir = Path(dest) if dest is not None else cache_dir(dataset)
+    wanted = {f + ".gz" for s in splits for f in SPLIT_FILES[s][:2]}
+    known = {f + ".gz" for s in SPLIT_FILES for f in SPLIT_FILES[s][:2]}
     for name, md5 in spec.md5.items():
+        if name in known and name not in wanted:
+            continue
         if (dest_dir / name).is_file() and _md5(dest_dir / name) == md5:
             continue
         download_file(name, dest_dir, mirrors or spec.mirrors, md5)

@@ -44,6 +44,7 @@ def iw_log_likelihood(
     k: int,
     seed: int = 0,
     max_decodes: int | None = None,
+    progress=None,
 ) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) with K samples of q(z|x), [N] (Burda et al., 2015).
 
@@ -81,6 +82,8 @@ def iw_log_likelihood(
             logws.append(log_px_z + log_pz - log_qz)  # [kc, b]
         logw = torch.cat(logws, 0)
         result.append(torch.logsumexp(logw, 0) - math.log(k))
+        if progress is not None:
+            progress(min(i + img_batch, n), n)
     return torch.cat(result)
 
 
@@ -101,6 +104,7 @@ def evaluate(
     iw_samples: int = 5000,
     limit: int | None = None,
     seed: int = 0,
+    progress=None,
 ) -> dict:
     """Test -ELBO on greyscale images and, with iw_samples > 0, IW-NLL on the fixed binarized set."""
     model = model.eval().cpu()
@@ -118,5 +122,5 @@ def evaluate(
         "iw_nll": None,
     }
     if iw_samples > 0:
-        res["iw_nll"] = float(-iw_log_likelihood(model, xb, y, iw_samples, seed=seed).mean())
+        res["iw_nll"] = float(-iw_log_likelihood(model, xb, y, iw_samples, seed=seed, progress=progress).mean())
     return res

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -50,7 +51,15 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             missing = getattr(e, "name", None) or str(e)
-            extra = "export" if missing in ("onnx", "onnxscript") else "train"
+            shadow = _shadowing_source_tree(missing)
+            if shadow is not None:
+                click.echo(f"Error: vae_edge was imported from the source folder {shadow} (the current directory "
+                           "comes first on Python's path and hides the installed package), where "
+                           f"{missing} is not importable: run from another folder, or `pip install -e .` here",
+                           err=True)
+                ctx.exit(1)
+            extra = {"onnx": "export", "onnxscript": "export", "model_signing": "sign", "OpenSSL": "sign"}.get(
+                missing, "train")
             click.echo(
                 f"Error: this command needs {missing}, which is not installed: "
                 f"pip install 'vae-edge[{extra}]'",
@@ -77,6 +86,19 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+
+
+def _shadowing_source_tree(missing: str):
+    """The repository root, when `vae_edge` was imported from a source checkout whose subpackages
+    (runtime/, export/ beside vae_edge/) only an editable install maps; else None."""
+    import vae_edge
+
+    if not missing.startswith("vae_edge."):
+        return None
+    root = Path(vae_edge.__file__).resolve().parent.parent
+    if (root / "runtime").is_dir() and (root / "export").is_dir() and (root / "pyproject.toml").is_file():
+        return root
+    return None
 
 
 def _quiet_stdout() -> None:

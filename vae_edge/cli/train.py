@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -76,8 +77,12 @@ def train(arch, latent_dim, hidden, upsample, conditional, epochs, batch_size, l
 def evaluate(checkpoint, iw_samples, limit, dataset, data_dir, seed, threads, as_json) -> None:
     """Test -ELBO (nats/image) and importance-weighted -log p(x) of a checkpoint.
 
+    The IW estimate dominates the time (K=5000 on all 10,000 test images: about 6.5 minutes for the
+    mlp on 2 cores here); the time left is shown on stderr as it runs.
+
     \b
     Example: vae-edge evaluate runs/mlp/model.pt --iw-samples 5000 --json
+             vae-edge evaluate runs/mlp/model.pt --iw-samples 500 --limit 1000   # a quick look
     """
     from vae_edge.evaluate import evaluate as run_eval
     from vae_edge.train import load_checkpoint, model_from_checkpoint
@@ -88,8 +93,13 @@ def evaluate(checkpoint, iw_samples, limit, dataset, data_dir, seed, threads, as
         import torch
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
-    res = run_eval(model_from_checkpoint(ckpt), dataset=ckpt.get("dataset", dataset), data_dir=data_dir,
-                   iw_samples=iw_samples, limit=limit, seed=seed)
+    progress = _EvalProgress(iw_samples) if iw_samples > 0 else None
+    try:
+        res = run_eval(model_from_checkpoint(ckpt), dataset=ckpt.get("dataset", dataset), data_dir=data_dir,
+                       iw_samples=iw_samples, limit=limit, seed=seed, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     if as_json:
         click.echo(json.dumps(res))
         return
@@ -100,3 +110,30 @@ def evaluate(checkpoint, iw_samples, limit, dataset, data_dir, seed, threads, as
         click.echo(f"IW-NLL (K={iw_samples}) {res['iw_nll']:.2f} nats")
 
 
+
+
+class _EvalProgress:
+    """The estimated total time once the first batch is done, then a bar on a terminal (stderr)."""
+
+    def __init__(self, k: int):
+        import time
+
+        self.k, self.t0, self.bar, self.said = k, time.perf_counter(), None, False
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        if not self.said:
+            spent = time.perf_counter() - self.t0
+            click.echo(f"IW estimate with K={self.k} on {total} images: about {spent * total / done:.0f} s "
+                       "in all (from the first batch)", err=True)
+            self.said = True
+            if sys.stderr.isatty():
+                self.bar = click.progressbar(length=total, label="IW-NLL", file=sys.stderr, show_eta=True)
+                self.bar.__enter__()
+        if self.bar is not None:
+            self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
