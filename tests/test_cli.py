@@ -182,6 +182,9 @@ def test_pipeline_on_shipped_model(runner, tmp_path, mnist_dir):
     assert t["export encoder and decoder to ONNX, validate against PyTorch"] > 0.2  # a start time would be 0
     for f in ("samples.png", "reconstructions.png", "interpolation.gif", "report.md", "bench/bench.json"):
         assert (out / f).exists(), f
+    cold = json.loads((out / "bench/bench.json").read_text())["cold_start"]
+    assert all(c["rss_delta_mb"] > 1 for c in cold), cold  # measured in fresh processes, not 0.0
+    assert (out / "report.md").read_text().split("\n## ")[1].startswith("Summary")
 
 
 def test_train_on_fashion_mnist(runner, tmp_path, monkeypatch):
@@ -367,6 +370,9 @@ def test_pipeline_leaves_nothing_on_failure_and_reruns_after_interruption(runner
 def test_info_variant_and_shipped_advice(runner):
     r = runner.invoke(cli, ["info", "--variant", "auto"])
     assert r.exit_code == 0 and "--variant auto loads fp32 here (self-check: passed)" in r.output
+    assert "never tuned, so fp32 is used" in r.output  # said, not silent
+    assert "mlp-cond-mnist" not in runner.invoke(cli, ["sample", "--help"]).output  # names only what ships
+    assert "needs the test split" in runner.invoke(cli, ["export", "--help"]).output
     r = runner.invoke(cli, ["sample", "--variant", "fp16", "-o", "never.png"])
     _one_line_error(r, "shipped bundles are read-only: copy it")
 
@@ -414,3 +420,18 @@ def test_evaluate_says_how_long_it_will_take(runner, ckpts, mnist_dir):
     assert r.exit_code == 0, r.output
     assert "IW estimate with K=20 on 300 images: about" in r.output
     assert json.loads(r.output.strip().splitlines()[-1])["images"] == 300
+
+
+def test_every_option_has_help_text():
+    """A newcomer reading --help finds every option explained."""
+    missing = []
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.help and p.name not in ("help", "version"):
+                missing.append(f"{' '.join(path)} {p.opts[0]}")
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(cli, ["vae-edge"])
+    assert not missing, missing

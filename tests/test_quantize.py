@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 
@@ -102,3 +103,15 @@ def test_budget_miss_keeps_costly_layer_in_float(tmp_path, bundles, mnist_dir, m
     names = {n.name for n in onnx.load(str(b / "decoder.int8-static.onnx")).graph.node}
     assert all(k in names for k in kept)  # a node kept in float is still there, unquantized
     verify_files(b, load_manifest(b))
+
+
+def test_calibration_uses_what_the_model_was_trained_on(bundles, mnist_dir):
+    """A model trained on binarized images is calibrated on binarized images, from training images
+    that are not in the held-out selection set."""
+    from vae_edge.export.quantize import calibration_batches
+
+    for name, binary in (("conv", True), ("mlp", False)):
+        m = load_manifest(bundles[name])
+        batches = calibration_batches(m, bundles[name] / "encoder.onnx", QuantizeConfig(calibration_size=64), mnist_dir)
+        x = batches["encoder"][0]["x"]
+        assert bool(np.all((x == 0) | (x == 1))) == binary

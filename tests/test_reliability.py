@@ -329,7 +329,7 @@ def test_download_every_mirror_fails(tmp_path, mirrors):
     with pytest.raises(VaeEdgeError) as e:
         download_file("f.gz", dest, tuple(mirrors[k] for k in order), GOOD_MD5, timeout=0.5)
     msg = str(e.value)
-    assert "\n" not in msg and "any of 5 mirror(s)" in msg
+    assert "\n" not in msg and "any of 5 mirror(s)" in msg and "--dest" in msg
     for k, why in zip(order, ("truncated", "wrong checksum", "timed out", "", "HTTP 404"), strict=True):
         part = next(p for p in msg.split("; ") if f"/{k}/" in p)
         assert why in part, part

@@ -376,3 +376,9 @@ def test_complexity_score_ranks_simple_images_above_digits(mnist_dir):
     assert auroc(rt.score(simple["near-blank"]), digits_elbo) < 0.2
     assert not has_ink(simple["blank"][0]) and has_ink(x[0])
     assert auroc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
+
+
+def test_score_refuses_zero_elbo_samples(quantized):
+    rt = VAERuntime.load(quantized)
+    with pytest.raises(VaeEdgeError, match="elbo samples must be 1 or more"):
+        rt.score(np.zeros((1, 1, 28, 28), np.float32), elbo_samples=0)

@@ -21,13 +21,13 @@ from vae_edge.cli.base import (
 @click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: mlp-mnist).")
 @click.option("--variants", default="all", show_default=True, help="Comma-separated variants, or all.")
 @click.option("--graphs", default="encoder,decoder", show_default=True, callback=_csv(str), help="Graphs to time.")
-@click.option("--providers", default="cpu", show_default=True, callback=_csv(str))
+@click.option("--providers", default="cpu", show_default=True, callback=_csv(str), help="Comma-separated execution providers to time (unavailable ones are skipped).")
 @click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_csv(int),
               help="Comma-separated batch sizes.")
 @click.option("--threads", default="1", show_default=True, callback=_csv(int), help="Comma-separated intra-op thread counts.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls per contender first.")
 @click.option("--min-time", type=float, default=0.3, show_default=True, help="Seconds of calls per contender and setting.")
-@click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True)
+@click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True, help="torch: also time PyTorch eager on the same checkpoint; none: onnxruntime only.")
 @click.option("--checkpoint", type=click.Path(), default=None, help="PyTorch weights for the baseline (default: beside the bundle).")
 @click.option("--report", "report_dir", type=click.Path(), default=None, help="Write bench.json, bench.md and PNG charts here.")
 @json_option
@@ -61,9 +61,9 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
 @click.command()
 @click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: mlp-mnist).")
 @click.option("--max-elbo-delta", type=float, default=0.5, show_default=True, help="Accuracy budget in nats of test -ELBO.")
-@click.option("--batch-size", type=int, default=1, show_default=True, callback=positive("batch size"))
+@click.option("--batch-size", type=int, default=1, show_default=True, callback=positive("batch size"), help="Images per call to time.")
 @click.option("--threads", default=None, callback=_csv(int), help="Thread counts to try (default: 1 and all cores).")
-@click.option("--min-time", type=float, default=0.3, show_default=True)
+@click.option("--min-time", type=float, default=0.3, show_default=True, help="Seconds of calls per candidate.")
 @json_option
 def tune(bundle, max_elbo_delta, batch_size, threads, min_time, as_json) -> None:
     """Pick the fastest variant x provider x threads within the accuracy budget; record it.

@@ -20,7 +20,7 @@ from vae_edge.cli.base import (
 @click.command()
 @click.option("-n", "n", type=int, default=64, show_default=True, help="How many images.")
 @click.option("--digit", type=int, default=None, help="Which digit (conditional models only).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled noise (same seed, same result).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="PNG grid (or .npy of images).")
 @with_runtime
 def sample(rt, n, digit, seed, output) -> None:
@@ -72,8 +72,8 @@ def reconstruct(rt, inputs, output, digit, data_dir) -> None:
 @click.command()
 @click.argument("a")
 @click.argument("b")
-@click.option("--steps", type=int, default=10, show_default=True)
-@click.option("--method", type=click.Choice(["lerp", "slerp"]), default="lerp", show_default=True)
+@click.option("--steps", type=int, default=10, show_default=True, help="Frames from A to B, both included.")
+@click.option("--method", type=click.Choice(["lerp", "slerp"]), default="lerp", show_default=True, help="lerp: straight line; slerp: along the sphere (keeps latent norms typical).")
 @click.option("-o", "--output", required=True, type=click.Path(), help=".gif (animated) or .png (a strip).")
 @data_dir_option
 @with_runtime
@@ -158,7 +158,7 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, a
 @click.option("--complexity", is_flag=True,
               help="Also the complexity-corrected score: -log p(x) of the binarized image minus its compressed "
                    "length (nats); unlike likelihood, it rates blank and trivial images as unusual.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled noise (same seed, same result).")
 @click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
 @data_dir_option
 @json_option

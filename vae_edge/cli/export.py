@@ -25,6 +25,9 @@ from vae_edge.cli.base import (
 def export(checkpoint, out, opset, ort_format, data_dir) -> None:
     """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
 
+    The validation feeds real MNIST test images to both PyTorch and onnxruntime (batch 1, 7, 256),
+    so export needs the test split (--data-dir, or the user cache).
+
     \b
     Example: vae-edge export runs/mlp/model.pt --out bundles/mlp
     """
@@ -41,10 +44,10 @@ def export(checkpoint, out, opset, ort_format, data_dir) -> None:
               help="auto: static int8 for conv graphs, dynamic int8 for MLP graphs.")
 @data_dir_option
 @click.option("--calibration-size", type=int, default=512, show_default=True, help="MNIST training images to calibrate on.")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True, help="How static calibration picks activation ranges.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight scales.")
-@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
-@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True, help="Activation integer type of static quantization.")
+@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True, help="Weight integer type.")
 @click.option("--eval-size", type=int, default=10000, show_default=True, help="Test images for the accuracy record.")
 @click.option("--target", type=click.Choice(["x86", "arm64", "wasm"]), default="x86", show_default=True,
               help="Device family whose settings apply (export/targets.py); recorded in the manifest, and "

@@ -21,23 +21,23 @@ from vae_edge.cli.base import (
 # --------------------------------------------------------------------------------------------
 
 @click.command()
-@click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
-@click.option("--latent-dim", type=int, default=20, show_default=True, callback=positive("latent dim"))
+@click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True, help="mlp (fully connected) or conv (convolutional).")
+@click.option("--latent-dim", type=int, default=20, show_default=True, callback=positive("latent dim"), help="Size of the latent space z.")
 @click.option("--hidden", type=int, default=400, show_default=True, help="MLP hidden width.")
 @click.option("--upsample", type=click.Choice(["resize-subpixel", "resize", "convtranspose"]), default="resize-subpixel",
               show_default=True, help="Conv decoder upsampling (see benchmarks/results/decoder_ops.md).")
 @click.option("--conditional", is_flag=True, help="Condition encoder and decoder on the digit label.")
-@click.option("--epochs", type=int, default=10, show_default=True, callback=positive("epochs"))
-@click.option("--batch-size", type=int, default=128, show_default=True, callback=positive("batch size"))
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(["none", "cosine"]), default="none", show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True, callback=positive("epochs"), help="Passes over the training set.")
+@click.option("--batch-size", type=int, default=128, show_default=True, callback=positive("batch size"), help="Images per optimizer step.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["none", "cosine"]), default="none", show_default=True, help="none, or cosine decay to 0 over the run.")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the KL term.")
 @click.option("--kl-warmup", type=float, default=0.0, show_default=True, help="Epochs to ramp the KL weight from 0 to beta.")
-@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True)
+@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True, help="none: greyscale targets; dynamic: a fresh Bernoulli draw of each image every epoch.")
 @dataset_option
 @data_dir_option
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, help="Where to train: auto picks cuda, then mps, then cpu.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization, shuffling and noise (runs are reproducible).")
 @click.option("--resume", is_flag=True, help="Continue OUT/model.pt where it stopped.")
 @click.option("--max-steps", type=int, default=None, callback=positive("max steps"), help="Stop after this many steps (smoke runs).")
 @click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
@@ -71,8 +71,8 @@ def train(arch, latent_dim, hidden, upsample, conditional, epochs, batch_size, l
 @click.option("--limit", type=int, default=None, callback=positive("limit"), help="Only the first N test images.")
 @dataset_option
 @data_dir_option
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=None, callback=positive("threads"))
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization, shuffling and noise (runs are reproducible).")
+@click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
 @json_option
 def evaluate(checkpoint, iw_samples, limit, dataset, data_dir, seed, threads, as_json) -> None:
     """Test -ELBO (nats/image) and importance-weighted -log p(x) of a checkpoint.
