@@ -13,6 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = Path(os.environ.get("VAE_EDGE_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_user_cache(tmp_path_factory):
+    """Tests never read or write the developer's user cache (data, tuning choices): they see what a
+    fresh CI machine sees. (The emulated ARM64 environment keeps its own cache under ~/.cache.)"""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
