@@ -19,24 +19,10 @@ import numpy as np
 
 from vae_edge.data import load_slice
 from vae_edge.runtime import VAERuntime, corrupt
-from vae_edge.runtime.mathops import log_normal
 from vae_edge.runtime.sysinfo import environment
-from vae_edge.runtime.vae_runtime import _masked_loglik, noise_loglik
+from vae_edge.runtime.vae_runtime import best_single_sample
 
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def best_single(rt: VAERuntime, noisy: np.ndarray, spec: str, mask, k: int, seed: int) -> np.ndarray:
-    loglik = _masked_loglik(mask) if mask is not None else noise_loglik(spec)
-    mu, logvar = rt.encode(noisy * mask if mask is not None else noisy)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(len(noisy)):
-        z = (mu[i] + np.exp(0.5 * logvar[i]) * rng.standard_normal((k, rt.latent_dim))).astype(np.float32)
-        logw = loglik(rt.decode(z, logits=True), noisy[i], i) + log_normal(z) - log_normal(z, mu[i], logvar[i])
-        best = rt.decode(z[np.argmax(logw)][None])[0]
-        out.append(np.where(mask[i] > 0, noisy[i], best) if mask is not None else best)
-    return np.stack(out)
 
 
 def main() -> None:
@@ -57,7 +43,7 @@ def main() -> None:
             smc = rt.denoise(noisy, noise=None if mask is not None else spec, mask=mask, samples=args.samples,
                              seed=0, info=info)
             seconds = time.perf_counter() - t0
-            single = best_single(rt, noisy, spec, mask, args.samples, seed=1)
+            single = best_single_sample(rt, noisy, spec, mask, args.samples, seed=1)
             rec = rt.reconstruct(noisy * mask if mask is not None else noisy)
             if mask is not None:
                 rec = np.where(mask > 0, noisy, rec)

@@ -445,6 +445,22 @@ def _closed(*args, **kwargs):
     raise VaeEdgeError("this runtime was closed: load the bundle again")
 
 
+def best_single_sample(rt: VAERuntime, noisy: np.ndarray, spec: str, mask, k: int = 512, seed: int = 1) -> np.ndarray:
+    """What plain importance sampling around the encoder collapses to when its weights degenerate:
+    the single best-weighted of k draws per image (known pixels of a mask kept). A baseline for
+    `denoise`, in benchmarks/bench_denoise.py and the tests."""
+    loglik = _masked_loglik(mask) if mask is not None else noise_loglik(spec)
+    mu, logvar = rt.encode(noisy * mask if mask is not None else noisy)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(len(noisy)):
+        z = (mu[i] + np.exp(0.5 * logvar[i]) * rng.standard_normal((k, rt.latent_dim))).astype(np.float32)
+        logw = loglik(rt.decode(z, logits=True), noisy[i], i) + log_normal(z) - log_normal(z, mu[i], logvar[i])
+        best = rt.decode(z[np.argmax(logw)][None])[0]
+        out.append(np.where(mask[i] > 0, noisy[i], best) if mask is not None else best)
+    return np.stack(out)
+
+
 def compressed_nats(x: np.ndarray) -> np.ndarray:
     """Per image: the length of its binarized pixels (threshold 0.5) compressed by zlib, in nats:
     a generic estimate of the image's complexity (Serra et al., ICLR 2020)."""

@@ -13,6 +13,7 @@ from vae_edge import VaeEdgeError
 from vae_edge.runtime import VAERuntime, corrupt
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.images import load_image, preprocess
+from vae_edge.runtime.vae_runtime import best_single_sample
 
 
 def test_import_never_loads_torch(quantized):
@@ -100,22 +101,6 @@ def test_anomaly_score_ranks_noise_above_digits(quantized, mnist_dir):
     assert rt.score(noise).min() > rt.score(x).max()
 
 
-def _best_single_sample(rt, noisy, spec, mask, k=512):
-    """The estimate importance sampling collapses to: the single best-weighted draw per image."""
-    from vae_edge.runtime.vae_runtime import _masked_loglik, log_normal, noise_loglik
-
-    loglik = _masked_loglik(mask) if mask is not None else noise_loglik(spec)
-    mu, logvar = rt.encode(noisy * mask if mask is not None else noisy)
-    rng = np.random.default_rng(1)
-    out = []
-    for i in range(len(noisy)):
-        z = (mu[i] + np.exp(0.5 * logvar[i]) * rng.standard_normal((k, rt.latent_dim))).astype(np.float32)
-        logw = loglik(rt.decode(z, logits=True), noisy[i], i) + log_normal(z) - log_normal(z, mu[i], logvar[i])
-        best = rt.decode(z[np.argmax(logw)][None])[0]
-        out.append(np.where(mask[i] > 0, noisy[i], best) if mask is not None else best)
-    return np.stack(out)
-
-
 @pytest.mark.parametrize("spec", ["gaussian:0.3", "saltpepper:0.2", "mask:rect", "mask:bottom"])
 def test_denoise_improves(mnist_dir, spec):
     from vae_edge.data import load_slice
@@ -128,7 +113,7 @@ def test_denoise_improves(mnist_dir, spec):
     mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
     # a real posterior mean: many particles carry weight (the old importance sampler had 1.0 of 512)
     assert min(info["ess"]) > 256 / 4 and info["acceptance"] > 0.05
-    assert mse(out) < mse(_best_single_sample(rt, noisy, spec, mask))
+    assert mse(out) < mse(best_single_sample(rt, noisy, spec, mask))
     if mask is not None:
         assert np.array_equal(out[mask > 0], x[mask > 0])  # known pixels kept
         assert mse(out) < 0.7 * mse(noisy)  # the hole is filled with something digit-like

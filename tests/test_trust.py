@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import model_signing  # noqa: E402,F401  (the [sign] extra is part of the dev install: fail, never skip)
 import numpy as np
 import pytest
 
@@ -21,8 +22,6 @@ from vae_edge.runtime import VAERuntime
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.bundle import SIGNATURE, open_bundle, write_json_atomic
 from vae_edge.runtime.trust import keygen, project_key, sign_bundle
-
-pytest.importorskip("model_signing", reason="the [sign] extra is part of the dev install")
 
 
 @pytest.fixture(scope="module")
