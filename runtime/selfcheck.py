@@ -138,14 +138,13 @@ def record_bundle(bundle, only_missing: bool = True, log: Callable[[str], None] 
 
     from vae_edge.runtime.bundle import (
         drop_signature,
-        load_manifest,
         open_bundle,
         write_json_atomic,
     )
 
     bundle = Path(bundle)
     opened = open_bundle(bundle)
-    manifest = load_manifest(bundle)
+    manifest = opened.manifest
     done = []
     for v, entry in manifest["variants"].items():
         if only_missing and entry.get("golden"):

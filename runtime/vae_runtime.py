@@ -368,7 +368,7 @@ class VAERuntime:
         if info is not None:
             info.update({
                 "ess": (1.0 / np.sum(w**2, 1)).tolist(), "particles": k,
-                "temperatures": _count_steps(steps), "moves_per_temperature": rounds,
+                "temperatures": steps.tolist(), "moves_per_temperature": rounds,
                 "acceptance": accepted / proposed if proposed else None,
             })
         return est
@@ -618,10 +618,6 @@ def _systematic(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """a [n, k, ...] indexed along its particle axis by idx [n, k]."""
     return np.take_along_axis(a, idx.reshape(*idx.shape, *([1] * (a.ndim - 2))), 1)
-
-
-def _count_steps(steps: np.ndarray) -> list[int]:
-    return [int(s) for s in steps]
 
 
 def corrupt(x: np.ndarray, spec: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:

@@ -74,15 +74,6 @@ def cold_start_fresh(bundle, variant: str, provider: str, threads: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_blocks(
     contenders: dict[str, Callable[[], object]], warmup: int, min_time: float, block: int = 0, rounds: int = 5
 ) -> dict[str, list[float]]:

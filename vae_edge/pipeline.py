@@ -99,7 +99,6 @@ def _run(out: Path, checkpoint: Path, data_dir, min_time: float, batch_sizes, lo
         "files": {"samples": "samples.png", "reconstructions": "reconstructions.png",
                   "interpolation": "interpolation.gif", **{k: str(p.relative_to(out)) for k, p in paths.items()}},
     }
-    write_json_atomic(out / "report.json", summary)
     from vae_edge.runtime.bundle import load_manifest
 
     md = _report_md(report, quant, checkpoint, rt.variant, markdown, load_manifest(bundle).get("evaluation"))
