@@ -13,6 +13,7 @@ from vae_edge import VaeEdgeError
 
 ARCHS = ("mlp", "conv")
 UPSAMPLE = ("resize-subpixel", "resize", "convtranspose")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 
@@ -21,7 +22,9 @@ NUM_CLASSES = 10
 class VAEConfig:
     arch: str = "mlp"
     latent_dim: int = 20
-    hidden: int = 400  # mlp: width of the hidden layer (pytorch/examples: 784-400-20)
+    hidden: int = 400  # mlp: width of the hidden layers (pytorch/examples: 784-400-20)
+    depth: int = 1  # mlp: hidden layers in the encoder and in the decoder (IWAE paper: 2 of 500, tanh)
+    activation: str = "relu"  # mlp: relu | tanh
     channels: tuple[int, int] = (32, 64)  # conv: channels at 14x14 and 7x7
     # conv decoder upsampling, chosen by measurement (benchmarks/bench_decoder_ops.py):
     # "resize-subpixel": nearest Resize + Conv to 14x14, then a sub-pixel Conv (4 channels at
@@ -39,6 +42,10 @@ class VAEConfig:
             raise VaeEdgeError(f"latent dim must be positive, got {self.latent_dim}")
         if int(self.hidden) <= 0 or any(c <= 0 for c in self.channels) or len(self.channels) != 2:
             raise VaeEdgeError("hidden width and the two conv channel counts must be positive")
+        if int(self.depth) <= 0:
+            raise VaeEdgeError(f"depth must be positive, got {self.depth}")
+        if self.activation not in ACTIVATIONS:
+            raise VaeEdgeError(f"unknown activation {self.activation!r}: {', '.join(ACTIVATIONS)}")
         if self.upsample not in UPSAMPLE:
             raise VaeEdgeError(f"unknown upsample {self.upsample!r}: {', '.join(UPSAMPLE)}")
         if self.likelihood != "bernoulli":
@@ -63,11 +70,17 @@ class VAE(nn.Module):
         # One-hot rows picked by a Gather: exports to a plain ONNX Gather on the int64 label.
         self.register_buffer("onehot", torch.eye(NUM_CLASSES), persistent=False)
         if cfg.arch == "mlp":
-            self.enc = nn.Sequential(nn.Linear(784 + cond, cfg.hidden), nn.ReLU())
-            self.enc_out = nn.Linear(cfg.hidden, 2 * d)
-            self.dec = nn.Sequential(
-                nn.Linear(d + cond, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 784)
-            )
+            act, h = ACTIVATIONS[cfg.activation], cfg.hidden
+
+            def stack(n_in: int) -> list[nn.Module]:
+                layers: list[nn.Module] = [nn.Linear(n_in, h), act()]
+                for _ in range(cfg.depth - 1):
+                    layers += [nn.Linear(h, h), act()]
+                return layers
+
+            self.enc = nn.Sequential(*stack(784 + cond))
+            self.enc_out = nn.Linear(h, 2 * d)
+            self.dec = nn.Sequential(*stack(d + cond), nn.Linear(h, 784))
         else:
             c1, c2 = cfg.channels
             self.enc = nn.Sequential(

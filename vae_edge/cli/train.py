@@ -23,7 +23,9 @@ from vae_edge.cli.base import (
 @click.command()
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True, help="mlp (fully connected) or conv (convolutional).")
 @click.option("--latent-dim", type=int, default=20, show_default=True, callback=positive("latent dim"), help="Size of the latent space z.")
-@click.option("--hidden", type=int, default=400, show_default=True, help="MLP hidden width.")
+@click.option("--hidden", type=int, default=400, show_default=True, callback=positive("hidden"), help="MLP hidden width.")
+@click.option("--depth", type=int, default=1, show_default=True, callback=positive("depth"), help="MLP hidden layers in encoder and decoder.")
+@click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", show_default=True, help="MLP activation.")
 @click.option("--upsample", type=click.Choice(["resize-subpixel", "resize", "convtranspose"]), default="resize-subpixel",
               show_default=True, help="Conv decoder upsampling (see benchmarks/results/decoder_ops.md).")
 @click.option("--conditional", is_flag=True, help="Condition encoder and decoder on the digit label.")
@@ -43,7 +45,7 @@ from vae_edge.cli.base import (
 @click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt and metrics.jsonl.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(arch, latent_dim, hidden, upsample, conditional, epochs, batch_size, lr, lr_schedule, beta,
+def train(arch, latent_dim, hidden, depth, activation, upsample, conditional, epochs, batch_size, lr, lr_schedule, beta,
           kl_warmup, binarize, dataset, data_dir, device, seed, resume, max_steps, threads, out, quiet) -> None:
     """Train a VAE on MNIST and write OUT/model.pt every epoch.
 
@@ -58,7 +60,7 @@ def train(arch, latent_dim, hidden, upsample, conditional, epochs, batch_size, l
     if threads:
         import torch
         torch.set_num_threads(threads)
-    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, upsample=upsample, conditional=conditional)
+    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, depth=depth, activation=activation, upsample=upsample, conditional=conditional)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, beta=beta,
                      kl_warmup=kl_warmup, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
     metrics = run_train(cfg, tc, out, data_dir=data_dir, device=device, resume=resume, progress=not quiet)
