@@ -26,30 +26,78 @@ def preprocess(img: Image.Image) -> np.ndarray:
 
     Photos and scans work too: the paper's own brightness, uneven lighting and colour casts are
     estimated (a morphological opening wider than any pen stroke, then a blur) and removed, the
-    noise floor left behind is cut, and only then is the ink cropped."""
-    a = ink_map(img)
+    noise floor left behind is cut, and only then is the ink cropped. Clean digital drawings
+    (a flat background) skip that clean-up. The browser page (vae_edge/web/static/vae.js) mirrors
+    the clean-drawing path step for step; tests/test_web.py holds the two to 1/255 per pixel."""
+    return frame_digit(ink_map(img))
+
+
+def frame_digit(a: np.ndarray) -> np.ndarray:
+    """Ink in [0, 1] on a zero background, any size -> [1, 28, 28]: crop to the ink (speckles
+    ignored), scale the longer side to 20 px (pillow's Lanczos on 8-bit grey), centre by mass."""
     if a.max() <= 0:
         return np.zeros((1, 28, 28), np.float32)
     rows, cols = np.nonzero(_speckle_free(a) > 0.1)
     if len(rows) == 0:
         rows, cols = np.nonzero(a > 0.1)
+    if len(rows) == 0:
+        return np.zeros((1, 28, 28), np.float32)
     a = a[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     h, w = a.shape
     scale = 20.0 / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = np.asarray(
-        Image.fromarray((a * 255).astype(np.uint8)).resize((nw, nh), Image.Resampling.LANCZOS), np.float32
-    ) / 255.0
-    total = small.sum()
-    if not total > 0:  # the ink vanished when scaled (a single faint pixel): nothing to show
+    small = lanczos(np.round(a * 255).astype(np.uint8), nw, nh)
+    total = int(small.sum(dtype=np.int64))
+    if total == 0:  # the ink vanished when scaled (a single faint pixel): nothing to show
         return np.zeros((1, 28, 28), np.float32)
-    cy = (small.sum(1) * np.arange(nh)).sum() / total
-    cx = (small.sum(0) * np.arange(nw)).sum() / total
+    # centre of mass from integer sums (exact, so the page's JavaScript gets the same bits)
+    cy = int((small.sum(1, dtype=np.int64) * np.arange(nh)).sum()) / total
+    cx = int((small.sum(0, dtype=np.int64) * np.arange(nw)).sum()) / total
     top = int(np.clip(round(14 - cy), 0, 28 - nh))
     left = int(np.clip(round(14 - cx), 0, 28 - nw))
+    small = small.astype(np.float32) / 255.0
     out = np.zeros((28, 28), np.float32)
     out[top : top + nh, left : left + nw] = small
     return np.clip(out, 0, 1)[None]
+
+
+def lanczos(u8: np.ndarray, nw: int, nh: int) -> np.ndarray:
+    """uint8 [h, w] -> uint8 [nh, nw]: pillow's Lanczos, width first, then height (two one-axis
+    resizes, each rounded to 8 bits: the same on every pillow version; pillow >= 13 may run the
+    passes of one two-axis resize in the other order)."""
+    img = Image.fromarray(u8)
+    if nw != img.width:
+        img = img.resize((nw, img.height), Image.Resampling.LANCZOS)
+    if nh != img.height:
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+def draw_strokes(strokes, size: int = 256, width: float = 18.0) -> Image.Image:
+    """Pen strokes (lists of (x, y) points in pixels) -> an 8-bit grey image, white ink on black,
+    with a one-pixel anti-aliased edge: ink = clip(width/2 + 0.5 - distance to the stroke, 0, 1).
+    The browser's drawing pad rasterizes its strokes with this same rule (vae.js: drawSegment)."""
+    ink = np.zeros((size, size), np.float64)
+    r = width / 2.0
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
+    for stroke in strokes:
+        pts = [(float(x), float(y)) for x, y in stroke]
+        if not pts:
+            continue
+        segments = list(zip(pts[:-1], pts[1:], strict=False)) or [(pts[0], pts[0])]
+        for (x0, y0), (x1, y1) in segments:
+            lo_x, hi_x = max(0, int(np.floor(min(x0, x1) - r - 1))), min(size, int(np.ceil(max(x0, x1) + r + 1)))
+            lo_y, hi_y = max(0, int(np.floor(min(y0, y1) - r - 1))), min(size, int(np.ceil(max(y0, y1) + r + 1)))
+            if lo_x >= hi_x or lo_y >= hi_y:
+                continue
+            px, py = xs[lo_y:hi_y, lo_x:hi_x], ys[lo_y:hi_y, lo_x:hi_x]
+            dx, dy = x1 - x0, y1 - y0
+            len2 = dx * dx + dy * dy
+            t = np.zeros_like(px) if len2 == 0 else np.clip(((px - x0) * dx + (py - y0) * dy) / len2, 0, 1)
+            d = np.hypot(px - (x0 + t * dx), py - (y0 + t * dy))
+            cov = np.clip(r + 0.5 - d, 0, 1)
+            np.maximum(ink[lo_y:hi_y, lo_x:hi_x], cov, out=ink[lo_y:hi_y, lo_x:hi_x])
+    return Image.fromarray(np.floor(ink * 255 + 0.5).astype(np.uint8), mode="L")
 
 
 WORK_SIDE = 256  # large images are reduced to this longer side before looking for the ink
@@ -70,6 +118,11 @@ def ink_map(img: Image.Image) -> np.ndarray:
     if np.median(border) > 0.5:  # dark ink on light paper: make the ink bright
         a = 1.0 - a
         grey = Image.fromarray(np.round(a * 255).astype(np.uint8))
+    paper = float(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])))
+    if np.mean(np.abs(a - paper) < 0.5 / 255) >= 0.5:  # a clean drawing: most pixels are the paper
+        a = np.clip(a - paper, 0, None)
+        top = float(a.max())
+        return (a / top).astype(np.float32) if top > 1e-3 else np.zeros_like(a)
     side = max(a.shape)
     if side <= 64:  # small, digit-sized images (MNIST-like): a flat background
         a = np.clip(a - np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])), 0, None)

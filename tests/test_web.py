@@ -1,0 +1,280 @@
+"""`vae-edge web`: the site builds from a bundle, and in a real headless Chromium (Debian's, driven
+by Playwright) onnxruntime-web computes what the Python runtime computes, the page's JavaScript
+preprocessing and scoring equal the Python ones, and drawing on the pad works end to end.
+
+The browser tests are marked `browser`; they run in CI and fail (never skip) when Chromium,
+Playwright or npm is missing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from vae_edge import VaeEdgeError
+from vae_edge.runtime.images import draw_strokes, load_image, preprocess
+from vae_edge.runtime.vae_runtime import VAERuntime
+from vae_edge.web import PAD_SIZE, PAD_STROKE, SCORE_SAMPLES, build_site, choose_variants, serving
+from vae_edge.web.browser import chromium, open_page
+
+MODELS = ("mlp-mnist", "conv-mnist")
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("sites")
+    out = {}
+    for name in MODELS:
+        build_site(name, ("all",), root / name, data_dir=mnist_dir, log=lambda s: None)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:  # fails (not skips) when Chromium or playwright is missing
+        yield b
+
+
+@pytest.fixture(scope="module")
+def pages(sites, browser):
+    """One served page per shipped model, open in headless Chromium."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        opened = {}
+        for name, site in sites.items():
+            url = stack.enter_context(serving(site))
+            opened[name] = stack.enter_context(open_page(url, browser))
+        yield opened
+
+
+# ---------------------------------------------------------------------------------------------
+# The build (no browser)
+# ---------------------------------------------------------------------------------------------
+
+def test_site_holds_the_checked_graphs_and_what_the_page_needs(sites):
+    site = sites["mlp-mnist"]
+    config = json.loads((site / "config.json").read_text())
+    assert set(config["variants"]) == {"fp32", "int8-dynamic", "int8-static"}  # not the arm64-only variant
+    manifest = json.loads((site / "models" / "manifest.json").read_text())
+    import hashlib
+
+    for entry in config["variants"].values():
+        for graph in ("encoder", "decoder"):
+            f = site / entry[graph]
+            assert hashlib.sha256(f.read_bytes()).hexdigest() == manifest["files"][f.name]["sha256"]
+    for f in ("index.html", "app.js", "vae.js", "style.css", "ort/ort.wasm.min.mjs", "ort/ort-wasm-simd-threaded.wasm"):
+        assert (site / f).is_file(), f
+    draws = np.array(config["score"]["draws"], np.float32)
+    assert draws.shape == (SCORE_SAMPLES, 20)
+    p = config["score"]["range"]["percentiles"]
+    assert p["5"] < p["50"] < p["95"] and config["score"]["range"]["images"] == 1000
+    # nothing on the page comes from another site
+    for f in ("index.html", "app.js", "vae.js"):
+        text = (site / f).read_text()
+        assert "http://" not in text and "https://" not in text, f
+
+
+def test_variant_choice_reads_the_web_tuning(tmp_path):
+    manifest = {"variants": {"fp32": {}, "int8-static": {}, "int8-dynamic-arm64": {}},
+                "targets": {"arm64": {"variant": "int8-dynamic-arm64"}}}
+    assert choose_variants(manifest, ("auto",))[:2] == (["fp32"], "fp32")
+    assert choose_variants(manifest, ("all",))[0] == ["fp32", "int8-static"]
+    manifest["tuning"] = {"web": {"choice": {"variant": "int8-static"}}}
+    assert choose_variants(manifest, ("auto",))[:2] == (["int8-static"], "int8-static")
+    with pytest.raises(VaeEdgeError, match="no 'fp16' variant"):
+        choose_variants(manifest, ("fp16",))
+
+
+def test_build_refuses_to_overwrite_other_files_and_replaces_its_own(tmp_path, sites, mnist_dir):
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(VaeEdgeError, match="holds other files"):
+        build_site("mlp-mnist", ("fp32",), other, data_dir=mnist_dir, log=lambda s: None)
+    assert (other / "keep.txt").read_text() == "mine"
+    site = tmp_path / "site"
+    shutil.copytree(sites["mlp-mnist"], site)
+    with pytest.raises(VaeEdgeError, match="--force"):
+        build_site("mlp-mnist", ("fp32",), site, data_dir=mnist_dir, log=lambda s: None)
+    build_site("mlp-mnist", ("fp32",), site, data_dir=mnist_dir, force=True, log=lambda s: None)
+    assert not (site / "models" / "decoder.int8-static.onnx").exists()  # the old site is gone, not merged
+    assert not list(tmp_path.glob(".site.tmp-*"))
+
+
+def test_cli_web_without_npm_is_one_line(runner, tmp_path, monkeypatch):
+    from vae_edge.cli import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm on PATH
+    monkeypatch.delenv("VAE_EDGE_ORT_WEB", raising=False)
+    r = runner.invoke(cli, ["web", "--variant", "fp32", "--out", str(tmp_path / "site")])
+    assert r.exit_code != 0
+    assert "npm is not installed" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "site").exists()
+
+
+def test_missing_chromium_is_one_line(monkeypatch, tmp_path):
+    from vae_edge.web.browser import chromium_path
+
+    monkeypatch.setenv("VAE_EDGE_CHROMIUM", str(tmp_path / "nope"))
+    with pytest.raises(VaeEdgeError, match="does not exist"):
+        chromium_path()
+
+
+# ---------------------------------------------------------------------------------------------
+# In the browser
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.parametrize("model", MODELS)
+def test_browser_decodes_like_python_for_every_variant(pages, model):
+    page, errors = pages[model]
+    z = np.random.default_rng(3).standard_normal((5, 20)).astype(np.float32)
+    variants = page.evaluate("window.vaeEdge.variants()")
+    assert "fp32" in variants and len(variants) >= 2
+    for v in variants:
+        got = page.evaluate("([z, v]) => window.vaeEdge.decode(z, v)", [z.tolist(), v])
+        with VAERuntime.load(model, variant=v) as rt:
+            ref = rt.decode(z)
+        diff = np.abs(np.array(got["probs"], np.float32).reshape(ref.shape) - ref).max()
+        assert diff < 1e-4, (model, v, diff)
+    assert page.evaluate("window.vaeEdge.isolated()")  # served with COOP/COEP
+    assert errors == []
+
+
+def _pillow_digits(rng, n):
+    """Digits drawn with pillow's own ImageDraw (polylines and ellipses of random widths), some
+    dark on light paper, as a person's drawing app would save them."""
+    out = []
+    for i in range(n):
+        img = Image.new("L", (PAD_SIZE, PAD_SIZE), 0)
+        d = ImageDraw.Draw(img)
+        pts = [tuple(rng.uniform(40, 216, 2)) for _ in range(rng.integers(2, 6))]
+        d.line(pts, fill=255, width=int(rng.integers(6, 24)), joint="curve")
+        if i % 2:
+            c = rng.uniform(80, 176, 2)
+            d.ellipse([c[0] - 30, c[1] - 40, c[0] + 30, c[1] + 40], outline=int(rng.integers(120, 256)), width=10)
+        if i % 3 == 2:
+            img = Image.eval(img, lambda v: 255 - v)
+        out.append(img)
+    return out
+
+
+@pytest.mark.browser
+def test_browser_preprocessing_and_score_equal_pythons_on_pillow_drawings(pages):
+    page, errors = pages["mlp-mnist"]
+    rng = np.random.default_rng(0)
+    with VAERuntime.load("mlp-mnist", variant="fp32") as rt:
+        for img in _pillow_digits(rng, 12):
+            grey = np.asarray(img, np.uint8)
+            js = np.array(page.evaluate("([g, w, h]) => window.vaeEdge.preprocess(g, w, h)",
+                                        [grey.ravel().tolist(), img.width, img.height]), np.float32)
+            py = preprocess(img)[0]
+            assert np.abs(js.reshape(28, 28) - py).max() <= 1 / 255 + 1e-6
+            s_js = page.evaluate("([x]) => window.vaeEdge.score(x, 'fp32')", [js.tolist()])
+            s_py = float(rt.score(py[None, None], seed=0, elbo_samples=SCORE_SAMPLES)[0])
+            assert abs(s_js - s_py) < 0.1, (s_js, s_py)
+    assert errors == []
+
+
+def _draw_with_pointer(page, strokes):
+    box = page.locator("#pad").bounding_box()
+    sx, sy = box["width"] / PAD_SIZE, box["height"] / PAD_SIZE
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
+        page.mouse.up()
+    page.evaluate("window.vaeEdge.settled()")
+
+
+@pytest.mark.browser
+def test_a_digit_drawn_on_the_pad_scores_as_in_python(pages, tmp_path):
+    page, errors = pages["conv-mnist"]
+    page.click("#clear")
+    # a "7" and a "4"-like second stroke, as a person would draw them
+    t = np.linspace(0, 1, 25)
+    top = np.stack([70 + 120 * t, 60 + 3 * np.sin(6 * t)], 1)
+    stem = np.stack([190 - 70 * t, 62 + 140 * t], 1)
+    bar = np.stack([95 + 70 * t, 130 + 0 * t], 1)
+    _draw_with_pointer(page, [np.concatenate([top, stem]).tolist(), bar.tolist()])
+    state = page.evaluate("window.vaeEdge.pad()")
+    assert len(state["strokes"]) == 2 and len(state["strokes"][0]) >= 40
+    # Python: the same strokes (as the page recorded them), rendered and saved as a PNG file
+    png = tmp_path / "pad.png"
+    draw_strokes(state["strokes"], PAD_SIZE, PAD_STROKE).save(png)
+    x_py = load_image(png)
+    x_js = np.array(state["input"], np.float32).reshape(1, 28, 28)
+    assert x_py.max() > 0.9 and np.abs(x_js - x_py).max() <= 1 / 255 + 1e-6
+    with VAERuntime.load("conv-mnist", variant="fp32") as rt:
+        s_py = float(rt.score(x_py[None], seed=0, elbo_samples=SCORE_SAMPLES)[0])
+    assert abs(state["score"] - s_py) < 0.1, (state["score"], s_py)
+    shown = page.inner_text("#score")
+    assert shown == f"{state['score']:.1f}"
+    assert errors == []
+
+
+@pytest.mark.browser
+def test_page_looks_right_on_desktop_and_phone(pages, tmp_path):
+    page, errors = pages["mlp-mnist"]
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    a = np.asarray(Image.open(shot).convert("L"), np.float32)
+    assert a.std() > 10  # not blank
+    samples = np.asarray(Image.open(__import__("io").BytesIO(page.locator("#samples").screenshot())).convert("L"))
+    assert samples.mean() > 10 and samples.std() > 20  # the sampled digits are drawn
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= 390, overflow  # nothing wider than a phone screen
+        pad = page.locator("#pad").bounding_box()
+        assert pad["width"] <= 390 and pad["width"] >= 200
+    finally:
+        page.set_viewport_size({"width": 1100, "height": 900})
+    assert errors == []
+
+
+@pytest.mark.browser
+def test_a_damaged_graph_is_named_on_the_page(sites, browser, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(sites["mlp-mnist"], site)
+    (site / "models" / "decoder.onnx").write_bytes(b"not an onnx graph")
+    with serving(site) as url, pytest.raises(VaeEdgeError, match=r"could not load the fp32 decoder"), \
+            open_page(url, browser):
+        pass
+    (site / "models" / "decoder.onnx").unlink()
+    with serving(site) as url, pytest.raises(VaeEdgeError, match=r"decoder.onnx: HTTP 404"), \
+            open_page(url, browser):
+        pass
+
+
+def test_pad_rasterizer_draws_what_pillow_draws():
+    """draw_strokes (the pad's rule) inks the same pixels as pillow's ImageDraw for the same polyline
+    (pillow puts pixel centres at integers, the pad, like a canvas, at integers + 0.5)."""
+    pts = [(40.0, 50.0), (200.0, 60.0), (120.0, 210.0)]
+    mine = np.asarray(draw_strokes([pts], PAD_SIZE, 18.0)) > 127
+    ref = Image.new("L", (PAD_SIZE, PAD_SIZE), 0)
+    d = ImageDraw.Draw(ref)
+    q = [(x - 0.5, y - 0.5) for x, y in pts]
+    d.line(q, fill=255, width=18, joint="curve")
+    for x, y in (q[0], q[-1]):
+        d.ellipse([x - 9, y - 9, x + 9, y + 9], fill=255)
+    ref = np.asarray(ref) > 127
+    iou = (mine & ref).sum() / (mine | ref).sum()
+    assert iou > 0.95, iou
+
+
+def test_preprocessing_of_a_clean_drawing_takes_no_photo_cleanup():
+    """A drawing on a flat background is used as drawn: the old photo path cut faint anti-aliased
+    edges (a noise floor that a clean drawing does not have)."""
+    img = draw_strokes([[(60, 60), (190, 200)]], PAD_SIZE, 18.0)
+    x = preprocess(img)[0]
+    assert x[(x > 0) & (x < 0.3)].size > 0  # the soft edge survives
+    assert np.allclose(preprocess(Image.eval(img, lambda v: 255 - v)), x, atol=1 / 255)  # dark on light: same

@@ -1,0 +1,331 @@
+// The page: wires buttons, canvases and the drawing pad to onnxruntime-web and to vae.js.
+// window.vaeEdge is the page's API (used by the tests and the browser benchmark).
+import * as ort from "./ort/ort.wasm.min.mjs";
+import * as V from "./vae.js";
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+const api = (window.vaeEdge = { ready: false, errors: [], strokes: [] });
+
+function fail(message) {
+  api.errors.push(message);
+  const box = $("status");
+  box.hidden = false;
+  box.textContent = message;
+}
+window.addEventListener("error", (e) => fail(`error: ${e.message}`));
+window.addEventListener("unhandledrejection", (e) => fail(`error: ${e.reason && e.reason.message ? e.reason.message : e.reason}`));
+
+ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+ort.env.wasm.numThreads = Math.max(1, Number(params.get("threads") || 1));
+ort.env.logLevel = "error";
+
+let config, D, current;
+const sessions = {};
+
+async function fetchBytes(url) {
+  let r;
+  try {
+    r = await fetch(url);
+  } catch (e) {
+    throw new Error(`could not fetch ${url}: ${e.message}`);
+  }
+  if (!r.ok) throw new Error(`could not fetch ${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function loadVariant(v) {
+  if (sessions[v]) return sessions[v];
+  const entry = config.variants[v];
+  if (!entry) throw new Error(`this site has no variant ${v} (it has: ${Object.keys(config.variants).join(", ")})`);
+  const t0 = performance.now();
+  const make = async (graph) => {
+    const bytes = await fetchBytes(entry[graph]);
+    try {
+      return await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    } catch (e) {
+      throw new Error(`onnxruntime-web could not load the ${v} ${graph} (${entry[graph]}): ${e.message || e}`);
+    }
+  };
+  const [enc, dec] = await Promise.all([make("encoder"), make("decoder")]);
+  sessions[v] = { enc, dec, loadMs: performance.now() - t0 };
+  return sessions[v];
+}
+
+// ------------------------------------------------------------------------------------------
+// The model's calls
+// ------------------------------------------------------------------------------------------
+
+async function decode(z, n, v = current, outputs = ["probs"]) {
+  const s = await loadVariant(v);
+  return s.dec.run({ z: new ort.Tensor("float32", z, [n, D]) }, outputs);
+}
+
+async function encode(x, n, v = current) {
+  const s = await loadVariant(v);
+  const r = await s.enc.run({ x: new ort.Tensor("float32", x, [n, 1, 28, 28]) });
+  return { mu: r.mu.data, logvar: r.logvar.data };
+}
+
+/** -ELBO of one preprocessed image (Float32Array 784), as rt.score(x, seed=0, elbo_samples=16). */
+async function score(x, v = current) {
+  const { mu, logvar } = await encode(x, 1, v);
+  const draws = config.score.draws;
+  const z = V.scoreLatents(mu, logvar, draws);
+  const r = await decode(z, draws.length, v, ["logits"]);
+  return { score: V.negElbo(x, mu, logvar, r.logits.data), mu, logvar };
+}
+
+// ------------------------------------------------------------------------------------------
+// Drawing digits on canvases
+// ------------------------------------------------------------------------------------------
+
+function paint(canvas, images, n, cols, scale = 1) {
+  const rows = Math.ceil(n / cols), pad = 2;
+  canvas.width = cols * (28 + pad) - pad;
+  canvas.height = rows * (28 + pad) - pad;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(canvas.width, canvas.height);
+  img.data.fill(0);
+  for (let i = 3; i < img.data.length; i += 4) img.data[i] = 255;
+  for (let k = 0; k < n; k++) {
+    const ox = (k % cols) * (28 + pad), oy = Math.floor(k / cols) * (28 + pad);
+    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
+      const v = Math.round(255 * images[k * 784 + y * 28 + x]);
+      const o = ((oy + y) * canvas.width + ox + x) * 4;
+      img.data[o] = img.data[o + 1] = img.data[o + 2] = v;
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  canvas.style.aspectRatio = `${canvas.width} / ${canvas.height}`;
+  canvas.dataset.scale = scale;
+}
+
+function ms(t) {
+  return t < 1 ? `${(t * 1000).toFixed(0)} µs` : `${t.toFixed(1)} ms`;
+}
+
+// ------------------------------------------------------------------------------------------
+// Samples and morphs
+// ------------------------------------------------------------------------------------------
+
+function latents(seed, n) {
+  const g = V.normalRng(seed), z = new Float32Array(n * D);
+  for (let i = 0; i < z.length; i++) z[i] = g();
+  return z;
+}
+
+async function showSamples() {
+  const seed = Number($("seed").value) || 0;
+  const z = latents(seed, 16);
+  const t0 = performance.now();
+  const r = await decode(z, 16);
+  $("samples-time").textContent = `16 digits decoded in one call: ${ms(performance.now() - t0)}`;
+  paint($("samples"), r.probs.data, 16, 4);
+}
+
+async function showMorph() {
+  const seed = Number($("seed").value) || 0;
+  const ab = latents(1000 + seed, 2);
+  const a = Array.from(ab.slice(0, D)), b = Array.from(ab.slice(D));
+  const steps = 10, z = new Float32Array(steps * D);
+  for (let i = 0; i < steps; i++) z.set(V.slerp(a, b, i / (steps - 1)), i * D);
+  const t0 = performance.now();
+  const r = await decode(z, steps);
+  $("morph-time").textContent = `${steps} frames (slerp) in one call: ${ms(performance.now() - t0)}`;
+  paint($("morph"), r.probs.data, steps, steps);
+}
+
+// ------------------------------------------------------------------------------------------
+// The drawing pad
+// ------------------------------------------------------------------------------------------
+
+let ink, padCtx, scoring = false, again = false;
+
+function padShow() {
+  const size = config.pad.size, img = padCtx.createImageData(size, size), u8 = V.toUint8(ink);
+  for (let i = 0; i < u8.length; i++) {
+    img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = u8[i];
+    img.data[4 * i + 3] = 255;
+  }
+  padCtx.putImageData(img, 0, 0);
+}
+
+function padPoint(e) {
+  const c = $("pad"), r = c.getBoundingClientRect();
+  return [((e.clientX - r.left) * c.width) / r.width, ((e.clientY - r.top) * c.height) / r.height];
+}
+
+function padInput() {
+  return V.preprocess(V.toUint8(ink), config.pad.size, config.pad.size);
+}
+
+async function padScore() {
+  if (scoring) { again = true; return; }
+  scoring = true;
+  try {
+    do {
+      again = false;
+      const x = padInput();
+      paint($("pad-input"), x, 1, 1);
+      if (!V.hasInk(x)) {
+        api.lastScore = null;
+        $("score").textContent = "–";
+        $("verdict").textContent = "draw a digit";
+        $("score-time").textContent = "";
+        continue;
+      }
+      const t0 = performance.now();
+      const { score: s, mu } = await score(x);
+      const rec = await decode(new Float32Array(mu), 1);
+      const dt = performance.now() - t0;
+      paint($("pad-recon"), rec.probs.data, 1, 1);
+      api.lastScore = s;
+      api.lastInput = Array.from(x);
+      $("score").textContent = s.toFixed(1);
+      $("verdict").textContent = V.verdict(s, config.score.range);
+      $("score-time").textContent = `score + reconstruction: ${ms(dt)} (${config.score.draws.length + 2} graph runs)`;
+      placeMarker(s);
+    } while (again);
+  } finally {
+    scoring = false;
+  }
+}
+
+function placeMarker(s) {
+  const p = config.score.range && config.score.range.percentiles;
+  if (!p) return;
+  const lo = p["1"], hi = p["99"] + (p["99"] - p["1"]) * 0.5;
+  const f = Math.min(1, Math.max(0, (s - lo) / (hi - lo)));
+  $("marker").style.left = `${(100 * f).toFixed(1)}%`;
+  $("marker").hidden = false;
+}
+
+function setupPad() {
+  const c = $("pad"), size = config.pad.size;
+  c.width = c.height = size;
+  padCtx = c.getContext("2d");
+  ink = new Float64Array(size * size);
+  padShow();
+  let drawing = false;
+  c.addEventListener("pointerdown", (e) => {
+    e.preventDefault();
+    c.setPointerCapture(e.pointerId);
+    drawing = true;
+    const p = padPoint(e);
+    api.strokes.push([p]);
+    V.drawSegment(ink, size, p[0], p[1], p[0], p[1], config.pad.stroke);
+    padShow();
+  });
+  c.addEventListener("pointermove", (e) => {
+    if (!drawing) return;
+    const s = api.strokes[api.strokes.length - 1], q = s[s.length - 1], p = padPoint(e);
+    s.push(p);
+    V.drawSegment(ink, size, q[0], q[1], p[0], p[1], config.pad.stroke);
+    padShow();
+    padScore();
+  });
+  const end = () => { if (drawing) { drawing = false; padScore(); } };
+  c.addEventListener("pointerup", end);
+  c.addEventListener("pointercancel", end);
+  $("clear").addEventListener("click", () => {
+    api.strokes.length = 0;
+    ink.fill(0);
+    padShow();
+    padScore();
+  });
+  $("save").addEventListener("click", () => {
+    const a = document.createElement("a");
+    a.download = "digit.png";
+    a.href = c.toDataURL("image/png");
+    a.click();
+  });
+}
+
+function showRange() {
+  const r = config.score.range, p = r && r.percentiles;
+  $("range").textContent = p
+    ? `MNIST test digits (${r.images}): median ${p["50"].toFixed(0)}, 5–95% ${p["5"].toFixed(0)}–${p["95"].toFixed(0)}, 99% ${p["99"].toFixed(0)} nats`
+    : "no test-set range was recorded when this site was built";
+}
+
+// ------------------------------------------------------------------------------------------
+// Start
+// ------------------------------------------------------------------------------------------
+
+async function useVariant(v) {
+  await loadVariant(v);
+  current = v;
+  $("variant").value = v;
+  const s = sessions[v];
+  $("backend").textContent = `onnxruntime-web ${config.onnxruntime_web} · wasm · ${ort.env.wasm.numThreads} thread(s) · ` +
+    `cross-origin isolated: ${self.crossOriginIsolated ? "yes" : "no"} · ${v} loaded in ${ms(s.loadMs)}`;
+  await Promise.all([showSamples(), showMorph()]);
+  if (api.strokes.length) await padScore();
+}
+
+async function main() {
+  try {
+    const r = await fetch("config.json");
+    if (!r.ok) throw new Error(`could not fetch config.json: HTTP ${r.status}`);
+    config = await r.json();
+  } catch (e) {
+    fail(`cannot start: ${e.message}`);
+    return;
+  }
+  D = config.model.latent_dim;
+  $("model").textContent = `${config.name} (${config.model.arch}, latent ${D})`;
+  const sel = $("variant");
+  for (const v of Object.keys(config.variants)) sel.add(new Option(v, v));
+  sel.addEventListener("change", () => useVariant(sel.value).catch((e) => fail(e.message)));
+  $("reroll").addEventListener("click", () => {
+    $("seed").value = String((Number($("seed").value) || 0) + 1);
+    Promise.all([showSamples(), showMorph()]).catch((e) => fail(e.message));
+  });
+  $("seed").addEventListener("change", () => Promise.all([showSamples(), showMorph()]).catch((e) => fail(e.message)));
+  showRange();
+  setupPad();
+  try {
+    await useVariant(params.get("variant") || config.default_variant);
+  } catch (e) {
+    fail(e.message);
+    return;
+  }
+  api.ready = true;
+}
+
+// The API the tests and `vae-edge bench --target web` drive.
+Object.assign(api, {
+  V,
+  config: () => config,
+  variants: () => Object.keys(config.variants),
+  load: async (v) => (await loadVariant(v)).loadMs,
+  setVariant: (v) => useVariant(v),
+  decode: async (zRows, v = current) => {
+    const n = zRows.length, r = await decode(Float32Array.from(zRows.flat()), n, v, ["logits", "probs"]);
+    return { logits: Array.from(r.logits.data), probs: Array.from(r.probs.data) };
+  },
+  encode: async (xRows, v = current) => {
+    const r = await encode(Float32Array.from(xRows.flat()), xRows.length, v);
+    return { mu: Array.from(r.mu), logvar: Array.from(r.logvar) };
+  },
+  preprocess: (grey, w, h) => Array.from(V.preprocess(Uint8Array.from(grey), w, h)),
+  score: async (x, v = current) => (await score(Float32Array.from(x), v)).score,
+  pad: () => ({ strokes: api.strokes, input: Array.from(padInput()), score: api.lastScore }),
+  settled: async () => { while (scoring) await new Promise((r) => setTimeout(r, 5)); },
+  /** One timed block: `calls` calls of a graph at batch `batch`; returns ms per call. */
+  bench: async ({ variant, graph, batch, calls }) => {
+    const s = await loadVariant(variant);
+    const sess = graph === "encoder" ? s.enc : s.dec;
+    const feeds = graph === "encoder"
+      ? { x: new ort.Tensor("float32", new Float32Array(batch * 784).fill(0.5), [batch, 1, 28, 28]) }
+      : { z: new ort.Tensor("float32", latents(7, batch), [batch, D]) };
+    const fetches = graph === "encoder" ? ["mu", "logvar"] : ["probs"];
+    const t0 = performance.now();
+    for (let i = 0; i < calls; i++) await sess.run(feeds, fetches);
+    return (performance.now() - t0) / calls;
+  },
+  isolated: () => self.crossOriginIsolated,
+});
+
+main();
