@@ -278,3 +278,33 @@ def test_preprocessing_of_a_clean_drawing_takes_no_photo_cleanup():
     x = preprocess(img)[0]
     assert x[(x > 0) & (x < 0.3)].size > 0  # the soft edge survives
     assert np.allclose(preprocess(Image.eval(img, lambda v: 255 - v)), x, atol=1 / 255)  # dark on light: same
+
+
+@pytest.mark.browser
+def test_bench_and_tune_in_the_browser(tmp_path, quantized):
+    """`bench --target web` times every variant in Chromium and natively; `tune --target web`
+    records its choice beside the CPU's, and `vae-edge web --variant auto` ships that choice."""
+    from vae_edge.bench import tune
+    from vae_edge.runtime.bundle import load_manifest, tuning
+    from vae_edge.web.browser import bench_web, tune_web
+
+    bundle = tmp_path / "b"
+    shutil.copytree(quantized, bundle)
+    report = bench_web(bundle, ("all",), batch_sizes=(1, 4), min_time=0.05, rounds=2)
+    variants = report["variants"]
+    assert len(variants) >= 2 and report["cross_origin_isolated"]
+    for where in ("web", "python"):
+        got = {(r["variant"], r["graph"], r["batch"]) for r in report["rows"] if r["where"] == where}
+        assert got == {(v, g, b) for v in variants for g in ("encoder", "decoder") for b in (1, 4)}
+    assert all(r["ms_per_call"] > 0 for r in report["rows"])
+
+    tune(bundle, max_elbo_delta=1e9, measure=lambda v, p, t: {"fp32": 2.0}.get(v, 1.0))  # the CPU's record first
+    rec = tune_web(bundle, max_elbo_delta=1e9, min_time=0.05)
+    t = tuning(load_manifest(bundle))
+    assert t["web"]["choice"] == rec["choice"] and t["choice"]["variant"] != "fp32"  # both records kept
+    timed = {r["variant"]: r["ms_encode_plus_decode"] for r in rec["table"]}
+    assert rec["choice"]["variant"] == min(timed, key=timed.get)
+    config = build_site(bundle, ("auto",), tmp_path / "site", log=lambda s: None, with_score_range=False)
+    assert config["variants"] == [rec["choice"]["variant"]] and "tune --target web" in config["why"]
+    tune(bundle, max_elbo_delta=1e9, measure=lambda v, p, t: 1.0)  # re-tuning the CPU keeps the web record
+    assert tuning(load_manifest(bundle))["web"]["choice"] == rec["choice"]

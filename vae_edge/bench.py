@@ -485,6 +485,9 @@ def write_report(report: dict, directory: str | os.PathLike) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 
 
+TUNING_TARGETS = ("web",)  # tuning records kept beside the CPU's
+
+
 def tune(
     bundle,
     max_elbo_delta: float = 0.5,
@@ -496,8 +499,7 @@ def tune(
 ) -> dict:
     """Try variants x available providers x threads at one batch size on the decoder and
     encoder together; keep those within the accuracy budget; record the fastest in the manifest."""
-    from vae_edge.runtime.bundle import SIGNATURE, user_tuning_file
-    from vae_edge.runtime.vae_runtime import VAERuntime, _is_shipped, resolve_bundle
+    from vae_edge.runtime.vae_runtime import VAERuntime, resolve_bundle
 
     if batch_size <= 0:
         raise VaeEdgeError(f"batch size must be positive, got {batch_size}")
@@ -540,15 +542,28 @@ def tune(
         "machine": environment()["cpu"]["model"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    # A shipped bundle (inside the installed package) or a signed one is never modified: the
-    # choice goes to the user cache, keyed by the manifest, where `--variant auto` finds it.
-    if _is_shipped(bundle) or (bundle / SIGNATURE).exists():
-        path = user_tuning_file({k: v for k, v in manifest.items() if k != "tuning"})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, record)
-        record["saved_to"] = str(path)
+    return save_tuning(bundle, manifest, None, record)
+
+
+def save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) -> dict:
+    """Record a tuning result: the CPU's at the top level (target None), another target's under its
+    name (e.g. "web"); what was recorded for the other targets is kept. A shipped bundle (inside the
+    installed package) or a signed one is never modified: the record goes to the user cache, keyed
+    by the manifest, where `--variant auto` and `vae-edge web` find it."""
+    from vae_edge.runtime.bundle import SIGNATURE, tuning, user_tuning_file
+    from vae_edge.runtime.vae_runtime import _is_shipped
+
+    bare = {k: v for k, v in manifest.items() if k != "tuning"}
+    old = tuning(manifest)
+    if target is None:
+        merged = {**record, **{k: v for k, v in old.items() if k in TUNING_TARGETS}}
     else:
-        manifest["tuning"] = record
-        write_json_atomic(bundle / "manifest.json", manifest)
-        record = {**record, "saved_to": str(bundle / "manifest.json")}
-    return record
+        merged = {**old, target: record}
+    if _is_shipped(bundle) or (bundle / SIGNATURE).exists():
+        path = user_tuning_file(bare)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, merged)
+    else:
+        path = bundle / "manifest.json"
+        write_json_atomic(path, {**bare, "tuning": merged})
+    return {**record, "saved_to": str(path)}

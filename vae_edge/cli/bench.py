@@ -30,13 +30,17 @@ from vae_edge.cli.base import (
 @click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True, help="torch: also time PyTorch eager on the same checkpoint; none: onnxruntime only.")
 @click.option("--checkpoint", type=click.Path(), default=None, help="PyTorch weights for the baseline (default: beside the bundle).")
 @click.option("--report", "report_dir", type=click.Path(), default=None, help="Write bench.json, bench.md and PNG charts here.")
+@click.option("--target", type=click.Choice(["cpu", "web"]), default="cpu", show_default=True,
+              help="cpu: this machine's execution providers; web: headless Chromium with onnxruntime-web "
+                   "(needs chromium and pip install 'vae-edge[web]'), beside the Python runtime.")
 @json_option
 def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min_time, baseline, checkpoint,
-          report_dir, as_json) -> None:
-    """Latency of every variant against bare onnxruntime and PyTorch eager.
+          report_dir, target, as_json) -> None:
+    """Latency of every variant against bare onnxruntime and PyTorch eager, or in the browser.
 
     \b
     Example: vae-edge bench --batch-sizes 1,1024 --report bench-out
+             vae-edge bench --target web --batch-sizes 1,256
     """
     from vae_edge.bench import BenchConfig, benchmark, markdown, write_report
 
@@ -44,6 +48,9 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
         raise VaeEdgeError(f"report directory {report_dir} is a file")
     if report_dir and not Path(report_dir).parent.is_dir():  # before any work
         raise VaeEdgeError(f"the folder of --report {report_dir} does not exist (only the last level is created)")
+    if target == "web":
+        _bench_web(bundle, variants, graphs, batch_sizes, threads, min_time, report_dir, as_json)
+        return
     cfg = BenchConfig(variants=() if variants == "all" else tuple(v.strip() for v in variants.split(",")),
                       graphs=graphs, providers=providers, batch_sizes=batch_sizes, threads=threads,
                       warmup=warmup, min_time=min_time, baseline_torch=baseline == "torch")
@@ -58,21 +65,61 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
     click.echo(json.dumps(report) if as_json else markdown(report))
 
 
+def _bench_web(bundle, variants, graphs, batch_sizes, threads, min_time, report_dir, as_json) -> None:
+    from vae_edge.runtime.bundle import write_json_atomic
+    from vae_edge.web.browser import bench_web, markdown_web
+
+    with click.progressbar(length=1, label="benchmarking in Chromium", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.length = total
+            bar.update(done - bar.pos)
+        report = bench_web(bundle, tuple(v.strip() for v in variants.split(",")), tuple(graphs), tuple(batch_sizes),
+                           threads=threads[0], min_time=min_time, progress=progress,
+                           warn=lambda s: click.echo(s, err=True))
+    md = markdown_web(report)
+    if report_dir:
+        out = Path(report_dir)
+        out.mkdir(exist_ok=True)
+        write_json_atomic(out / "bench_web.json", report)
+        (out / "bench_web.md").write_text(md)
+        click.echo(f"report: {out / 'bench_web.json'}, {out / 'bench_web.md'}", err=True)
+    click.echo(json.dumps(report) if as_json else md)
+
+
 @click.command()
 @click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: mlp-mnist).")
 @click.option("--max-elbo-delta", type=float, default=0.5, show_default=True, help="Accuracy budget in nats of test -ELBO.")
 @click.option("--batch-size", type=int, default=1, show_default=True, callback=positive("batch size"), help="Images per call to time.")
 @click.option("--threads", default=None, callback=_csv(int), help="Thread counts to try (default: 1 and all cores).")
 @click.option("--min-time", type=float, default=0.3, show_default=True, help="Seconds of calls per candidate.")
+@click.option("--target", type=click.Choice(["cpu", "web"]), default="cpu", show_default=True,
+              help="cpu: for `--variant auto` here; web: timed in headless Chromium, for `vae-edge web --variant auto`.")
 @json_option
-def tune(bundle, max_elbo_delta, batch_size, threads, min_time, as_json) -> None:
+def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, as_json) -> None:
     """Pick the fastest variant x provider x threads within the accuracy budget; record it.
 
     \b
     Example: vae-edge tune --bundle bundles/mlp --max-elbo-delta 0.5
              vae-edge sample --bundle bundles/mlp --variant auto -o samples.png
+             vae-edge tune --target web && vae-edge web --out site
     """
     from vae_edge.bench import tune as run_tune
+
+    if target == "web":
+        from vae_edge.web.browser import tune_web
+
+        res = tune_web(bundle, max_elbo_delta=max_elbo_delta, batch_size=batch_size, min_time=min_time,
+                       warn=lambda s: click.echo(s, err=True))
+        if as_json:
+            click.echo(json.dumps(res))
+            return
+        click.echo(f"{'variant':<14}{'ms enc+dec':>12}{'-ELBO delta':>13}  ok   ({res['browser']})")
+        for r in sorted(res["table"], key=lambda r: r["ms_encode_plus_decode"]):
+            d = "-" if r["neg_elbo_delta"] is None else f"{r['neg_elbo_delta']:+.3f}"
+            click.echo(f"{r['variant']:<14}{r['ms_encode_plus_decode']:>12.4f}{d:>13}  {'yes' if r['within_budget'] else 'no'}")
+        click.echo(f"chosen for the page: {res['choice']['variant']}; `vae-edge web --variant auto` now uses it "
+                   f"(saved to {res['saved_to']})")
+        return
 
     res = run_tune(bundle, max_elbo_delta=max_elbo_delta, batch_size=batch_size, threads=threads,
                    min_time=min_time, warn=lambda s: click.echo(s, err=True))

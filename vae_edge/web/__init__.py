@@ -174,6 +174,7 @@ def build_site(
     force: bool = False,
     trusted_key=None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    with_score_range: bool = True,
 ) -> dict:
     """Write the static site to `out` (atomically: a finished folder replaces the old one)."""
     from vae_edge.runtime import trust
@@ -200,7 +201,7 @@ def build_site(
     chosen, default, why = choose_variants(manifest, tuple(variants))
     graphs = {v: opened.variant_bytes(v) for v in chosen}  # checked (and signature-verified) bytes
     ort_dir = ort_web_dir(log)
-    rng = score_range(path, default, data_dir, warn=log)
+    rng = score_range(path, default, data_dir, warn=log) if with_score_range else {}
     config = {
         "schema": "vae-edge-site", "schema_version": 1,
         "name": manifest.get("name", path.name),

@@ -76,3 +76,143 @@ def open_page(url: str, browser=None, viewport: tuple[int, int] = (1100, 900),
         if page_errors:
             raise VaeEdgeError(f"the page reported: {page_errors[0]}")
         yield page, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing in the browser: `vae-edge bench --target web`, `vae-edge tune --target web`
+# ---------------------------------------------------------------------------------------------
+
+def bench_web(
+    bundle=None,
+    variants: tuple[str, ...] = ("all",),
+    graphs: tuple[str, ...] = ("encoder", "decoder"),
+    batch_sizes: tuple[int, ...] = (1, 8, 64, 256),
+    threads: int = 1,
+    min_time: float = 0.5,
+    rounds: int = 5,
+    native: bool = True,
+    progress=None,
+    warn=lambda s: None,
+) -> dict:
+    """Per-call latency of every variant in headless Chromium (onnxruntime-web, wasm), and of the
+    same graphs through the Python runtime on this CPU, in one run: for each graph and batch size
+    the contenders alternate in `rounds` blocks of calls (the page's timer is coarse, so blocks
+    are timed, not single calls); the median block is reported."""
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from vae_edge.runtime.sysinfo import environment
+    from vae_edge.runtime.vae_runtime import VAERuntime, resolve_bundle
+    from vae_edge.web import ORT_WEB_VERSION, build_site, serving
+
+    path = resolve_bundle(bundle)
+    with tempfile.TemporaryDirectory(prefix="vae-edge-web-bench-") as tmp:
+        site = build_site(path, tuple(variants), Path(tmp) / "site", log=warn, with_score_range=False)
+        chosen = site["variants"]
+        with serving(Path(tmp) / "site") as url, chromium() as browser, \
+                open_page(f"{url}?threads={threads}", browser) as (page, errors):
+            version = browser.version
+            isolated = page.evaluate("window.vaeEdge.isolated()")
+            runtimes = {v: VAERuntime.load(path, variant=v, threads=threads, warn=warn) for v in chosen} if native else {}
+            rng = np.random.default_rng(7)
+            d = runtimes[chosen[0]].latent_dim if runtimes else page.evaluate("window.vaeEdge.config().model.latent_dim")
+            rows, todo, done = [], len(graphs) * len(batch_sizes), 0
+            for graph in graphs:
+                for batch in batch_sizes:
+                    x = rng.random((batch, 1, 28, 28), dtype=np.float32)
+                    z = rng.standard_normal((batch, d), dtype=np.float32)
+
+                    def web_block(v, calls, graph=graph, batch=batch):
+                        return page.evaluate("(o) => window.vaeEdge.bench(o)",
+                                             {"variant": v, "graph": graph, "batch": batch, "calls": calls})
+
+                    def native_block(v, calls, graph=graph, x=x, z=z):
+                        rt = runtimes[v]
+                        fn = (lambda: rt.encode(x)) if graph == "encoder" else (lambda: rt.decode(z))
+                        t0 = time.perf_counter()
+                        for _ in range(calls):
+                            fn()
+                        return (time.perf_counter() - t0) / calls * 1e3
+
+                    contenders = {("web", v): web_block for v in chosen}
+                    contenders.update({("python", v): native_block for v in runtimes})
+                    calls = {}
+                    for key, fn in contenders.items():  # warm up, then size blocks to min_time / rounds
+                        fn(key[1], 5)
+                        per = max(fn(key[1], 5), 1e-3)
+                        calls[key] = max(3, int(min_time / rounds * 1e3 / per))
+                    blocks = {key: [] for key in contenders}
+                    for _ in range(rounds):
+                        for key, fn in contenders.items():
+                            blocks[key].append(fn(key[1], calls[key]))
+                    for (where, v), ms in blocks.items():
+                        rows.append({"runtime": "onnxruntime-web (wasm)" if where == "web" else "onnxruntime (python)",
+                                     "where": where, "variant": v, "graph": graph, "batch": batch,
+                                     "ms_per_call": float(np.median(ms)), "ms_min": float(np.min(ms)),
+                                     "blocks": len(ms), "calls_per_block": calls[(where, v)]})
+                    done += 1
+                    if progress:
+                        progress(done, todo)
+            for rt in runtimes.values():
+                rt.close()
+            if errors:
+                warn(f"note: the page logged errors while timing: {errors[0]}")
+    env = environment()
+    return {"bundle": str(path), "variants": chosen, "threads": threads, "rounds": rounds, "min_time": min_time,
+            "browser": f"Chromium {version} (headless)", "onnxruntime_web": ORT_WEB_VERSION,
+            "cross_origin_isolated": isolated, "environment": env, "rows": rows}
+
+
+def markdown_web(report: dict) -> str:
+    """One table per graph: ms per call in the browser and natively, per variant and batch size."""
+    rows = report["rows"]
+    out = [f"{report['browser']}, onnxruntime-web {report['onnxruntime_web']} (wasm, {report['threads']} thread(s), "
+           f"cross-origin isolated: {'yes' if report['cross_origin_isolated'] else 'no'}) vs the Python runtime "
+           f"(onnxruntime {report['environment'].get('onnxruntime', '?')}, {report['threads']} thread(s)) on "
+           f"{report['environment']['cpu']['model']}; median of {report['rounds']} alternating blocks.", ""]
+    native = any(r["where"] == "python" for r in rows)
+    for graph in dict.fromkeys(r["graph"] for r in rows):
+        out += [f"**{graph}** (ms per call)", "",
+                "| variant | batch | browser | " + ("Python (native) | browser / native |" if native else ""),
+                "|---|---:|---:|" + ("---:|---:|" if native else "")]
+        for v in report["variants"]:
+            for b in dict.fromkeys(r["batch"] for r in rows):
+                web = [r for r in rows if r["where"] == "web" and r["variant"] == v and r["graph"] == graph and r["batch"] == b]
+                nat = [r for r in rows if r["where"] == "python" and r["variant"] == v and r["graph"] == graph and r["batch"] == b]
+                if not web:
+                    continue
+                line = f"| {v} | {b} | {web[0]['ms_per_call']:.4f} |"
+                if native and nat:
+                    line += f" {nat[0]['ms_per_call']:.4f} | {web[0]['ms_per_call'] / nat[0]['ms_per_call']:.2f}x |"
+                out.append(line)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def tune_web(bundle=None, max_elbo_delta: float = 0.5, batch_size: int = 1, min_time: float = 0.5,
+             warn=lambda s: None) -> dict:
+    """Time every browser-eligible variant in Chromium (encoder + decoder at one batch size), keep
+    those within the accuracy budget, and record the fastest as the page's `--variant auto`."""
+    from vae_edge.bench import save_tuning
+    from vae_edge.runtime.bundle import load_manifest
+    from vae_edge.runtime.vae_runtime import resolve_bundle
+
+    path = resolve_bundle(bundle)
+    report = bench_web(path, ("all",), batch_sizes=(batch_size,), min_time=min_time, native=False, warn=warn)
+    manifest = load_manifest(path)
+    table = []
+    for v in report["variants"]:
+        ms = sum(r["ms_per_call"] for r in report["rows"] if r["variant"] == v)
+        delta = 0.0 if v == "fp32" else ((manifest["variants"][v].get("accuracy") or {}).get("neg_elbo_delta"))
+        table.append({"variant": v, "ms_encode_plus_decode": ms, "neg_elbo_delta": delta,
+                      "within_budget": delta is not None and abs(delta) <= max_elbo_delta})
+    ok = [r for r in table if r["within_budget"]]
+    if not ok:
+        raise VaeEdgeError(f"no variant is within {max_elbo_delta} nats of fp32")
+    best = min(ok, key=lambda r: r["ms_encode_plus_decode"])
+    record = {"choice": {"variant": best["variant"]}, "batch_size": batch_size, "max_elbo_delta": max_elbo_delta,
+              "table": table, "browser": report["browser"], "onnxruntime_web": report["onnxruntime_web"],
+              "measured": "median ms of encode + decode per call in headless Chromium (wasm, 1 thread)"}
+    return save_tuning(path, manifest, "web", record)
