@@ -55,13 +55,13 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds of calls per contender and setting")
     args = ap.parse_args()
     batches = tuple(int(b) for b in args.batch_sizes.split(","))
-    reports, md = [], ["# Browser latency (onnxruntime-web) beside the Python runtime", "",
-                       "`python benchmarks/bench_web.py` · ms per call, lower is better.", ""]
+    reports, md = [], ["ms per call, lower is better; \"browser / native\": how much slower the same graph runs "
+                       "in the page than through the Python runtime on the same CPU.", ""]
     for model in ("mlp-mnist", "conv-mnist"):
         r = bench_web(model, ("all",), batch_sizes=batches, min_time=args.min_time, rounds=7, warn=print)
         r["model"] = model
         reports.append(r)
-        md += [f"## {model}", "", markdown_web(r)]
+        md += [f"#### {model}", "", markdown_web(r)]
     OUT.mkdir(exist_ok=True)
     (OUT / "web.json").write_text(json.dumps(reports, indent=1))
     (OUT / "web.md").write_text("\n".join(md).rstrip() + "\n")

@@ -22,6 +22,7 @@ SOURCES = {
     "reliability": "reliability.md",
     "arm64_int8": "arm64_int8.md",
     "anomaly": "anomaly.md",
+    "web": "web.md",
 }
 
 

@@ -68,6 +68,12 @@ def test_benchmark_and_reports(tmp_path, quantized, ckpts):
         assert r["speedup_vs_torch"] == pytest.approx(torch_ms / runtime_ms)
         assert r["runtime_overhead"] == pytest.approx(runtime_ms / p50[(r["graph"], r["batch"], r["variant"], "ort")])
     assert rep["environment"]["cpu"]["cores"] >= 1 and "onnxruntime" in rep["environment"]
+    # fp32 efficiency: each bare fp32 row's GFLOP/s over the peak measured in the same run
+    assert rep["peak"]["gflops"] > 1 and len(rep["efficiency"]) == 2 * 2
+    for e in rep["efficiency"]:
+        row = next(r for r in rep["rows"] if r["graph"] == e["graph"] and r["batch"] == e["batch"]
+                   and r["variant"] == "fp32" and r["kind"] == "ort")
+        assert e["fraction_of_peak"] == pytest.approx(row["gflops"] / rep["peak"]["gflops"])
     assert rep["cold_start"][0]["cold_start_ms"] > 0 and rep["variants"]["int8-static"]["size_bytes"] > 0
     paths = write_report(rep, tmp_path / "rep")
     data = json.loads(paths["json"].read_text())
