@@ -207,6 +207,8 @@ function setupPad() {
   padCtx = c.getContext("2d");
   ink = new Float64Array(size * size);
   padShow();
+  paint($("pad-input"), new Float32Array(784), 1, 1);
+  paint($("pad-recon"), new Float32Array(784), 1, 1);
   let drawing = false;
   c.addEventListener("pointerdown", (e) => {
     e.preventDefault();
