@@ -31,7 +31,7 @@ MODELS = {
     "conv-mnist": ([["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
                      "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000),
     "conv-cond-mnist": ([["--arch", "conv", "--conditional", "--binarize", "dynamic", "--epochs", "20",
-                          "--lr-schedule", "cosine", "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000),
+                          "--lr-schedule", "cosine", "--kl-warmup", "2"]], [("static", "x86")], 1000, 1000),
 }
 # The pytorch/examples recipe (784-400-20 ReLU, greyscale targets, 10 epochs), shipped as mlp-mnist
 # until the model above replaced it: `vae-edge train --arch mlp --epochs 10 --out runs/mlp-examples`
