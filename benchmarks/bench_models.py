@@ -6,7 +6,8 @@ sizes, training time and hardware; and a picture of every model's samples.
 
     python benchmarks/bench_models.py --data-dir ../shared/data/mnist
 
-Writes benchmarks/results/models.{json,md} and benchmarks/results/models_samples.png.
+Writes benchmarks/results/models.{json,md} and benchmarks/results/models_samples.png (with
+--bundle NAME=FOLDER ... --out-name candidates: the same for models not shipped yet).
 """
 
 from __future__ import annotations
@@ -63,14 +64,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--samples", type=int, default=10000)
+    ap.add_argument("--bundle", action="append", default=None, metavar="NAME=FOLDER",
+                    help="evaluate these bundles instead of the shipped ones (e.g. candidates made with "
+                         "make_pretrained.py --only NAME)")
+    ap.add_argument("--out-name", default="models", help="results file stem")
     args = ap.parse_args()
     clf = EvalClassifier(threads=2)
     rows, pictures = [], []
-    for name, bundle in shipped_bundles().items():
+    chosen = (dict(b.split("=", 1) for b in args.bundle) if args.bundle else shipped_bundles())
+    for name, bundle in chosen.items():
+        bundle = Path(bundle)
         manifest = load_manifest(bundle)
         ev = manifest.get("evaluation") or {}
         folder = bundle.parent
         ev_file = json.loads((folder / "evaluation.json").read_text()) if (folder / "evaluation.json").is_file() else ev
+        iw_file = OUT / f"iw_nll_{name}.json"  # the runtime's estimate on all 10,000 test images, when made
+        if iw_file.is_file():
+            iw = json.loads(iw_file.read_text())
+            ev_file = {**ev_file, "iw_nll": iw["iw_nll"], "iw_images": iw["images"], "iw_samples": iw["iw_samples"]}
         variants = [v for v in manifest["variants"]]
         sq = sample_quality(bundle, tuple(variants), samples=args.samples, data_dir=args.data_dir, classifier=clf)
         lat = decoder_latency(bundle, variants)
@@ -108,8 +119,8 @@ def main() -> None:
         canvas.paste(p.convert("RGB"), (x0, 30))
         x0 += p.width + 20
     OUT.mkdir(exist_ok=True)
-    canvas.save(OUT / "models_samples.png")
-    (OUT / "models.json").write_text(json.dumps({"rows": rows, "frechet_floor_train_vs_test": floor,
+    canvas.save(OUT / f"{args.out_name}_samples.png")
+    (OUT / f"{args.out_name}.json").write_text(json.dumps({"rows": rows, "frechet_floor_train_vs_test": floor,
                                                  "classifier": sq["classifier"]}, indent=1))
     f = lambda v, s="{:.2f}": "-" if v is None else s.format(v)  # noqa: E731
     md = [f"IW-NLL: K={rows[0]['iw_samples']}, dynamically binarized test set (fixed draw), nats, lower is better "
@@ -127,7 +138,7 @@ def main() -> None:
                   f"{f(r['neg_elbo_delta'], '{:+.2f}')} | {r['frechet']:.2f} | {f(r['conditional_accuracy'], '{:.2%}')} | "
                   f"{r['decoder_ms_b1']:.4f} | {r['decoder_ms_b256']:.3f} | {r['variant_bytes'] / 1e6:.2f} | "
                   f"{r['model_folder_bytes'] / 1e6:.2f} | {train} |")
-    (OUT / "models.md").write_text("\n".join(md) + "\n")
+    (OUT / f"{args.out_name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -121,7 +121,10 @@ def test_environment_variable_and_note_without_key(signed, keys, monkeypatch):
 def test_shipped_bundles_are_signed_and_checked_by_default(monkeypatch):
     monkeypatch.delenv("VAE_EDGE_TRUSTED_KEY", raising=False)
     assert project_key().is_file()
-    for name in ("mlp-mnist", "conv-mnist"):
+    from vae_edge.runtime import shipped_bundles
+
+    assert len(shipped_bundles()) == 2
+    for name in shipped_bundles():
         rt = VAERuntime.load(name)
         assert rt.signature == "verified" and rt.signed_by == "the vae-edge project key"
 

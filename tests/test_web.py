@@ -139,12 +139,22 @@ def test_browser_decodes_like_python_for_every_variant(pages, model):
     z = np.random.default_rng(3).standard_normal((5, d)).astype(np.float32)
     variants = page.evaluate("window.vaeEdge.variants()")
     assert "fp32" in variants and len(variants) >= 2
+    from vae_edge.runtime.bundle import load_manifest
+    from vae_edge.runtime.sysinfo import cpu
+
+    feats = cpu()["int8_features"]
+    saturates = not (feats.get("avx512_vnni") or feats.get("avx_vnni"))
+    manifest = load_manifest(VAERuntime.load(model, variant="fp32").bundle)
     for v in variants:
         got = page.evaluate("([z, v]) => window.vaeEdge.decode(z, v)", [z.tolist(), v])
         with VAERuntime.load(model, variant=v) as rt:
             ref = rt.decode(z)
         diff = np.abs(np.array(got["probs"], np.float32).reshape(ref.shape) - ref).max()
-        assert diff < 1e-4, (model, v, diff)
+        q = (manifest["variants"][v].get("quantization") or {}).get("config") or {}
+        # x86 without VNNI saturates u8 x s8 products in onnxruntime's dynamic int8 kernel (README:
+        # "Running on ARM64 devices"); wasm computes them exactly, so that variant's reference is off here
+        off_spec = saturates and q.get("mode") == "dynamic" and q.get("weight_type") == "int8"
+        assert diff < (5e-4 if off_spec else 1e-4), (model, v, diff)
     assert page.evaluate("window.vaeEdge.isolated()")  # served with COOP/COEP
     assert errors == []
 

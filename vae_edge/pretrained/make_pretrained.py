@@ -19,20 +19,36 @@ HERE = Path(__file__).resolve().parent
 MODELS = {
     # name: (train stages (arguments of `vae-edge train`; later stages resume), quantize (mode, target)
     #        pairs, IW samples, IW test images (None: all 10,000))
-    # The IWAE paper's MLP (2x500 tanh, latent 50) on dynamically binarized digits. The shipped run
-    # was planned for 250 epochs of cosine decay and shortened to 200 at epoch 107 (to fit the
-    # session's time): the second stage resumes it with --epochs 200, which re-times the rest of
-    # the cosine. 469 steps per epoch at batch 128.
-    "mlp-mnist": ([["--arch", "mlp", "--hidden", "500", "--depth", "2", "--activation", "tanh", "--latent-dim", "50",
-                    "--binarize", "dynamic", "--epochs", "250", "--lr-schedule", "cosine", "--kl-warmup", "10",
-                    "--max-steps", str(107 * 469)],
-                   ["--resume", "--epochs", "200"]],
+    "mlp-mnist": ([["--arch", "mlp", "--epochs", "10"]],
                   [("dynamic", "x86"), ("static", "x86"), ("dynamic", "arm64")], 5000, None),
     "conv-mnist": ([["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
                      "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000),
-    "conv-cond-mnist": ([["--arch", "conv", "--conditional", "--binarize", "dynamic", "--epochs", "20",
-                          "--lr-schedule", "cosine", "--kl-warmup", "2"]], [("static", "x86")], 1000, 1000),
 }
+# conv-cond-mnist: not shipped: its samples of digit d were classified as d only 66.6%
+# of the time (2,000 samples, the evaluation classifier), far from the 97% a shipped conditional
+# model must reach. `--only conv-cond-mnist` makes it (into vae_edge/pretrained/conv-cond-mnist).
+EXPERIMENTS = {
+    # The candidate to replace mlp-mnist (issue 11): IW-NLL and sample quality in
+    # benchmarks/results/candidates.md. Not shipped yet: replacing the default model means
+    # regenerating every mlp-mnist result of the README, and its files (13.7 MB with the
+    # checkpoint) would take the shipped set far over its 10 MB budget.
+    # The IWAE paper's MLP (2x500 tanh, latent 50) on dynamically binarized digits. The run
+    # was planned for 250 epochs of cosine decay and shortened to 200 at epoch 107 (to fit the
+    # session's time): the second stage resumes it with --epochs 200, which re-times the rest of
+    # the cosine. 469 steps per epoch at batch 128.
+    "mlp-iwae-mnist": ([["--arch", "mlp", "--hidden", "500", "--depth", "2", "--activation", "tanh", "--latent-dim", "50",
+                    "--binarize", "dynamic", "--epochs", "250", "--lr-schedule", "cosine", "--kl-warmup", "10",
+                    "--max-steps", str(107 * 469)],
+                   ["--resume", "--epochs", "200"]],
+                  # no int8-static: its accuracy fallback keeps float layers (2 MB a graph) for no gain here
+                  [("dynamic", "x86"), ("dynamic", "arm64")], 0, None),
+    "conv-cond-mnist": ([["--arch", "conv", "--conditional", "--binarize", "dynamic", "--epochs", "20",
+                          "--lr-schedule", "cosine", "--kl-warmup", "2"]], [("static", "x86")], 0, None),
+}
+# IW samples 0: no IW-NLL here. For mlp-iwae-mnist it comes from the runtime on the exported fp32
+# graphs (`python benchmarks/iw_nll_onnx.py --model vae_edge/pretrained/mlp-iwae-mnist/bundle --name
+# mlp-iwae-mnist`, all 10,000 test images; the torch evaluator estimated over 5 hours); for the conditional model it would be -log p(x|y), not comparable, and the
+# torch conv evaluator needs about 2 hours of one core for K=1000 on 1,000 images)
 # The pytorch/examples recipe (784-400-20 ReLU, greyscale targets, 10 epochs), shipped as mlp-mnist
 # until the model above replaced it: `vae-edge train --arch mlp --epochs 10 --out runs/mlp-examples`
 # (IW-NLL 96.14 nats, K=5000, all 10,000 test images; not comparable: trained on greyscale targets).
@@ -61,15 +77,15 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--reuse-runs", action="store_true", help="Skip training where runs/<name>/model.pt exists.")
-    ap.add_argument("--only", choices=list(MODELS), default=None)
+    ap.add_argument("--only", choices=list(MODELS) + list(EXPERIMENTS), default=None)
     ap.add_argument("--threads", default="2")
     ap.add_argument("--sign-key", default=None, help="Private key to sign the bundles with (the project key).")
     args = ap.parse_args()
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     exe = [sys.executable, "-m", "vae_edge"]
     Path(args.runs).mkdir(exist_ok=True)
-    for name, (stages, modes, k, limit) in MODELS.items():
-        if args.only and name != args.only:
+    for name, (stages, modes, k, limit) in {**MODELS, **EXPERIMENTS}.items():
+        if (args.only and name != args.only) or (not args.only and name in EXPERIMENTS):
             continue
         run = Path(args.runs) / name
         if not (args.reuse_runs and (run / "model.pt").is_file()):
@@ -77,11 +93,11 @@ def main() -> None:
                 seed = [] if "--resume" in train_args else ["--seed", "0"]
                 sh(*exe, "train", *train_args, "--out", str(run), "--threads", args.threads, "--quiet", *seed, *data)
         lim = ["--limit", str(limit)] if limit else []
-        ev = json.loads(sh(*exe, "evaluate", str(run / "model.pt"), "--iw-samples", str(k), *lim,
-                           "--threads", args.threads, "--json", *data))
         ev_full = json.loads(sh(*exe, "evaluate", str(run / "model.pt"), "--iw-samples", "0", "--json", *data))
-        evaluation = {**ev_full, "iw_nll": ev["iw_nll"], "iw_samples": k, "iw_images": ev["images"],
-                      **training_record(run)}
+        ev = ev_full if k == 0 else json.loads(sh(*exe, "evaluate", str(run / "model.pt"), "--iw-samples", str(k),
+                                                   *lim, "--threads", args.threads, "--json", *data))
+        evaluation = {**ev_full, "iw_nll": ev["iw_nll"], "iw_samples": k or None,
+                      "iw_images": ev["images"] if k else None, **training_record(run)}
         dest = HERE / name
         dest.mkdir(exist_ok=True)
         import torch
