@@ -23,12 +23,19 @@ SOURCES = {
     "arm64_int8": "arm64_int8.md",
     "anomaly": "anomaly.md",
     "web": "web.md",
+    "peers": "peers.md",
+    "models": "models.md",
+    "candidates": "candidates.md",
 }
 
 
 def iw_nll_table() -> None:
     """benchmarks/results/iw_nll.md from the iw_nll_<model>.json files of iw_nll_onnx.py."""
+    from vae_edge.runtime import shipped_bundles
+
+    shipped = set(shipped_bundles())
     rows = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("iw_nll_*.json"))]
+    rows = [r for r in rows if r["model"] in shipped]  # candidates: candidates.md
     if not rows:
         return
     md = ["| model | test images | K | IW-NLL (nats) | ± s.e.m. | seconds | machine |", "|---|---:|---:|---:|---:|---:|---|"]

@@ -73,7 +73,7 @@ def train_classifier(data_dir=None, epochs: int = 4, seed: int = 0, log=print) -
             sched.step()
         acc = accuracy(model, xte, yte)
         log(f"epoch {epoch + 1}/{epochs}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s)")
-    info = {"test_accuracy": acc, "epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1),
+    info = {"test_accuracy_torch": acc, "epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1),
             "parameters": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
     return model, info
 
@@ -83,6 +83,31 @@ def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     pred = torch.cat([model(x[i : i + 1000])[0].argmax(1) for i in range(0, len(x), 1000)])
     return float((pred == y).float().mean())
+
+
+def weights_as_fp16(data: bytes, min_size: int = 1024) -> bytes:
+    """Store the large fp32 weights as fp16, each followed by a Cast back to fp32: half the file,
+    and the arithmetic stays fp32 (so the features are the same on every CPU, unlike an int8
+    graph whose x86 kernels differ by CPU). The weights are rounded once, here."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(data)
+    g = model.graph
+    casts = []
+    for init in list(g.initializer):
+        w = numpy_helper.to_array(init)
+        if w.dtype != np.float32 or w.size < min_size:
+            continue
+        half = numpy_helper.from_array(w.astype(np.float16), init.name + "_fp16")
+        g.initializer.remove(init)
+        g.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                      name=f"cast_{init.name}"))
+    for node in reversed(casts):
+        g.node.insert(0, node)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def export_classifier(model: Classifier, out: Path, info: dict) -> None:
@@ -98,7 +123,7 @@ def export_classifier(model: Classifier, out: Path, info: dict) -> None:
     torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(tmp), input_names=["x"],
                       output_names=["logits", "features"], opset_version=18, dynamo=False,
                       dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
-    data = tmp.read_bytes()
+    data = weights_as_fp16(tmp.read_bytes())
     tmp.unlink()
     import onnxruntime as ort
 
@@ -107,12 +132,25 @@ def export_classifier(model: Classifier, out: Path, info: dict) -> None:
         ref = model(x)
     got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
     diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref, strict=True))
-    if diff > 1e-4:
+    if diff > 0.05:  # fp16-rounded weights: about 1e-3 on logits and features
         raise RuntimeError(f"the exported classifier differs from PyTorch by {diff}")
     write_bytes_atomic(out / "classifier.onnx", data)
-    write_json_atomic(out / "classifier.json", {**info, "sha256": hashlib.sha256(data).hexdigest(),
-                                                "max_abs_diff_vs_torch": diff,
+    write_json_atomic(out / "classifier.json", {**info, "test_accuracy": onnx_accuracy(data),
+                                                "weights": "fp16 storage (Cast to fp32), fp32 arithmetic",
+                                                "sha256": hashlib.sha256(data).hexdigest(),
+                                                "max_abs_diff_vs_torch_fp16_weights": diff,
                                                 "recipe": "python -m vae_edge.classifier --data-dir DIR"})
+
+
+def onnx_accuracy(data: bytes, data_dir=None) -> float:
+    """Test accuracy of the exported graph itself (what evaluations use)."""
+    import onnxruntime as ort
+
+    d = resolve_data_dir("mnist", data_dir)
+    x, y = load_split(d, "test")
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    pred = np.concatenate([sess.run(["logits"], {"x": to_float(x[i : i + 1000])})[0].argmax(1) for i in range(0, len(x), 1000)])
+    return float((pred == y).mean())
 
 
 def main() -> None:
