@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 from vae_edge.bench import run_blocks, stats
 from vae_edge.runtime import VAERuntime, shipped_bundles
 from vae_edge.runtime.bundle import load_manifest
+from vae_edge.runtime.calls import bare_call
 from vae_edge.runtime.images import grid
-from vae_edge.runtime.vae_runtime import _fast_run
 from vae_edge.sample_quality import EvalClassifier, sample_quality
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -51,7 +51,7 @@ def decoder_latency(bundle: Path, variants: list[str], batches=(1, 256), min_tim
         feeds = {"z": rng.standard_normal((b, d), dtype=np.float32)}
         if cond:
             feeds["y"] = (np.arange(b) % 10).astype(np.int64)
-        calls = {v: (lambda r=_fast_run(rt.decoder), f=feeds: r(["probs"], f, None)) for v, rt in rts.items()}
+        calls = {v: bare_call(rt.decoder, ["probs"], feeds) for v, rt in rts.items()}
         times = run_blocks(calls, warmup=20, min_time=min_time)
         for v, ts in times.items():
             out.setdefault(v, {})[str(b)] = stats(ts)["p50_ms"]

@@ -1,6 +1,6 @@
 """Runtime latency suite: every shipped model and variant, encoder and decoder, one thread, batch
-1 to 1024, through the runtime, through onnxruntime's bare C++ run (the fastest call from Python,
-for the runtime's overhead) and PyTorch eager on the same weights; contenders alternate in blocks.
+1 to 1024, through the runtime, through the fastest bare call from Python (an onnxruntime IOBinding
+with inputs and outputs bound once: the floor for the runtime's overhead) and PyTorch eager on the same weights; contenders alternate in blocks.
 The whole suite runs --repeats times and each figure is the median over the repeats (a figure that
 looks like an outlier in one pass does not make the table); fp32 GFLOP/s are set against this
 machine's single-core peak measured in the same run. Writes benchmarks/results/runtime-<model>/
@@ -82,8 +82,8 @@ def main() -> None:
           "**Speed-up over PyTorch eager** (same weights, same thread count; int8 rows mix quantization with "
           "runtime speed: compare them with the fp32 rows, or with a peer at the same precision)", "", head, rule,
           *tables["speedup_vs_torch"], "",
-          "**Runtime overhead** (runtime call / onnxruntime's bare C++ run on the same session: input checks, "
-          "label feeds, output selection)", "", head, rule, *tables["runtime_overhead"], "",
+          "**Runtime overhead** (runtime call / the fastest bare call on the same session, an IOBinding with "
+          "inputs and outputs bound once: input checks, label feeds, copies in and out, output allocation)", "", head, rule, *tables["runtime_overhead"], "",
           f"**fp32 GFLOP/s and fraction of this machine's measured single-core peak** ({peak:.1f} GFLOP/s: the best "
           "of repeated 1536^3 numpy sgemms with one BLAS thread, measured in the same run; FLOPs are the graph's "
           "Gemm/MatMul/Conv multiply-adds, bias and activations excluded)", "",

@@ -293,7 +293,7 @@ def test_preprocessing_of_a_clean_drawing_takes_no_photo_cleanup():
 
 
 @pytest.mark.browser
-def test_bench_and_tune_in_the_browser(tmp_path, quantized):
+def test_bench_and_tune_in_the_browser(tmp_path, quantized, browser):
     """`bench --target web` times every variant in Chromium and natively; `tune --target web`
     records its choice beside the CPU's, and `vae-edge web --variant auto` ships that choice."""
     from vae_edge.bench import tune
@@ -302,7 +302,7 @@ def test_bench_and_tune_in_the_browser(tmp_path, quantized):
 
     bundle = tmp_path / "b"
     shutil.copytree(quantized, bundle)
-    report = bench_web(bundle, ("all",), batch_sizes=(1, 4), min_time=0.05, rounds=2)
+    report = bench_web(bundle, ("all",), batch_sizes=(1, 4), min_time=0.05, rounds=2, browser=browser)
     variants = report["variants"]
     assert len(variants) >= 2 and report["cross_origin_isolated"]
     for where in ("web", "python"):
@@ -311,7 +311,7 @@ def test_bench_and_tune_in_the_browser(tmp_path, quantized):
     assert all(r["ms_per_call"] > 0 for r in report["rows"])
 
     tune(bundle, max_elbo_delta=1e9, measure=lambda v, p, t: {"fp32": 2.0}.get(v, 1.0))  # the CPU's record first
-    rec = tune_web(bundle, max_elbo_delta=1e9, min_time=0.05)
+    rec = tune_web(bundle, max_elbo_delta=1e9, min_time=0.05, browser=browser)
     t = tuning(load_manifest(bundle))
     assert t["web"]["choice"] == rec["choice"] and t["choice"]["variant"] != "fp32"  # both records kept
     timed = {r["variant"]: r["ms_encode_plus_decode"] for r in rec["table"]}

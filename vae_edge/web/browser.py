@@ -93,11 +93,13 @@ def bench_web(
     native: bool = True,
     progress=None,
     warn=lambda s: None,
+    browser=None,
 ) -> dict:
     """Per-call latency of every variant in headless Chromium (onnxruntime-web, wasm), and of the
     same graphs through the Python runtime on this CPU, in one run: for each graph and batch size
     the contenders alternate in `rounds` blocks of calls (the page's timer is coarse, so blocks
-    are timed, not single calls); the median block is reported."""
+    are timed, not single calls); the median block is reported. browser: a Playwright Browser to
+    use (one per thread at a time: pass the one already open there), else one is started."""
     import tempfile
     import time
 
@@ -111,8 +113,11 @@ def bench_web(
     with tempfile.TemporaryDirectory(prefix="vae-edge-web-bench-") as tmp:
         site = build_site(path, tuple(variants), Path(tmp) / "site", log=warn, with_score_range=False)
         chosen = site["variants"]
-        with serving(Path(tmp) / "site") as url, chromium() as browser, \
-                open_page(f"{url}?threads={threads}", browser) as (page, errors):
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(serving(Path(tmp) / "site"))
+            if browser is None:
+                browser = stack.enter_context(chromium())
+            page, errors = stack.enter_context(open_page(f"{url}?threads={threads}", browser))
             version = browser.version
             isolated = page.evaluate("window.vaeEdge.isolated()")
             runtimes = {v: VAERuntime.load(path, variant=v, threads=threads, warn=warn) for v in chosen} if native else {}
@@ -192,7 +197,7 @@ def markdown_web(report: dict) -> str:
 
 
 def tune_web(bundle=None, max_elbo_delta: float = 0.5, batch_size: int = 1, min_time: float = 0.5,
-             warn=lambda s: None) -> dict:
+             warn=lambda s: None, browser=None) -> dict:
     """Time every browser-eligible variant in Chromium (encoder + decoder at one batch size), keep
     those within the accuracy budget, and record the fastest as the page's `--variant auto`."""
     from vae_edge.bench import save_tuning
@@ -200,7 +205,8 @@ def tune_web(bundle=None, max_elbo_delta: float = 0.5, batch_size: int = 1, min_
     from vae_edge.runtime.vae_runtime import resolve_bundle
 
     path = resolve_bundle(bundle)
-    report = bench_web(path, ("all",), batch_sizes=(batch_size,), min_time=min_time, native=False, warn=warn)
+    report = bench_web(path, ("all",), batch_sizes=(batch_size,), min_time=min_time, native=False, warn=warn,
+                       browser=browser)
     manifest = load_manifest(path)
     table = []
     for v in report["variants"]:
