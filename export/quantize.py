@@ -65,6 +65,9 @@ class QuantizeConfig:
     activation_type: str = "uint8"
     weight_type: str = "int8"
     per_channel: bool = False
+    # 7-bit weights: onnxruntime's advice for x86 without VNNI, where u8 x s8 products saturate in
+    # 16 bits (per-channel int8 graphs lost 0.9-8 nats to it here: benchmarks/results/levers.md)
+    reduce_range: bool = False
     calibration_size: int = 512
     eval_size: int = 10000
     seed: int = 0
@@ -158,6 +161,7 @@ def _static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclu
 def _quantize_static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclude: list[str]) -> None:
     quantize_static(
         str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=qc.per_channel,
+        reduce_range=qc.reduce_range,
         activation_type=QTYPES[qc.activation_type], weight_type=QTYPES[qc.weight_type],
         calibrate_method=METHODS[qc.method], nodes_to_exclude=exclude or None,
         extra_options={"ActivationSymmetric": qc.activation_type == "int8"},
@@ -168,6 +172,7 @@ def _dynamic(src: Path, dst: Path, qc: QuantizeConfig, exclude: list[str]) -> li
     # ConvInteger (dynamic Conv) ran 4x slower than fp32 here: only MatMul/Gemm are quantized.
     quantize_dynamic(
         str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=qc.per_channel,
+        reduce_range=qc.reduce_range,
         weight_type=QTYPES["int8" if qc.weight_type == "int8" else "uint8"], nodes_to_exclude=exclude or None,
     )
     return ["MatMul", "Gemm"]

@@ -115,3 +115,36 @@ def test_calibration_uses_what_the_model_was_trained_on(bundles, mnist_dir):
         batches = calibration_batches(m, bundles[name] / "encoder.onnx", QuantizeConfig(calibration_size=64), mnist_dir)
         x = batches["encoder"][0]["x"]
         assert bool(np.all((x == 0) | (x == 1))) == binary
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_reduce_range_stores_7_bit_weights(tmp_path, bundles, mnist_dir, mode, monkeypatch):
+    """--reduce-range: every int8 weight initializer within [-64, 63] (full range without it), and
+    the choice recorded in the manifest."""
+    from onnx import numpy_helper
+
+    from vae_edge.export import quantize as q
+
+    # the untrained test model misses the accuracy budget: keep every layer quantized regardless
+    monkeypatch.setattr(q, "MIN_PSNR", -1e9)
+    monkeypatch.setattr(q, "MAX_ELBO_DELTA", 1e9)
+
+    def weight_range(path):
+        lo = hi = 0
+        for t in onnx.load(str(path)).graph.initializer:
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2:
+                w = numpy_helper.to_array(t)
+                lo, hi = min(lo, int(w.min())), max(hi, int(w.max()))
+        return lo, hi
+
+    for reduce_range in (False, True):
+        b = tmp_path / f"mlp-{reduce_range}"
+        shutil.copytree(bundles["mlp"], b)
+        v, e = quantize_bundle(b, QuantizeConfig(mode=mode, reduce_range=reduce_range, calibration_size=64,
+                                                 eval_size=200), data_dir=mnist_dir)
+        lo, hi = weight_range(b / f"decoder.{v}.onnx")
+        if reduce_range:
+            assert -64 <= lo and hi <= 63
+        else:
+            assert lo < -64 or hi > 63
+        assert load_manifest(b)["variants"][v]["quantization"]["config"]["reduce_range"] is reduce_range
