@@ -24,6 +24,7 @@ SOURCES = {
     "anomaly": "anomaly.md",
     "web": "web.md",
     "peers": "peers.md",
+    "levers": "levers.md",
     "models": "models.md",
     "candidates": "candidates.md",
 }

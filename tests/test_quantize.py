@@ -144,7 +144,7 @@ def test_reduce_range_stores_7_bit_weights(tmp_path, bundles, mnist_dir, mode, m
                                                  eval_size=200), data_dir=mnist_dir)
         lo, hi = weight_range(b / f"decoder.{v}.onnx")
         if reduce_range:
-            assert -64 <= lo and hi <= 63
+            assert lo >= -64 and hi <= 63
         else:
             assert lo < -64 or hi > 63
         assert load_manifest(b)["variants"][v]["quantization"]["config"]["reduce_range"] is reduce_range
