@@ -291,7 +291,11 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
         for g in GRAPHS:
             if methods[g] != "fp16":  # fp16 converts the original graph
                 pre[g] = tmp / f"{g}.pre.onnx"
-                quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=False)
+                try:
+                    quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=False)
+                except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs
+                    # (the one-hot planes of --cond-planes): ONNX's own shape inference suffices
+                    quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=True)
         calib = None
         if "static" in methods.values():
             log(f"calibrating on {qc.calibration_size} MNIST training images ({qc.method})")

@@ -107,3 +107,23 @@ def test_manifest_is_json_with_schema(bundles):
     m = json.loads((bundles["mlp"] / "manifest.json").read_text())
     assert m["schema"] == "vae-edge-bundle" and m["schema_version"] == 1
     assert m["graphs"]["decoder"]["inputs"][0] == {"name": "z", "dtype": "float32", "shape": ["batch", 8]}
+
+
+@pytest.mark.slow
+def test_cond_planes_model_exports_and_quantizes(tmp_path, mnist_dir):
+    """A conditional conv model with one-hot planes: exported and validated against PyTorch, then
+    quantized statically (onnxruntime's symbolic shape inference gives up on its graph; the
+    quantizer falls back to ONNX's), and the int8 variant runs with digit labels."""
+    from conftest import _train
+
+    from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
+    from vae_edge.runtime import VAERuntime
+
+    ckpt = _train(tmp_path / "run", mnist_dir, arch="conv", channels=(8, 16), latent_dim=4, conditional=True,
+                  cond_planes=True, binarize="dynamic")
+    out = tmp_path / "b"
+    export_bundle(ckpt, out, data_dir=mnist_dir)
+    v, _ = quantize_bundle(out, QuantizeConfig(mode="static", calibration_size=64, eval_size=200), data_dir=mnist_dir)
+    rt = VAERuntime.load(out, variant=v, threads=1)
+    x = rt.sample(6, seed=0, digit=3)
+    assert x.shape == (6, 1, 28, 28) and np.isfinite(x).all()

@@ -54,3 +54,28 @@ def test_bad_config(bad):
 def test_config_roundtrip():
     cfg = VAEConfig(arch="conv", channels=(4, 8), conditional=True)
     assert VAEConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("upsample", ["resize-subpixel", "resize", "convtranspose"])
+def test_cond_planes_carry_the_digit_into_the_conv_stages(upsample):
+    """With cond_planes the decoder's convolutions see the digit themselves: with the label's
+    columns of the first Linear zeroed, the digit still changes the output (and does not without
+    the planes)."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 6)
+    outs = {}
+    for planes in (False, True):
+        m = VAE(VAEConfig(arch="conv", latent_dim=6, conditional=True, cond_planes=planes, upsample=upsample)).eval()
+        with torch.no_grad():
+            m.dec_in[0].weight[:, 6:] = 0  # the flat path of the label, cut
+            a, b = m.decode(z, torch.tensor([0, 0])), m.decode(z, torch.tensor([7, 7]))
+            mu, _ = m.encode(torch.rand(2, 1, 28, 28), torch.tensor([1, 2]))
+        assert a.shape == (2, 1, 28, 28) and mu.shape == (2, 6)
+        outs[planes] = (a - b).abs().max().item()
+    assert outs[False] == 0 and outs[True] > 1e-4
+
+
+@pytest.mark.parametrize("cfg", [dict(arch="conv", cond_planes=True), dict(arch="mlp", conditional=True, cond_planes=True)])
+def test_cond_planes_needs_a_conditional_conv_model(cfg):
+    with pytest.raises(VaeEdgeError, match="cond_planes needs a conditional conv model"):
+        VAEConfig(**cfg)

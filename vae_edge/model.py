@@ -32,6 +32,10 @@ class VAEConfig:
     # "resize": nearest Resize + Conv twice; "convtranspose": ConvTranspose2d twice.
     upsample: str = "resize-subpixel"
     conditional: bool = False
+    # conv + conditional: the digit also enters as 10 one-hot planes beside the image (encoder) and
+    # beside the 7x7 and 14x14 feature maps (decoder), not only beside the flat features: the
+    # decoder then draws the asked-for digit from y rather than from z.
+    cond_planes: bool = False
     likelihood: str = "bernoulli"
 
     def __post_init__(self) -> None:
@@ -48,6 +52,8 @@ class VAEConfig:
             raise VaeEdgeError(f"unknown activation {self.activation!r}: {', '.join(ACTIVATIONS)}")
         if self.upsample not in UPSAMPLE:
             raise VaeEdgeError(f"unknown upsample {self.upsample!r}: {', '.join(UPSAMPLE)}")
+        if self.cond_planes and not (self.conditional and self.arch == "conv"):
+            raise VaeEdgeError("cond_planes needs a conditional conv model (--arch conv --conditional)")
         if self.likelihood != "bernoulli":
             raise VaeEdgeError(f"unknown likelihood {self.likelihood!r}: only bernoulli")
 
@@ -83,22 +89,26 @@ class VAE(nn.Module):
             self.dec = nn.Sequential(*stack(d + cond), nn.Linear(h, 784))
         else:
             c1, c2 = cfg.channels
+            p = NUM_CLASSES if cfg.cond_planes else 0  # one-hot planes beside the feature maps
             self.enc = nn.Sequential(
-                nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # [B, c1, 14, 14]
+                nn.Conv2d(1 + p, c1, 4, stride=2, padding=1), nn.ReLU(),  # [B, c1, 14, 14]
                 nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # [B, c2, 7, 7]
             )
             self.enc_out = nn.Linear(c2 * 49 + cond, 2 * d)
             self.dec_in = nn.Sequential(nn.Linear(d + cond, c2 * 49), nn.ReLU())
             if cfg.upsample == "resize-subpixel":
-                up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2, c1, 3, padding=1)]
-                up2 = [nn.Conv2d(c1, 4, 3, padding=1), nn.PixelShuffle(2)]  # ONNX DepthToSpace
+                up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2 + p, c1, 3, padding=1)]
+                up2 = [nn.Conv2d(c1 + p, 4, 3, padding=1), nn.PixelShuffle(2)]  # ONNX DepthToSpace
             elif cfg.upsample == "resize":
-                up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2, c1, 3, padding=1)]
-                up2 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c1, 1, 3, padding=1)]
+                up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2 + p, c1, 3, padding=1)]
+                up2 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c1 + p, 1, 3, padding=1)]
             else:
-                up1 = [nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1)]
-                up2 = [nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1)]
-            self.dec = nn.Sequential(*up1, nn.ReLU(), *up2)
+                up1 = [nn.ConvTranspose2d(c2 + p, c1, 4, stride=2, padding=1)]
+                up2 = [nn.ConvTranspose2d(c1 + p, 1, 4, stride=2, padding=1)]
+            if p:  # the planes go in before each stage, so the stages run one at a time
+                self.dec_up1, self.dec_up2 = nn.Sequential(*up1, nn.ReLU()), nn.Sequential(*up2)
+            else:
+                self.dec = nn.Sequential(*up1, nn.ReLU(), *up2)
 
     def _cond(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if not self.cfg.conditional:
@@ -112,6 +122,8 @@ class VAE(nn.Module):
         if self.cfg.arch == "mlp":
             h = self.enc(self._cond(x.flatten(1), y))  # [B, hidden]
         else:
+            if self.cfg.cond_planes:
+                x = torch.cat([x, self._planes(y, 28)], dim=1)  # [B, 11, 28, 28]
             h = self._cond(self.enc(x).flatten(1), y)  # [B, c2*49 (+10)]
         mu, logvar = self.enc_out(h).chunk(2, dim=1)  # [B, D] each
         return mu, logvar
@@ -130,7 +142,16 @@ class VAE(nn.Module):
             return self.dec(h).view(-1, 1, 28, 28)
         c2 = self.cfg.channels[1]
         h = self.dec_in(h).view(-1, c2, 7, 7)  # static trailing dims: shape inference can follow
-        return self.dec(h)  # [B, 1, 28, 28]
+        if not self.cfg.cond_planes:
+            return self.dec(h)  # [B, 1, 28, 28]
+        h = self.dec_up1(torch.cat([h, self._planes(y, 7)], dim=1))  # [B, c1, 14, 14]
+        return self.dec_up2(torch.cat([h, self._planes(y, 14)], dim=1))  # [B, 1, 28, 28]
+
+    def _planes(self, y: torch.Tensor, size: int) -> torch.Tensor:
+        """One-hot digit planes [B, 10, size, size]: a Gather and a Mul by constant ones in ONNX
+        (no Shape/Expand, so every shape but the batch is static for quantization)."""
+        oh = self.onehot[y]
+        return oh[:, :, None, None] * torch.ones(1, 1, size, size, dtype=oh.dtype, device=oh.device)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None

@@ -29,6 +29,9 @@ from vae_edge.cli.base import (
 @click.option("--upsample", type=click.Choice(["resize-subpixel", "resize", "convtranspose"]), default="resize-subpixel",
               show_default=True, help="Conv decoder upsampling (see benchmarks/results/decoder_ops.md).")
 @click.option("--conditional", is_flag=True, help="Condition encoder and decoder on the digit label.")
+@click.option("--cond-planes", is_flag=True,
+              help="Conditional conv: the digit also enters as one-hot planes beside the image and the decoder's "
+                   "feature maps (samples follow the digit asked for more closely).")
 @click.option("--epochs", type=int, default=10, show_default=True, callback=positive("epochs"), help="Passes over the training set.")
 @click.option("--batch-size", type=int, default=128, show_default=True, callback=positive("batch size"), help="Images per optimizer step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
@@ -45,7 +48,7 @@ from vae_edge.cli.base import (
 @click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt and metrics.jsonl.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(arch, latent_dim, hidden, depth, activation, upsample, conditional, epochs, batch_size, lr, lr_schedule, beta,
+def train(arch, latent_dim, hidden, depth, activation, upsample, conditional, cond_planes, epochs, batch_size, lr, lr_schedule, beta,
           kl_warmup, binarize, dataset, data_dir, device, seed, resume, max_steps, threads, out, quiet) -> None:
     """Train a VAE on MNIST and write OUT/model.pt every epoch.
 
@@ -60,7 +63,8 @@ def train(arch, latent_dim, hidden, depth, activation, upsample, conditional, ep
     if threads:
         import torch
         torch.set_num_threads(threads)
-    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, depth=depth, activation=activation, upsample=upsample, conditional=conditional)
+    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, depth=depth, activation=activation, upsample=upsample, conditional=conditional,
+                   cond_planes=cond_planes)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, beta=beta,
                      kl_warmup=kl_warmup, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
     metrics = run_train(cfg, tc, out, data_dir=data_dir, device=device, resume=resume, progress=not quiet)
