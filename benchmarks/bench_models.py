@@ -78,6 +78,10 @@ def main() -> None:
         ev = manifest.get("evaluation") or {}
         folder = bundle.parent
         ev_file = json.loads((folder / "evaluation.json").read_text()) if (folder / "evaluation.json").is_file() else ev
+        if "train_seconds" not in ev_file and (folder / "metrics.jsonl").is_file():  # a run folder's bundle
+            from vae_edge.pretrained.make_pretrained import training_record
+
+            ev_file = {**ev_file, **training_record(folder)}
         iw_file = OUT / f"iw_nll_{name}.json"  # the runtime's estimate on all 10,000 test images, when made
         if iw_file.is_file():
             iw = json.loads(iw_file.read_text())
@@ -123,8 +127,9 @@ def main() -> None:
     (OUT / f"{args.out_name}.json").write_text(json.dumps({"rows": rows, "frechet_floor_train_vs_test": floor,
                                                  "classifier": sq["classifier"]}, indent=1))
     f = lambda v, s="{:.2f}": "-" if v is None else s.format(v)  # noqa: E731
-    md = [f"IW-NLL: K={rows[0]['iw_samples']}, dynamically binarized test set (fixed draw), nats, lower is better "
-          "(the test images used are counted). Frechet distance: 10,000 samples (Bernoulli means) vs the 10,000 test "
+    k = next((r["iw_samples"] for r in rows if r["iw_samples"]), None)
+    md = [(f"IW-NLL: K={k}, dynamically binarized test set (fixed draw), nats, lower is better (the test images used "
+           "are counted). " if k else "IW-NLL: not measured for these models. ") + "Frechet distance: 10,000 samples (Bernoulli means) vs the 10,000 test "
           f"digits in the evaluation classifier's 128-d features (test accuracy "
           f"{sq['classifier']['test_accuracy']:.2%}); two real sets (10,000 training vs test digits) are {floor:.2f} "
           "apart. Decoder latency: p50 ms, bare onnxruntime call, one thread, variants alternating.", "",

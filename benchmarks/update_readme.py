@@ -27,6 +27,7 @@ SOURCES = {
     "levers": "levers.md",
     "models": "models.md",
     "candidates": "candidates.md",
+    "conditional": "conditional.md",
 }
 
 

@@ -291,8 +291,10 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
         for g in GRAPHS:
             if methods[g] != "fp16":  # fp16 converts the original graph
                 pre[g] = tmp / f"{g}.pre.onnx"
-                try:
-                    quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=False)
+                try:  # in the temp folder: a failing symbolic inference saves its model to the cwd
+                    with contextlib.chdir(tmp):
+                        quant_pre_process(str((bundle / ref[g]).resolve()), str(pre[g].resolve()),
+                                          skip_symbolic_shape=False)
                 except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs
                     # (the one-hot planes of --cond-planes): ONNX's own shape inference suffices
                     quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=True)
