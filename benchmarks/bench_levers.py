@@ -39,11 +39,14 @@ from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_peers  # noqa: E402
+
 from vae_edge.bench import run_blocks, stats  # noqa: E402
 from vae_edge.data import binarize, load_slice  # noqa: E402
 from vae_edge.runtime import VAERuntime, shipped_bundles  # noqa: E402
 from vae_edge.runtime.bundle import load_manifest  # noqa: E402
 from vae_edge.runtime.calls import GraphCall, bare_call  # noqa: E402
+from vae_edge.runtime.providers import session_options  # noqa: E402
 from vae_edge.runtime.sysinfo import environment  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -56,9 +59,7 @@ EVAL_BATCH = 256
 # ---------------------------------------------------------------------------------------------
 
 def session(path, **options) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so = session_options(1)
     for k, v in options.items():
         if k.startswith("config:"):
             so.add_session_config_entry(k[7:], v)
@@ -134,9 +135,7 @@ def static_per_channel(src: Path, dst: Path, batches: list[dict], reduce_range: 
 
 
 def ort_format(src: Path, dst: Path) -> Path:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
+    so = session_options(1)
     so.optimized_model_filepath = str(dst)
     so.add_session_config_entry("session.save_model_format", "ORT")
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
@@ -157,23 +156,14 @@ def probs_only(src: Path, dst: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 def neg_elbo(enc, dec, x: np.ndarray, eps: np.ndarray) -> float:
-    out = []
-    for i in range(0, len(x), EVAL_BATCH):
-        xb, eb = x[i : i + EVAL_BATCH], eps[i : i + EVAL_BATCH]
-        mu, logvar = enc.run(["mu", "logvar"], {"x": xb})
-        z = (mu + np.exp(0.5 * logvar) * eb).astype(np.float32)
-        p = np.clip(dec.run(["probs"], {"z": z})[0].reshape(len(xb), -1).astype(np.float64), 1e-7, 1 - 1e-7)
-        t = xb.reshape(len(xb), -1)
-        rec = -(t * np.log(p) + (1 - t) * np.log(1 - p)).sum(1)
-        kl = -0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1)
-        out.append(rec + kl)
-    return float(np.concatenate(out).mean())
+    """Mean -ELBO of two sessions, by bench_peers' formula (the same for every contender there)."""
+    return float(bench_peers.neg_elbo(lambda xb: enc.run(["mu", "logvar"], {"x": xb}),
+                                      lambda z: dec.run(["probs"], {"z": z})[0], x, eps).mean())
 
 
 def psnr(dec, ref: np.ndarray, z: np.ndarray) -> float:
     p = np.concatenate([dec.run(["probs"], {"z": z[i : i + EVAL_BATCH]})[0] for i in range(0, len(z), EVAL_BATCH)])
-    mse = float(np.mean((p.astype(np.float64) - ref) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    return bench_peers.psnr(p.reshape(ref.shape), ref)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,9 +172,7 @@ def psnr(dec, ref: np.ndarray, z: np.ndarray) -> float:
 
 def profile(path: Path, graph: str, feeds: dict, calls: int = 3000) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        so = session_options(1)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "prof")
         s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -63,6 +63,10 @@ class GraphCall:
                 return [o.copy() for o in outputs] if copy else list(outputs)
         return self._run(names, feeds, opts)
 
+    def plain(self, names: list[str], feeds: dict[str, np.ndarray]) -> list:
+        """A call that binds nothing: for one-off calls (the load-time self-check)."""
+        return self._run(names, feeds, None)
+
     def _first_call(self, key: tuple, names: list[str], feeds: dict) -> list:
         """A plain run, which says the output shapes; then the buffers for later calls."""
         outs = self._run(names, feeds, None)
@@ -76,18 +80,9 @@ class GraphCall:
 
         if self._run_options is None:
             self._run_options = ort.RunOptions()
-        binding = self._sess.io_binding()._iobinding
-        inputs, outputs = [], []
-        for name, value in feeds.items():
-            buf = np.empty(value.shape, value.dtype)
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(buf)._ortvalue)
-            inputs.append((name, buf))
-        for name, value in zip(names, outs, strict=True):
-            buf = np.empty(value.shape, value.dtype)
-            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf)._ortvalue)
-            outputs.append(buf)
+        inputs = [(name, np.empty(value.shape, value.dtype)) for name, value in feeds.items()]
+        binding, outputs = _bind(self._sess, inputs, names, outs)
         return binding, inputs, outputs
-
 
 def bare_call(sess, names: list[str], feeds: dict[str, np.ndarray]):
     """The fastest call of a graph from Python, the floor the runtime is measured against: an
@@ -100,18 +95,27 @@ def bare_call(sess, names: list[str], feeds: dict[str, np.ndarray]):
     if inner is None or not callable(getattr(inner, "run_with_iobinding", None)):
         return lambda: sess.run(names, feeds)
     outs = inner.run(names, feeds, None)
-    binding = sess.io_binding()._iobinding
-    keep = []
-    for name, value in feeds.items():
-        buf = np.ascontiguousarray(value)
-        keep.append(buf)
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(buf)._ortvalue)
-    for name, value in zip(names, outs, strict=True):
-        buf = np.empty(value.shape, value.dtype)
-        keep.append(buf)
-        binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf)._ortvalue)
+    inputs = [(name, np.ascontiguousarray(value)) for name, value in feeds.items()]
+    binding, outputs = _bind(sess, inputs, names, outs)
+    keep = (inputs, outputs)  # the bound buffers live as long as the call
     options = ort.RunOptions()
 
     def call(keep=keep):
         inner.run_with_iobinding(binding, options)
     return call
+
+
+def _bind(sess, inputs: list[tuple[str, np.ndarray]], names: list[str], outs: list) -> tuple:
+    """An IOBinding of `sess` with these input buffers and new output buffers shaped like `outs`;
+    returns (binding, output buffers)."""
+    import onnxruntime as ort
+
+    binding = sess.io_binding()._iobinding
+    for name, buf in inputs:
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(buf)._ortvalue)
+    outputs = []
+    for name, value in zip(names, outs, strict=True):
+        buf = np.empty(value.shape, value.dtype)
+        binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf)._ortvalue)
+        outputs.append(buf)
+    return binding, outputs

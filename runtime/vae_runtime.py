@@ -175,8 +175,8 @@ class VAERuntime:
 
         def run(graph: str, feeds: dict) -> np.ndarray:
             if graph == "encoder":
-                return self._enc_run(["mu"], feeds, None)[0]
-            return self._dec_run(["probs"], feeds, None)[0]
+                return self._enc_run.plain(["mu"], feeds)[0]
+            return self._dec_run.plain(["probs"], feeds)[0]
         return selfcheck.check(self.variant, golden, run)
 
     def close(self) -> None:

@@ -113,12 +113,8 @@ def bench_web(
     with tempfile.TemporaryDirectory(prefix="vae-edge-web-bench-") as tmp:
         site = build_site(path, tuple(variants), Path(tmp) / "site", log=warn, with_score_range=False)
         chosen = site["variants"]
-        with contextlib.ExitStack() as stack:
-            url = stack.enter_context(serving(Path(tmp) / "site"))
-            if browser is None:
-                browser = stack.enter_context(chromium())
-            page, errors = stack.enter_context(open_page(f"{url}?threads={threads}", browser))
-            version = browser.version
+        with serving(Path(tmp) / "site") as url, open_page(f"{url}?threads={threads}", browser) as (page, errors):
+            version = page.context.browser.version  # open_page starts a browser when given none
             isolated = page.evaluate("window.vaeEdge.isolated()")
             runtimes = {v: VAERuntime.load(path, variant=v, threads=threads, warn=warn) for v in chosen} if native else {}
             rng = np.random.default_rng(7)
