@@ -37,7 +37,7 @@ from vae_edge.runtime.bundle import (
     variant_filename,
     write_json_atomic,
 )
-from vae_edge.train import load_checkpoint, model_from_checkpoint
+from vae_edge.train import fp16_weights, load_checkpoint, model_from_checkpoint
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -120,8 +120,10 @@ def _example(spec: GraphSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def export_graph(model: VAE, spec: GraphSpec, path: Path, model_name: str) -> None:
-    """torch.onnx.export of one wrapper; one self-contained file with metadata_props."""
+def export_graph(model: VAE, spec: GraphSpec, path: Path, model_name: str, fp16_weights: bool = False) -> None:
+    """torch.onnx.export of one wrapper; one self-contained file with metadata_props.
+    fp16_weights: store the weights as fp16 (+ Cast to fp32): lossless for a model whose weights
+    are fp16 values (a checkpoint slimmed to fp16), half the file."""
     import onnx
 
     wrapper = WRAPPERS[spec.name](model).eval()
@@ -148,6 +150,10 @@ def export_graph(model: VAE, spec: GraphSpec, path: Path, model_name: str) -> No
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
+    if fp16_weights:
+        from vae_edge.export.weights import weights_as_fp16
+
+        weights_as_fp16(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
@@ -265,6 +271,7 @@ def export_bundle(
     del force  # kept for callers of the old signature
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
+    half = fp16_weights(ckpt)  # weights that are fp16 values are stored so in the graphs too
     name = model_name(ckpt, checkpoint)
     specs = graph_specs(model, opset)
     dataset = ckpt.get("dataset", "mnist")
@@ -281,7 +288,7 @@ def export_bundle(
         for g, spec in specs.items():
             fname = variant_filename(g, "fp32")
             log(f"exporting {g} (opset {opset})")
-            export_graph(model, spec, tmp / fname, name)
+            export_graph(model, spec, tmp / fname, name, fp16_weights=half)
             validation[g] = validate_graph(tmp / fname, spec, model, feeds[g])
             log(f"  validated {g} against PyTorch at batch {', '.join(map(str, VALIDATION_BATCH_SIZES))}: "
                 + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
@@ -303,6 +310,7 @@ def export_bundle(
             "files": {},
         }
         entry = {"files": files, "dtype": "float32", "quantization": None,
+                 "weights_storage": "float16" if half else "float32",
                  "validation": {"against": "pytorch", "batch_sizes": list(VALIDATION_BATCH_SIZES),
                                 "max_abs_diff": validation}}
         # golden vectors: what these graphs compute here, for devices to check themselves against

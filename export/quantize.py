@@ -190,6 +190,18 @@ def _fp16(src: Path, dst: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def fp32_source(path: Path, scratch: Path) -> Path:
+    """The fp32 graph the quantizers start from: `path` itself, or where its weights are stored as
+    fp16 (+ Cast), a copy at `scratch` with them back in fp32 beside their MatMul/Conv nodes."""
+    from vae_edge.export.weights import fold_fp16_weights, has_fp16_weights
+
+    model = onnx.load(str(path))
+    if not has_fp16_weights(model):
+        return path
+    onnx.save_model(fold_fp16_weights(model), str(scratch))
+    return scratch
+
+
 def _binarized(manifest: dict) -> bool:
     return ((manifest.get("training") or {}).get("train_config") or {}).get("binarize") == "dynamic"
 
@@ -287,17 +299,17 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
     data = eval_set(manifest, data_dir, qc.eval_size)
     tmp = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=f".{bundle.name}.quantize-"))  # outside the bundle
     try:
-        pre, out = {}, {}
+        pre, out, src = {}, {}, {}
         for g in GRAPHS:
+            src[g] = fp32_source(bundle / ref[g], tmp / f"{g}.fp32.onnx")
             if methods[g] != "fp16":  # fp16 converts the original graph
                 pre[g] = tmp / f"{g}.pre.onnx"
                 try:  # in the temp folder: a failing symbolic inference saves its model to the cwd
                     with contextlib.chdir(tmp):
-                        quant_pre_process(str((bundle / ref[g]).resolve()), str(pre[g].resolve()),
-                                          skip_symbolic_shape=False)
+                        quant_pre_process(str(src[g].resolve()), str(pre[g].resolve()), skip_symbolic_shape=False)
                 except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs
                     # (the one-hot planes of --cond-planes): ONNX's own shape inference suffices
-                    quant_pre_process(str(bundle / ref[g]), str(pre[g]), skip_symbolic_shape=True)
+                    quant_pre_process(str(src[g]), str(pre[g]), skip_symbolic_shape=True)
         calib = None
         if "static" in methods.values():
             log(f"calibrating on {qc.calibration_size} MNIST training images ({qc.method})")
@@ -314,7 +326,7 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
                 ops = _dynamic(pre[g], out[g], qc, excluded[g])
                 details[g] = {"method": "dynamic", "op_types": ops}
             else:
-                _fp16(bundle / ref[g], out[g])
+                _fp16(src[g], out[g])
                 details[g] = {"method": "fp16", "io_types": "float32"}
             details[g]["kept_in_float"] = list(excluded[g])
 

@@ -111,8 +111,14 @@ def test_tampered_bundle_cli(runner, tmp_path, bundle_copy):
 
 def test_train_evaluate_export_quantize_cli(runner, tmp_path, mnist_dir):
     d = ["--data-dir", str(mnist_dir)]
-    r = runner.invoke(cli, ["train", "--hidden", "64", "--latent-dim", "4", "--max-steps", "20", "--out", str(tmp_path / "run"), *d])
+    r = runner.invoke(cli, ["train", "--hidden", "64", "--dec-hidden", "48", "--depth", "2", "--iw-k", "3", "--latent-dim", "4",
+                            "--max-steps", "20", "--out", str(tmp_path / "run"), *d])
     assert r.exit_code == 0, r.output
+    from vae_edge.train import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert ckpt["config"]["dec_hidden"] == 48 and ckpt["train_config"]["iw_k"] == 3
+    assert ckpt["model"]["dec.2.weight"].shape == (48, 48) and ckpt["model"]["enc.2.weight"].shape == (64, 64)
     r = runner.invoke(cli, ["evaluate", str(tmp_path / "run" / "model.pt"), "--iw-samples", "10", "--limit", "20", "--json", *d])
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res["images"] == 20 and res["iw_samples"] == 10
@@ -128,6 +134,8 @@ def test_train_evaluate_export_quantize_cli(runner, tmp_path, mnist_dir):
     (["train", "--epochs", "0", "--out", "x"], "positive"),
     (["train", "--arch", "rnn", "--out", "x"], "rnn"),
     (["train", "--latent-dim", "-2", "--out", "x"], "positive"),
+    (["train", "--iw-k", "0", "--out", "x"], "positive"),
+    (["train", "--dec-hidden", "-3", "--out", "x"], "decoder hidden width"),
     (["train", "--data-dir", "/nonexistent/mnist", "--out", "RUN"], "does not exist"),
     (["evaluate", "nothing.pt"], "does not exist"),
     (["export", "nothing.pt", "--out", "b"], "does not exist"),

@@ -130,3 +130,38 @@ def test_cond_planes_model_exports_and_quantizes(tmp_path, mnist_dir):
     assert x.shape == (6, 1, 28, 28) and np.isfinite(x).all()
     # onnxruntime's failed symbolic inference saves its model to the working folder: not here
     assert not list(Path.cwd().glob("sym_shape_infer_temp.onnx")) and not list(Path.cwd().glob("*.data"))
+
+
+def test_fp16_weights_halve_the_fp32_graphs_losslessly(tmp_path, ckpts, mnist_dir):
+    """A checkpoint slimmed to fp16 exports fp32 graphs that store their weights as fp16 (+ Cast):
+    half the bytes, the same outputs as fp32 storage of the same values, and quantization still
+    finds its weights (the int8 graphs equal those quantized from fp32 storage)."""
+
+    from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
+    from vae_edge.export.weights import CAST_PREFIX
+    from vae_edge.train import atomic_torch_save, load_checkpoint, slim_checkpoint
+
+    half = slim_checkpoint(load_checkpoint(ckpts["mlp"]), "float16")
+    same = {**half, "model": {k: v.float() for k, v in half["model"].items()}}  # the same values, fp32
+    atomic_torch_save(half, tmp_path / "half.pt")
+    atomic_torch_save(same, tmp_path / "same.pt")
+    b16 = export_bundle(tmp_path / "half.pt", tmp_path / "b16", data_dir=mnist_dir)
+    b32 = export_bundle(tmp_path / "same.pt", tmp_path / "b32", data_dir=mnist_dir)
+    assert load_manifest(b16)["variants"]["fp32"]["weights_storage"] == "float16"
+    assert load_manifest(b32)["variants"]["fp32"]["weights_storage"] == "float32"
+    for g in ("encoder", "decoder"):
+        m = onnx.load(str(b16 / f"{g}.onnx"))
+        casts = [n for n in m.graph.node if n.op_type == "Cast" and n.name.startswith(CAST_PREFIX)]
+        assert casts and all(i.data_type != onnx.TensorProto.FLOAT for i in m.graph.initializer if np.prod(i.dims) >= 1024)
+        assert (b16 / f"{g}.onnx").stat().st_size < 0.55 * (b32 / f"{g}.onnx").stat().st_size
+    z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+
+    def decode(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["probs"], {"z": z})[0]
+
+    assert np.array_equal(decode(b16 / "decoder.onnx"), decode(b32 / "decoder.onnx"))
+    for b in (b16, b32):
+        quantize_bundle(b, QuantizeConfig(mode="dynamic", eval_size=200), data_dir=mnist_dir)
+    q16 = onnx.load(str(b16 / "decoder.int8-dynamic.onnx"))
+    assert not any(n.op_type == "Cast" and n.name.startswith(CAST_PREFIX) for n in q16.graph.node)
+    assert np.array_equal(decode(b16 / "decoder.int8-dynamic.onnx"), decode(b32 / "decoder.int8-dynamic.onnx"))

@@ -64,7 +64,7 @@ def test_kl_warmup_and_cosine(tmp_path, tiny_idx):
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=-1), dict(lr=0), dict(binarize="static"),
-                                 dict(max_steps=0), dict(dataset="cifar")])
+                                 dict(max_steps=0), dict(dataset="cifar"), dict(iw_k=-2)])
 def test_bad_train_config(bad):
     with pytest.raises(VaeEdgeError):
         TrainConfig(**bad)
@@ -78,3 +78,62 @@ def test_not_a_checkpoint(tmp_path):
     torch.save({"format": "vae-edge-checkpoint", "version": 99}, p)
     with pytest.raises(VaeEdgeError, match="version 99"):
         load_checkpoint(p)
+
+
+def test_iwae_loss_is_the_importance_weighted_bound():
+    """iwae_loss against the bound computed independently (log-densities of model.py) from the
+    same draws; k=1 is the sampled ELBO; more samples give a tighter (lower) loss on average."""
+    import math
+
+    from vae_edge.model import VAE, log_normal
+    from vae_edge.train import iwae_loss
+
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(hidden=32, latent_dim=4, depth=2, activation="tanh", dec_hidden=16))
+    x = torch.bernoulli(torch.rand(6, 1, 28, 28))
+    k = 7
+    loss, rec, kl = iwae_loss(model, x, None, k, 1.0, torch.Generator().manual_seed(3))
+    mu, logvar = model.encode(x)
+    eps = torch.randn((k, *mu.shape), generator=torch.Generator().manual_seed(3))
+    z = mu + eps * torch.exp(0.5 * logvar)
+    logits = model.decode(z.flatten(0, 1)).view(k, 6, -1)
+    log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, x.flatten(1).expand(k, -1, -1), reduction="none").sum(-1)
+    log_w = log_px_z + log_normal(z, torch.zeros(4), torch.zeros(4)) - log_normal(z, mu, logvar)
+    want = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert rec.item() == pytest.approx(-log_px_z.mean(0).sum().item(), rel=1e-5)
+    with torch.no_grad():
+        losses = {kk: sum(iwae_loss(model, x, None, kk, 1.0, torch.Generator().manual_seed(s))[0].item()
+                          for s in range(20)) / 20 for kk in (1, 50)}
+    assert losses[50] < losses[1] - 1.0  # an untrained model's posterior is poor: a large gap
+
+
+def test_train_on_the_iwae_bound(tmp_path, tiny_idx):
+    cfg = VAEConfig(hidden=32, latent_dim=4, dec_hidden=16, depth=2, activation="tanh")
+    train(cfg, TrainConfig(epochs=1, batch_size=16, iw_k=4, binarize="dynamic"), tmp_path, data_dir=tiny_idx,
+          progress=False, log=lambda s: None)
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt["train_config"]["iw_k"] == 4
+    assert ckpt["model"]["dec.0.weight"].shape == (16, 4) and ckpt["model"]["enc.0.weight"].shape == (32, 784)
+    with pytest.raises(VaeEdgeError, match="iw k"):
+        TrainConfig(iw_k=0)
+
+
+def test_fp16_slim_checkpoint(tmp_path, tiny_idx):
+    from vae_edge.train import atomic_torch_save, fp16_weights, slim_checkpoint
+
+    train(VAEConfig(hidden=32, latent_dim=4), TrainConfig(max_steps=2, batch_size=16), tmp_path / "run",
+          data_dir=tiny_idx, progress=False, log=lambda s: None)
+    full = load_checkpoint(tmp_path / "run" / "model.pt")
+    half = slim_checkpoint(full, "float16")
+    assert fp16_weights(half) and not fp16_weights(full) and "optimizer" not in half
+    atomic_torch_save(half, tmp_path / "half.pt")
+    m = model_from_checkpoint(load_checkpoint(tmp_path / "half.pt"))  # computes in fp32
+    for k, v in m.state_dict().items():
+        if v.is_floating_point():
+            assert v.dtype == torch.float32 and torch.equal(v, full["model"][k].half().float()), k
+    # the training checkpoint holds fp32 weights and Adam's two moments: the slim fp16 one a sixth
+    assert (tmp_path / "half.pt").stat().st_size < 0.25 * (tmp_path / "run" / "model.pt").stat().st_size
+    with pytest.raises(VaeEdgeError, match="float32 or float16"):
+        slim_checkpoint(full, "int8")

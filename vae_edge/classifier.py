@@ -85,36 +85,14 @@ def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
-def weights_as_fp16(data: bytes, min_size: int = 1024) -> bytes:
-    """Store the large fp32 weights as fp16, each followed by a Cast back to fp32: half the file,
-    and the arithmetic stays fp32 (so the features are the same on every CPU, unlike an int8
-    graph whose x86 kernels differ by CPU). The weights are rounded once, here."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load_from_string(data)
-    g = model.graph
-    casts = []
-    for init in list(g.initializer):
-        w = numpy_helper.to_array(init)
-        if w.dtype != np.float32 or w.size < min_size:
-            continue
-        half = numpy_helper.from_array(w.astype(np.float16), init.name + "_fp16")
-        g.initializer.remove(init)
-        g.initializer.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
-                                      name=f"cast_{init.name}"))
-    for node in reversed(casts):
-        g.node.insert(0, node)
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
 def export_classifier(model: Classifier, out: Path, info: dict) -> None:
     """classifier.onnx (inputs x [B,1,28,28]; outputs logits [B,10], features [B,128]) and
     classifier.json (its sha256, accuracy and recipe)."""
     import hashlib
 
+    import onnx
+
+    from vae_edge.export.weights import weights_as_fp16
     from vae_edge.runtime.bundle import write_bytes_atomic, write_json_atomic
 
     model.eval()
@@ -123,7 +101,7 @@ def export_classifier(model: Classifier, out: Path, info: dict) -> None:
     torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(tmp), input_names=["x"],
                       output_names=["logits", "features"], opset_version=18, dynamo=False,
                       dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
-    data = weights_as_fp16(tmp.read_bytes())
+    data = weights_as_fp16(onnx.load_from_string(tmp.read_bytes())).SerializeToString()
     tmp.unlink()
     import onnxruntime as ort
 

@@ -24,6 +24,10 @@ class VAEConfig:
     latent_dim: int = 20
     hidden: int = 400  # mlp: width of the hidden layers (pytorch/examples: 784-400-20)
     depth: int = 1  # mlp: hidden layers in the encoder and in the decoder (IWAE paper: 2 of 500, tanh)
+    # mlp: width of the decoder's hidden layers (0: the same as hidden). The decoder is what runs on
+    # the device for sampling, so it can be narrower than the encoder: its batch-1 latency grows
+    # with its weights (benchmarks/results/mlp_widths.md).
+    dec_hidden: int = 0
     activation: str = "relu"  # mlp: relu | tanh
     channels: tuple[int, int] = (32, 64)  # conv: channels at 14x14 and 7x7
     # conv decoder upsampling, chosen by measurement (benchmarks/bench_decoder_ops.py):
@@ -46,6 +50,8 @@ class VAEConfig:
             raise VaeEdgeError(f"latent dim must be positive, got {self.latent_dim}")
         if int(self.hidden) <= 0 or any(c <= 0 for c in self.channels) or len(self.channels) != 2:
             raise VaeEdgeError("hidden width and the two conv channel counts must be positive")
+        if int(self.dec_hidden) < 0:
+            raise VaeEdgeError(f"decoder hidden width must be positive (or 0: as hidden), got {self.dec_hidden}")
         if int(self.depth) <= 0:
             raise VaeEdgeError(f"depth must be positive, got {self.depth}")
         if self.activation not in ACTIVATIONS:
@@ -76,17 +82,17 @@ class VAE(nn.Module):
         # One-hot rows picked by a Gather: exports to a plain ONNX Gather on the int64 label.
         self.register_buffer("onehot", torch.eye(NUM_CLASSES), persistent=False)
         if cfg.arch == "mlp":
-            act, h = ACTIVATIONS[cfg.activation], cfg.hidden
+            act, h, hd = ACTIVATIONS[cfg.activation], cfg.hidden, cfg.dec_hidden or cfg.hidden
 
-            def stack(n_in: int) -> list[nn.Module]:
+            def stack(n_in: int, h: int) -> list[nn.Module]:
                 layers: list[nn.Module] = [nn.Linear(n_in, h), act()]
                 for _ in range(cfg.depth - 1):
                     layers += [nn.Linear(h, h), act()]
                 return layers
 
-            self.enc = nn.Sequential(*stack(784 + cond))
+            self.enc = nn.Sequential(*stack(784 + cond, h))
             self.enc_out = nn.Linear(h, 2 * d)
-            self.dec = nn.Sequential(*stack(d + cond), nn.Linear(h, 784))
+            self.dec = nn.Sequential(*stack(d + cond, hd), nn.Linear(hd, 784))
         else:
             c1, c2 = cfg.channels
             p = NUM_CLASSES if cfg.cond_planes else 0  # one-hot planes beside the feature maps

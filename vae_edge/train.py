@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vae_edge import VaeEdgeError
 from vae_edge.data import get_spec, load_split, resolve_data_dir
@@ -37,10 +38,13 @@ class TrainConfig:
     dataset: str = "mnist"
     seed: int = 0
     max_steps: int | None = None
+    # Importance samples per image in the objective: 1 is the ELBO; k > 1 is the IWAE bound
+    # (Burda et al. 2015), tighter, which trains models with a better log-likelihood.
+    iw_k: int = 1
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "iw_k"):
             if int(getattr(self, name)) <= 0:
                 raise VaeEdgeError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -119,10 +123,23 @@ def model_from_checkpoint(ckpt: dict) -> VAE:
     return model.eval()
 
 
-def slim_checkpoint(ckpt: dict) -> dict:
-    """The checkpoint without optimizer and RNG state: what ships and what export needs."""
+def slim_checkpoint(ckpt: dict, weights_dtype: str = "float32") -> dict:
+    """The checkpoint without optimizer and RNG state: what ships and what export needs.
+    weights_dtype="float16" rounds the weights to fp16 and stores them so (half the file): the
+    model is then those fp16 values, computed in fp32 (loading upcasts them), and `export` stores
+    its fp32 graphs' weights as fp16 too, losslessly."""
+    if weights_dtype not in ("float32", "float16"):
+        raise VaeEdgeError(f"weights dtype must be float32 or float16, got {weights_dtype!r}")
     keep = ("format", "version", "config", "train_config", "model", "epoch", "step", "metrics", "dataset")
-    return {k: ckpt[k] for k in keep if k in ckpt}
+    slim = {k: ckpt[k] for k in keep if k in ckpt}
+    if weights_dtype == "float16":
+        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    return slim
+
+
+def fp16_weights(ckpt: dict) -> bool:
+    """Whether a checkpoint stores its weights as fp16 (slim_checkpoint(..., "float16"))."""
+    return any(v.dtype == torch.float16 for v in ckpt["model"].values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +158,24 @@ def kl_weight(tc: TrainConfig, progress_epochs: float) -> float:
     if tc.kl_warmup <= 0:
         return tc.beta
     return tc.beta * min(1.0, progress_epochs / tc.kl_warmup)
+
+
+def iwae_loss(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, kl_w: float,
+              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The IWAE bound with k samples per image, negated and averaged over the batch; with the
+    summed reconstruction NLL and the summed sampled KL (log q - log p) for the log. During KL
+    warm-up the weight scales log p(z) - log q(z|x) inside each importance weight."""
+    mu, logvar = model.encode(x, y)
+    eps = torch.randn((k, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)
+    z = mu + eps * torch.exp(0.5 * logvar)  # [k, B, D]
+    yk = None if y is None else y.repeat(k)
+    logits = model.decode(z.flatten(0, 1), yk).view(k, len(x), -1)  # [k, B, 784]
+    rec = F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand(k, -1, -1), reduction="none").sum(-1)
+    # log q(z|x) - log p(z), per sample [k, B] (the 2*pi terms cancel)
+    kl = 0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
+    log_w = -rec - kl_w * kl
+    loss = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    return loss, rec.mean(0).sum().detach(), kl.mean(0).sum().detach()
 
 
 def train(
@@ -218,11 +253,15 @@ def train(
                 x, y = x_all[idx], y_all[idx]
                 if tc.binarize == "dynamic":
                     x = torch.bernoulli(x, generator=gen)
-                logits, mu, logvar = model(x, y if model_cfg.conditional else None, generator=gen)
-                rec, kl = elbo_terms(x, logits, mu, logvar, reduction="sum")
                 w = kl_weight(tc, epoch + b / steps_per_epoch)
                 bs = len(idx)
-                loss = (rec + w * kl) / bs
+                yc = y if model_cfg.conditional else None
+                if tc.iw_k == 1:
+                    logits, mu, logvar = model(x, yc, generator=gen)
+                    rec, kl = elbo_terms(x, logits, mu, logvar, reduction="sum")
+                    loss = (rec + w * kl) / bs
+                else:
+                    loss, rec, kl = iwae_loss(model, x, yc, tc.iw_k, w, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -24,6 +24,8 @@ from vae_edge.cli.base import (
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True, help="mlp (fully connected) or conv (convolutional).")
 @click.option("--latent-dim", type=int, default=20, show_default=True, callback=positive("latent dim"), help="Size of the latent space z.")
 @click.option("--hidden", type=int, default=400, show_default=True, callback=positive("hidden"), help="MLP hidden width.")
+@click.option("--dec-hidden", type=int, default=0, show_default=True,
+              help="MLP decoder hidden width (0: as --hidden); a narrower decoder samples faster on the device.")
 @click.option("--depth", type=int, default=1, show_default=True, callback=positive("depth"), help="MLP hidden layers in encoder and decoder.")
 @click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", show_default=True, help="MLP activation.")
 @click.option("--upsample", type=click.Choice(["resize-subpixel", "resize", "convtranspose"]), default="resize-subpixel",
@@ -38,6 +40,8 @@ from vae_edge.cli.base import (
 @click.option("--lr-schedule", type=click.Choice(["none", "cosine"]), default="none", show_default=True, help="none, or cosine decay to 0 over the run.")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the KL term.")
 @click.option("--kl-warmup", type=float, default=0.0, show_default=True, help="Epochs to ramp the KL weight from 0 to beta.")
+@click.option("--iw-k", type=int, default=1, show_default=True, callback=positive("iw k"),
+              help="Importance samples per image: 1 trains on the ELBO, k > 1 on the tighter IWAE bound (k times the decoder work).")
 @click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True, help="none: greyscale targets; dynamic: a fresh Bernoulli draw of each image every epoch.")
 @dataset_option
 @data_dir_option
@@ -48,8 +52,8 @@ from vae_edge.cli.base import (
 @click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt and metrics.jsonl.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(arch, latent_dim, hidden, depth, activation, upsample, conditional, cond_planes, epochs, batch_size, lr, lr_schedule, beta,
-          kl_warmup, binarize, dataset, data_dir, device, seed, resume, max_steps, threads, out, quiet) -> None:
+def train(arch, latent_dim, hidden, dec_hidden, depth, activation, upsample, conditional, cond_planes, epochs, batch_size, lr, lr_schedule, beta,
+          kl_warmup, iw_k, binarize, dataset, data_dir, device, seed, resume, max_steps, threads, out, quiet) -> None:
     """Train a VAE on MNIST and write OUT/model.pt every epoch.
 
     \b
@@ -63,10 +67,10 @@ def train(arch, latent_dim, hidden, depth, activation, upsample, conditional, co
     if threads:
         import torch
         torch.set_num_threads(threads)
-    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, depth=depth, activation=activation, upsample=upsample, conditional=conditional,
+    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, dec_hidden=dec_hidden, depth=depth, activation=activation, upsample=upsample, conditional=conditional,
                    cond_planes=cond_planes)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, beta=beta,
-                     kl_warmup=kl_warmup, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
+                     kl_warmup=kl_warmup, iw_k=iw_k, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
     metrics = run_train(cfg, tc, out, data_dir=data_dir, device=device, resume=resume, progress=not quiet)
     click.echo(f"checkpoint: {Path(out) / 'model.pt'}  (train loss {metrics.get('train_loss', float('nan')):.2f})")
 

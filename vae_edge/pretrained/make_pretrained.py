@@ -18,47 +18,44 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MODELS = {
     # name: (train stages (arguments of `vae-edge train`; later stages resume), quantize (mode, target)
-    #        pairs, IW samples, IW test images (None: all 10,000))
-    "mlp-mnist": ([["--arch", "mlp", "--epochs", "10"]],
-                  [("dynamic", "x86"), ("static", "x86"), ("dynamic", "arm64")], 5000, None),
+    #        pairs, IW samples, IW test images (None: all 10,000), weights dtype of the shipped files)
+    #
+    # The IWAE paper's MLP (two tanh layers, latent 50, dynamically binarized digits) trained on the
+    # IWAE bound with k=5, 240 epochs of cosine decay. The encoder is 384 wide; the decoder (what
+    # runs on the device to sample) 300, so that its int8 graph runs in about 13 us at batch 1
+    # here (a 500-wide one takes 20: benchmarks/results/models.md). Weights shipped as fp16 values.
+    # The IW-NLL comes from the exported fp32 graphs (benchmarks/iw_nll_onnx.py, all 10,000 test
+    # images): the torch evaluator would take hours.
+    "mlp-mnist": ([["--arch", "mlp", "--hidden", "384", "--dec-hidden", "300", "--depth", "2", "--activation", "tanh",
+                    "--latent-dim", "50", "--binarize", "dynamic", "--iw-k", "5", "--epochs", "240",
+                    "--lr-schedule", "cosine", "--kl-warmup", "10"]],
+                  [("dynamic", "x86"), ("dynamic", "arm64")], 0, None, "float16"),
     "conv-mnist": ([["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
-                     "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000),
+                     "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000, "float32"),
+    # The conditional conv model: the digit as one-hot planes and a 4-d latent (the style), 24
+    # epochs: 97% of its samples are classified as the digit asked for (benchmarks/results/
+    # conditional.md, where the latent sizes and the flat-only conditioning it was chosen against
+    # are measured). No IW-NLL: it would be -log p(x|y), not comparable.
+    "conv-cond-mnist": ([["--arch", "conv", "--conditional", "--cond-planes", "--latent-dim", "4",
+                          "--binarize", "dynamic", "--epochs", "24", "--lr-schedule", "cosine", "--kl-warmup", "2"]],
+                        [("static", "x86")], 0, None, "float16"),
 }
-# conv-cond-mnist (EXPERIMENTS): not shipped. The first recipe (latent 20, the digit only beside the
-# flat features) had its samples of digit d classified as d 67% of the time; the one below reaches
-# 97.1% but its files would take the shipped set over 10 MB. `--only conv-cond-mnist` makes it
-# (into vae_edge/pretrained/conv-cond-mnist).
 EXPERIMENTS = {
-    # The candidate to replace mlp-mnist (issue 11): IW-NLL and sample quality in
-    # benchmarks/results/candidates.md. Not shipped yet: replacing the default model means
-    # regenerating every mlp-mnist result of the README, and its files (13.7 MB with the
-    # checkpoint) would take the shipped set far over its 10 MB budget.
-    # The IWAE paper's MLP (2x500 tanh, latent 50) on dynamically binarized digits. The run
-    # was planned for 250 epochs of cosine decay and shortened to 200 at epoch 107 (to fit the
-    # session's time): the second stage resumes it with --epochs 200, which re-times the rest of
-    # the cosine. 469 steps per epoch at batch 128.
+    # The pytorch/examples recipe (784-400-20 ReLU, greyscale targets, 10 epochs): shipped as
+    # mlp-mnist until the model above replaced it. IW-NLL 96.14 nats (K=5000, all 10,000 test
+    # images; not comparable with the others: trained on greyscale targets).
+    "mlp-examples": ([["--arch", "mlp", "--epochs", "10"]],
+                     [("dynamic", "x86"), ("static", "x86"), ("dynamic", "arm64")], 5000, None, "float32"),
+    # The first candidate to replace it (benchmarks/results/candidates.md): 2x500 tanh on both
+    # sides, trained on the ELBO for 200 epochs: IW-NLL 85.94, but its int8 decoder takes 20-30 us
+    # at batch 1 and its files 13.8 MB.
     "mlp-iwae-mnist": ([["--arch", "mlp", "--hidden", "500", "--depth", "2", "--activation", "tanh", "--latent-dim", "50",
                     "--binarize", "dynamic", "--epochs", "250", "--lr-schedule", "cosine", "--kl-warmup", "10",
                     "--max-steps", str(107 * 469)],
                    ["--resume", "--epochs", "200"]],
-                  # no int8-static: its accuracy fallback keeps float layers (2 MB a graph) for no gain here
-                  [("dynamic", "x86"), ("dynamic", "arm64")], 0, None),
-    # The conditional conv model with the digit as one-hot planes and a 4-d latent (the style), 24
-    # epochs: 97.1% of its samples are classified as the digit asked for, Frechet distance 81
-    # (benchmarks/results/conditional.md, where the latent sizes, the training length and the
-    # flat-only conditioning it was chosen against are measured; latent 2 reaches 97.8% with far
-    # poorer samples).
-    "conv-cond-mnist": ([["--arch", "conv", "--conditional", "--cond-planes", "--latent-dim", "4",
-                          "--binarize", "dynamic", "--epochs", "24", "--lr-schedule", "cosine", "--kl-warmup", "2"]],
-                        [("static", "x86")], 0, None),
+                  [("dynamic", "x86"), ("dynamic", "arm64")], 0, None, "float32"),
 }
-# IW samples 0: no IW-NLL here. For mlp-iwae-mnist it comes from the runtime on the exported fp32
-# graphs (`python benchmarks/iw_nll_onnx.py --model vae_edge/pretrained/mlp-iwae-mnist/bundle --name
-# mlp-iwae-mnist`, all 10,000 test images; the torch evaluator estimated over 5 hours); for the conditional model it would be -log p(x|y), not comparable, and the
-# torch conv evaluator needs about 2 hours of one core for K=1000 on 1,000 images)
-# The pytorch/examples recipe (784-400-20 ReLU, greyscale targets, 10 epochs), shipped as mlp-mnist
-# until the model above replaced it: `vae-edge train --arch mlp --epochs 10 --out runs/mlp-examples`
-# (IW-NLL 96.14 nats, K=5000, all 10,000 test images; not comparable: trained on greyscale targets).
+# IW samples 0: no IW-NLL from the torch evaluator here (see above).
 
 
 def sh(*args: str) -> str:
@@ -91,7 +88,7 @@ def main() -> None:
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     exe = [sys.executable, "-m", "vae_edge"]
     Path(args.runs).mkdir(exist_ok=True)
-    for name, (stages, modes, k, limit) in {**MODELS, **EXPERIMENTS}.items():
+    for name, (stages, modes, k, limit, weights) in {**MODELS, **EXPERIMENTS}.items():
         if (args.only and name != args.only) or (not args.only and name in EXPERIMENTS):
             continue
         run = Path(args.runs) / name
@@ -99,19 +96,20 @@ def main() -> None:
             for train_args in stages:
                 seed = [] if "--resume" in train_args else ["--seed", "0"]
                 sh(*exe, "train", *train_args, "--out", str(run), "--threads", args.threads, "--quiet", *seed, *data)
-        lim = ["--limit", str(limit)] if limit else []
-        ev_full = json.loads(sh(*exe, "evaluate", str(run / "model.pt"), "--iw-samples", "0", "--json", *data))
-        ev = ev_full if k == 0 else json.loads(sh(*exe, "evaluate", str(run / "model.pt"), "--iw-samples", str(k),
-                                                   *lim, "--threads", args.threads, "--json", *data))
-        evaluation = {**ev_full, "iw_nll": ev["iw_nll"], "iw_samples": k or None,
-                      "iw_images": ev["images"] if k else None, **training_record(run)}
         dest = HERE / name
         dest.mkdir(exist_ok=True)
-        import torch
-
         from vae_edge.train import atomic_torch_save, load_checkpoint, slim_checkpoint
 
-        ckpt = slim_checkpoint(load_checkpoint(run / "model.pt"))
+        # What ships is evaluated: the slimmed checkpoint (its weights rounded to fp16 where
+        # `weights` says so), not the training run's.
+        ckpt = slim_checkpoint(load_checkpoint(run / "model.pt"), weights)
+        atomic_torch_save(ckpt, dest / "model.pt")
+        lim = ["--limit", str(limit)] if limit else []
+        ev_full = json.loads(sh(*exe, "evaluate", str(dest / "model.pt"), "--iw-samples", "0", "--json", *data))
+        ev = ev_full if k == 0 else json.loads(sh(*exe, "evaluate", str(dest / "model.pt"), "--iw-samples", str(k),
+                                                   *lim, "--threads", args.threads, "--json", *data))
+        evaluation = {**ev_full, "iw_nll": ev["iw_nll"], "iw_samples": k or None,
+                      "iw_images": ev["images"] if k else None, "weights": weights, **training_record(run)}
         ckpt["evaluation"] = evaluation
         atomic_torch_save(ckpt, dest / "model.pt")
         (dest / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
@@ -122,7 +120,6 @@ def main() -> None:
             sh(*exe, "quantize", str(dest / "bundle"), "--mode", mode, "--target", target, *data)
         if args.sign_key:  # the project key's private half is kept off the repository
             sh(*exe, "sign", str(dest / "bundle"), "--key", args.sign_key)
-        del torch
     print("done: " + ", ".join(str(HERE / n) for n in MODELS if not args.only or n == args.only))
 
 
