@@ -60,6 +60,18 @@ def decoder_latency(bundle: Path, variants: list[str], batches=(1, 256), min_tim
     return out
 
 
+def iw_of(name: str, variant: str, ev: dict) -> dict:
+    """IW-NLL of one variant: benchmarks/iw_nll_onnx.py's file for it where made (all variants),
+    else the evaluation's figure (fp32 only)."""
+    path = OUT / (f"iw_nll_{name}.json" if variant == "fp32" else f"iw_nll_{name}.{variant}.json")
+    if path.is_file():
+        iw = json.loads(path.read_text())
+        return {"iw_nll": iw["iw_nll"], "iw_images": iw["images"], "iw_samples": iw["iw_samples"]}
+    if variant == "fp32":
+        return {"iw_nll": ev.get("iw_nll"), "iw_images": ev.get("iw_images"), "iw_samples": ev.get("iw_samples")}
+    return {"iw_nll": None, "iw_images": None, "iw_samples": None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
@@ -82,10 +94,6 @@ def main() -> None:
             from vae_edge.pretrained.make_pretrained import training_record
 
             ev_file = {**ev_file, **training_record(folder)}
-        iw_file = OUT / f"iw_nll_{name}.json"  # the runtime's estimate on all 10,000 test images, when made
-        if iw_file.is_file():
-            iw = json.loads(iw_file.read_text())
-            ev_file = {**ev_file, "iw_nll": iw["iw_nll"], "iw_images": iw["images"], "iw_samples": iw["iw_samples"]}
         variants = [v for v in manifest["variants"]]
         sq = sample_quality(bundle, tuple(variants), samples=args.samples, data_dir=args.data_dir, classifier=clf)
         lat = decoder_latency(bundle, variants)
@@ -98,8 +106,7 @@ def main() -> None:
                 "model": name, "variant": v, "arch": manifest["model"]["arch"],
                 "conditional": manifest["model"].get("conditional", False),
                 "parameters": parameters(bundle, manifest),
-                "iw_nll": ev_file.get("iw_nll") if v == "fp32" else None,
-                "iw_images": ev_file.get("iw_images"), "iw_samples": ev_file.get("iw_samples"),
+                **iw_of(name, v, ev_file),
                 "neg_elbo_binarized": ev_file.get("neg_elbo_binarized") if v == "fp32" else None,
                 "neg_elbo_delta": 0.0 if v == "fp32" else acc.get("neg_elbo_delta"),
                 "frechet": q["frechet"], "conditional_accuracy": q.get("conditional_accuracy"),

@@ -1,9 +1,11 @@
 """Importance-weighted -log p(x) of a shipped model on the whole binarized MNIST test set, computed
 with the on-device runtime (numpy + onnxruntime fp32 graphs), much faster than the torch evaluator
 on this CPU. The same binarization (seed 0 over the full test set) as
-`vae-edge evaluate`. Writes benchmarks/results/iw_nll_<model>.json.
+`vae-edge evaluate`. Writes benchmarks/results/iw_nll_<model>.json (fp32), or with --variant V
+iw_nll_<model>.V.json: the same estimate through that variant's graphs (what the device computes).
 
     python benchmarks/iw_nll_onnx.py --model conv-mnist --iw-samples 5000 --data-dir ../shared/data/mnist
+    python benchmarks/iw_nll_onnx.py --model mlp-mnist --variant int8-dynamic --data-dir ../shared/data/mnist
 """
 
 from __future__ import annotations
@@ -27,21 +29,23 @@ def main() -> None:
     ap.add_argument("--model", default="conv-mnist", help="shipped model name or bundle folder")
     ap.add_argument("--name", default=None, help="name in the results file (default: --model)")
     ap.add_argument("--iw-samples", type=int, default=5000)
+    ap.add_argument("--variant", default="fp32")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     images, _ = load_split(resolve_data_dir("mnist", args.data_dir, split="test"), "test")
     x = binarize(to_float(images), seed=0)[: args.limit]  # as vae_edge.evaluate: seed 0 over the full set
-    rt = VAERuntime.load(args.model, threads=args.threads)
+    rt = VAERuntime.load(args.model, variant=args.variant, threads=args.threads)
     t0 = time.perf_counter()
     scores = np.concatenate([rt.score(x[i : i + 100], iw_samples=args.iw_samples, seed=i) for i in range(0, len(x), 100)])
     name = args.name or args.model
-    res = {"model": name, "variant": "fp32", "iw_samples": args.iw_samples, "images": len(x),
+    res = {"model": name, "variant": args.variant, "iw_samples": args.iw_samples, "images": len(x),
            "iw_nll": float(scores.mean()), "iw_nll_sem": float(scores.std(ddof=1) / np.sqrt(len(x))),
            "seconds": round(time.perf_counter() - t0, 1), "machine": environment()["cpu"]["model"]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"iw_nll_{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    suffix = "" if args.variant == "fp32" else f".{args.variant}"
+    (RESULTS / f"iw_nll_{name}{suffix}.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res))
 
 

@@ -40,9 +40,11 @@ def iw_nll_table() -> None:
     rows = [r for r in rows if r["model"] in shipped]  # candidates: candidates.md
     if not rows:
         return
-    md = ["| model | test images | K | IW-NLL (nats) | ± s.e.m. | seconds | machine |", "|---|---:|---:|---:|---:|---:|---|"]
-    md += [f"| {r['model']} | {r['images']} | {r['iw_samples']} | {r['iw_nll']:.2f} | {r['iw_nll_sem']:.2f} | "
-           f"{r['seconds']:.0f} | {r['machine']} |" for r in rows]
+    rows.sort(key=lambda r: (r["model"], r.get("variant", "fp32") != "fp32", r.get("variant", "fp32")))
+    md = ["| model | variant | test images | K | IW-NLL (nats) | ± s.e.m. | seconds | machine |",
+          "|---|---|---:|---:|---:|---:|---:|---|"]
+    md += [f"| {r['model']} | {r.get('variant', 'fp32')} | {r['images']} | {r['iw_samples']} | {r['iw_nll']:.2f} | "
+           f"{r['iw_nll_sem']:.2f} | {r['seconds']:.0f} | {r['machine']} |" for r in rows]
     (ROOT / "benchmarks" / "results" / "iw_nll.md").write_text("\n".join(md) + "\n")
 
 
