@@ -30,21 +30,24 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="name in the results file (default: --model)")
     ap.add_argument("--iw-samples", type=int, default=5000)
     ap.add_argument("--variant", default="fp32")
+    ap.add_argument("--split", choices=["test", "train"], default="test",
+                    help="train: the last --limit training images (to choose between runs without the test set)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
-    images, _ = load_split(resolve_data_dir("mnist", args.data_dir, split="test"), "test")
-    x = binarize(to_float(images), seed=0)[: args.limit]  # as vae_edge.evaluate: seed 0 over the full set
+    images, _ = load_split(resolve_data_dir("mnist", args.data_dir, split=args.split), args.split)
+    x = binarize(to_float(images), seed=0)  # as vae_edge.evaluate: seed 0 over the full set
+    x = x[: args.limit] if args.split == "test" else x[-(args.limit or 1000):]
     rt = VAERuntime.load(args.model, variant=args.variant, threads=args.threads)
     t0 = time.perf_counter()
     scores = np.concatenate([rt.score(x[i : i + 100], iw_samples=args.iw_samples, seed=i) for i in range(0, len(x), 100)])
     name = args.name or args.model
-    res = {"model": name, "variant": args.variant, "iw_samples": args.iw_samples, "images": len(x),
+    res = {"model": name, "variant": args.variant, "split": args.split, "iw_samples": args.iw_samples, "images": len(x),
            "iw_nll": float(scores.mean()), "iw_nll_sem": float(scores.std(ddof=1) / np.sqrt(len(x))),
            "seconds": round(time.perf_counter() - t0, 1), "machine": environment()["cpu"]["model"]}
     RESULTS.mkdir(exist_ok=True)
-    suffix = "" if args.variant == "fp32" else f".{args.variant}"
+    suffix = ("" if args.variant == "fp32" else f".{args.variant}") + ("" if args.split == "test" else ".train")
     (RESULTS / f"iw_nll_{name}{suffix}.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res))
 

@@ -37,6 +37,7 @@ def iw_nll_table() -> None:
 
     shipped = set(shipped_bundles())
     rows = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("iw_nll_*.json"))]
+    rows = [r for r in rows if r.get("split", "test") == "test"]  # .train files: choosing between runs
     rows = [r for r in rows if r["model"] in shipped]  # candidates: candidates.md
     if not rows:
         return

@@ -165,3 +165,24 @@ def test_fp16_weights_halve_the_fp32_graphs_losslessly(tmp_path, ckpts, mnist_di
     q16 = onnx.load(str(b16 / "decoder.int8-dynamic.onnx"))
     assert not any(n.op_type == "Cast" and n.name.startswith(CAST_PREFIX) for n in q16.graph.node)
     assert np.array_equal(decode(b16 / "decoder.int8-dynamic.onnx"), decode(b32 / "decoder.int8-dynamic.onnx"))
+
+
+@pytest.mark.slow
+def test_res_block_conv_exports_and_quantizes(tmp_path, mnist_dir, runner):
+    from vae_edge.cli import cli
+    from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
+
+    d = ["--data-dir", str(mnist_dir)]
+    r = runner.invoke(cli, ["train", "--arch", "conv", "--channels", "8,16", "--res-blocks", "2", "--latent-dim", "4",
+                            "--binarize", "dynamic", "--max-steps", "30", "--out", str(tmp_path / "run"), *d])
+    assert r.exit_code == 0, r.output
+    b = export_bundle(tmp_path / "run" / "model.pt", tmp_path / "b", data_dir=mnist_dir)
+    m = load_manifest(b)
+    assert m["model"]["res_blocks"] == 2 and m["model"]["channels"] == [8, 16]
+    assert max(m["variants"]["fp32"]["validation"]["max_abs_diff"]["decoder"].values()) <= 1e-4
+    convs = [n for n in onnx.load(str(b / "decoder.onnx")).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 * 2 + 2  # two per block, then the two upsampling convs
+    variant, entry = quantize_bundle(b, QuantizeConfig(mode="static", calibration_size=64, eval_size=200), data_dir=mnist_dir)
+    assert variant == "int8-static" and abs(entry["accuracy"]["neg_elbo_delta"]) < 5
+    r = runner.invoke(cli, ["train", "--channels", "8", "--out", str(tmp_path / "bad"), *d])
+    assert r.exit_code != 0 and "channels" in r.output

@@ -79,3 +79,23 @@ def test_cond_planes_carry_the_digit_into_the_conv_stages(upsample):
 def test_cond_planes_needs_a_conditional_conv_model(cfg):
     with pytest.raises(VaeEdgeError, match="cond_planes needs a conditional conv model"):
         VAEConfig(**cfg)
+
+
+def test_res_blocks_are_residual_and_wired_into_both_graphs():
+    """A block whose last conv is zero is the identity: the model then computes exactly what the
+    same weights without blocks compute; with it non-zero, the encoder and the decoder both change."""
+    torch.manual_seed(0)
+    m1 = VAE(VAEConfig(arch="conv", channels=(8, 16), res_blocks=1, latent_dim=4)).eval()
+    m0 = VAE(VAEConfig(arch="conv", channels=(8, 16), latent_dim=4)).eval()
+    missing, unexpected = m0.load_state_dict(m1.state_dict(), strict=False)
+    assert not missing and unexpected and all(".body." in k for k in unexpected)
+    x, z = torch.rand(3, 1, 28, 28), torch.randn(3, 4)
+    with torch.no_grad():
+        before = m1.encode(x)[0], m1.decode(z)
+        for block in (m1.enc[4], m1.dec_res[0]):
+            block.body[3].weight.zero_()
+            block.body[3].bias.zero_()
+        assert torch.equal(m1.encode(x)[0], m0.encode(x)[0]) and torch.equal(m1.decode(z), m0.decode(z))
+        assert not torch.allclose(before[0], m0.encode(x)[0]) and not torch.allclose(before[1], m0.decode(z))
+    with pytest.raises(VaeEdgeError, match="res blocks"):
+        VAEConfig(arch="mlp", res_blocks=1)

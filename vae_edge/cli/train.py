@@ -28,6 +28,9 @@ from vae_edge.cli.base import (
               help="MLP decoder hidden width (0: as --hidden); a narrower decoder samples faster on the device.")
 @click.option("--depth", type=int, default=1, show_default=True, callback=positive("depth"), help="MLP hidden layers in encoder and decoder.")
 @click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", show_default=True, help="MLP activation.")
+@click.option("--channels", default="32,64", show_default=True, help="Conv channels at 14x14 and 7x7 (C1,C2).")
+@click.option("--res-blocks", type=int, default=0, show_default=True,
+              help="Conv: residual blocks at 7x7 in the encoder and in the decoder.")
 @click.option("--upsample", type=click.Choice(["resize-subpixel", "resize", "convtranspose"]), default="resize-subpixel",
               show_default=True, help="Conv decoder upsampling (see benchmarks/results/decoder_ops.md).")
 @click.option("--conditional", is_flag=True, help="Condition encoder and decoder on the digit label.")
@@ -52,7 +55,7 @@ from vae_edge.cli.base import (
 @click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt and metrics.jsonl.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(arch, latent_dim, hidden, dec_hidden, depth, activation, upsample, conditional, cond_planes, epochs, batch_size, lr, lr_schedule, beta,
+def train(arch, latent_dim, hidden, dec_hidden, depth, activation, channels, res_blocks, upsample, conditional, cond_planes, epochs, batch_size, lr, lr_schedule, beta,
           kl_warmup, iw_k, binarize, dataset, data_dir, device, seed, resume, max_steps, threads, out, quiet) -> None:
     """Train a VAE on MNIST and write OUT/model.pt every epoch.
 
@@ -67,7 +70,12 @@ def train(arch, latent_dim, hidden, dec_hidden, depth, activation, upsample, con
     if threads:
         import torch
         torch.set_num_threads(threads)
-    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, dec_hidden=dec_hidden, depth=depth, activation=activation, upsample=upsample, conditional=conditional,
+    try:
+        chans = tuple(int(c) for c in channels.split(","))
+    except ValueError:
+        raise VaeEdgeError(f"--channels takes two integers such as 32,64, got {channels!r}") from None
+    cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, dec_hidden=dec_hidden, depth=depth, activation=activation,
+                    channels=chans, res_blocks=res_blocks, upsample=upsample, conditional=conditional,
                    cond_planes=cond_planes)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, beta=beta,
                      kl_warmup=kl_warmup, iw_k=iw_k, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
