@@ -3,7 +3,8 @@
     python vae_edge/pretrained/make_pretrained.py --data-dir ../shared/data/mnist
 
 `--reuse-runs` takes runs/<name>/model.pt made earlier by exactly the commands printed here.
-The results land in vae_edge/pretrained/<name>/{model.pt, evaluation.json, bundle/}.
+The results land in vae_edge/pretrained/<name>/{model.pt, evaluation.json, bundle/}, and each run's
+training log (loss, seconds and device per epoch) in benchmarks/results/training_logs/<name>.jsonl.
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def main() -> None:
         ckpt["evaluation"] = evaluation
         atomic_torch_save(ckpt, dest / "model.pt")
         (dest / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        logs = HERE.parents[1] / "benchmarks" / "results" / "training_logs"  # per-epoch loss, time, device
+        if logs.parent.is_dir():  # a clone (not an installed package)
+            logs.mkdir(exist_ok=True)
+            shutil.copyfile(run / "metrics.jsonl", logs / f"{name}.jsonl")
         if (dest / "bundle").exists():
             shutil.rmtree(dest / "bundle")
         sh(*exe, "export", str(dest / "model.pt"), "--out", str(dest / "bundle"), *data)
