@@ -28,6 +28,7 @@ SOURCES = {
     "models": "models.md",
     "candidates": "candidates.md",
     "conditional": "conditional.md",
+    "mlp_widths": "mlp_widths.md",
 }
 
 

@@ -111,8 +111,13 @@ def test_api_on_arm64_matches_x86(arm, spec, cpu):
             # This x86 CPU (AVX2, no VNNI) saturates onnxruntime's u8 x s8 products (vpmaddubsw), so
             # it is not the reference for int8-weight dynamic graphs: the ONNX specification is.
             if what == "encode":
+                # within the variant's tolerance: the spec's float order differs from the fused
+                # kernel's, and in a graph of three dynamically quantized layers a rounding tie of
+                # one activation can land one step apart (3e-3 in mu for the shipped MLP; the SME
+                # path this guards against differs by far more, and is refused above)
                 ref = _onnx_reference_mu(spec["bundles"][bundle], variant, spec["x"])
-                assert float(np.max(np.abs(got[key] - ref))) <= 1e-5, f"{key} on {cpu} differs from the ONNX spec"
+                tol = _tolerance(spec["bundles"][bundle], variant)
+                assert float(np.max(np.abs(got[key] - ref))) <= tol, f"{key} on {cpu} differs from the ONNX spec"
                 spec_checked.append(f"{bundle}/{variant}")
             continue
         tol = FP32_ATOL if variant == "fp32" else _tolerance(spec["bundles"][bundle], variant)
@@ -123,9 +128,10 @@ def test_api_on_arm64_matches_x86(arm, spec, cpu):
         assert diff <= tol, f"{key} on {cpu}: max|diff| {diff:.3g} > {tol:.3g}"
         compared += 1
     assert compared >= 4 * 8
-    # --variant auto takes the variant recorded for the arm64 target (on x86: fp32, never tuned),
-    # and never one this CPU computes differently
-    assert report["auto/mlp-mnist"] == "int8-dynamic-arm64" and spec["x86_report"]["auto/mlp-mnist"] == "fp32"
+    # --variant auto takes the variant recorded for the target (arm64: int8-dynamic-arm64; x86:
+    # int8-dynamic), and never one this CPU computes differently
+    assert report["auto/mlp-mnist"] == "int8-dynamic-arm64"
+    assert spec["x86_report"]["auto/mlp-mnist"] == "int8-dynamic"
     print(f"\nARM64 {cpu}: {compared} outputs equal x86 within tolerance (worst fp32 "
           f"{max(v for k, v in worst.items() if '/fp32/' in k):.1g}); equal to the ONNX spec where x86 is not: "
           f"{spec_checked or 'none'}; refused by the self-check: {refused or 'none'}; {time.perf_counter() - t0:.0f} s")
@@ -158,4 +164,4 @@ def test_cli_on_arm64(arm, spec, tmp_path, mnist_dir):
     res = cli("max", "verify", "--json")
     rep = json.loads(res.stdout)
     assert res.returncode == 1 and rep["variants"]["int8-dynamic"]["self_check"] == "FAIL"
-    assert rep["variants"]["int8-static"]["self_check"] == "pass"
+    assert rep["variants"]["int8-dynamic-arm64"]["self_check"] == "pass"
