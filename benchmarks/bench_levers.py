@@ -43,6 +43,7 @@ import bench_peers  # noqa: E402
 
 from vae_edge.bench import run_blocks, stats  # noqa: E402
 from vae_edge.data import binarize, load_slice  # noqa: E402
+from vae_edge.export.quantize import fp32_source  # noqa: E402
 from vae_edge.runtime import VAERuntime, shipped_bundles  # noqa: E402
 from vae_edge.runtime.bundle import load_manifest  # noqa: E402
 from vae_edge.runtime.calls import GraphCall, bare_call  # noqa: E402
@@ -212,7 +213,10 @@ def main() -> None:
         mlp = manifest["model"]["arch"] == "mlp"
         int8 = "int8-dynamic" if mlp else "int8-static"
         files = manifest["variants"]
-        fp32 = {g: bundle / files["fp32"]["files"][g] for g in ("encoder", "decoder")}
+        # the levers start from fp32 weights beside their MatMul/Conv nodes (a shipped graph may
+        # store them as fp16 + Cast: the quantizers would then find no weights to quantize)
+        fp32 = {g: fp32_source(bundle / files["fp32"]["files"][g], tmp / f"{name}-{g}-fp32.onnx")
+                for g in ("encoder", "decoder")}
         shipped = {g: bundle / files[int8]["files"][g] for g in ("encoder", "decoder")}
         d = int(manifest["model"]["latent_dim"])
         rng = np.random.default_rng(0)

@@ -37,7 +37,8 @@ def parameters(bundle: Path, manifest: dict) -> int:
     for g in ("encoder", "decoder"):
         model = onnx.load(str(bundle / manifest["variants"]["fp32"]["files"][g]))
         n += sum(int(np.prod(numpy_helper.to_array(i).shape)) for i in model.graph.initializer
-                 if numpy_helper.to_array(i).dtype == np.float32 and numpy_helper.to_array(i).size > 10)
+                 if numpy_helper.to_array(i).dtype in (np.float32, np.float16)  # fp16: weights stored as fp16
+                 and numpy_helper.to_array(i).size > 10)
     return n
 
 

@@ -376,7 +376,9 @@ def test_pipeline_leaves_nothing_on_failure_and_reruns_after_interruption(runner
 
 
 def test_info_variant_and_shipped_advice(runner):
-    r = runner.invoke(cli, ["info", "--variant", "auto"])
+    r = runner.invoke(cli, ["info", "--variant", "auto"])  # the shipped default: its x86 target's variant
+    assert r.exit_code == 0 and "--variant auto loads int8-dynamic here (self-check: passed)" in r.output
+    r = runner.invoke(cli, ["info", "--variant", "auto", "--bundle", "conv-mnist"])  # no target recorded
     assert r.exit_code == 0 and "--variant auto loads fp32 here (self-check: passed)" in r.output
     assert "never tuned, so fp32 is used" in r.output  # said, not silent
     assert "mlp-cond-mnist" not in runner.invoke(cli, ["sample", "--help"]).output  # names only what ships

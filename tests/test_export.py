@@ -75,8 +75,8 @@ def test_validation_failure_is_loud_and_leaves_nothing(tmp_path, ckpts, mnist_di
     """A graph that computes something else than the PyTorch model must stop the export."""
     real = onnx_export.export_graph
 
-    def export_then_perturb(model, spec, path, name):
-        real(model, spec, path, name)
+    def export_then_perturb(model, spec, path, name, **kw):
+        real(model, spec, path, name, **kw)
         m = onnx.load(str(path))
         init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))  # the largest weight
         w = onnx.numpy_helper.to_array(init).copy()
