@@ -46,8 +46,10 @@ def build(work: Path) -> None:
     np.save(work / "x.npy", rng.normal(0, 1, (4, 400)).astype(np.float32))
     dec = ROOT / "vae_edge/pretrained/mlp-mnist/bundle/decoder.int8-dynamic.onnx"
     (work / "decoder.int8-dynamic.onnx").write_bytes(dec.read_bytes())
-    z = np.sin(np.arange(1, 21, dtype=np.float32))[None]
-    np.save(work / "ref_probs.npy", ReferenceEvaluator(onnx.load(str(dec))).run(["probs"], {"z": z})[0].reshape(-1))
+    model = onnx.load(str(dec))
+    d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value  # the latent size
+    z = np.sin(np.arange(1, d + 1, dtype=np.float32))[None]
+    np.save(work / "ref_probs.npy", ReferenceEvaluator(model).run(["probs"], {"z": z})[0].reshape(-1))
 
 
 def _older_ort(env: arm64_env.Arm64Python) -> arm64_env.Arm64Python:

@@ -21,8 +21,8 @@ for path in sorted(glob.glob(f"{work}/q_*.onnx")):
         s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         outs.append(s.run(None, {"x": x[:4, :k]})[0])
     res["fused_minus_unfused"][path.rsplit("/", 1)[1]] = float(np.max(np.abs(outs[1] - outs[0])))
-z = np.sin(np.arange(1, 21, dtype=np.float32))[None]
 s = ort.InferenceSession(f"{work}/decoder.int8-dynamic.onnx", providers=["CPUExecutionProvider"])
+z = np.sin(np.arange(1, s.get_inputs()[0].shape[1] + 1, dtype=np.float32))[None]  # the latent size
 p = s.run(["probs"], {"z": z})[0].reshape(-1)
 res["decoder_vs_onnx_reference"] = float(np.max(np.abs(p - np.load(f"{work}/ref_probs.npy"))))
 res["decoder_probs_300_303"] = [round(float(v), 4) for v in p[300:304]]
