@@ -48,7 +48,7 @@ from vae_edge.runtime import VAERuntime, shipped_bundles  # noqa: E402
 from vae_edge.runtime.bundle import load_manifest  # noqa: E402
 from vae_edge.runtime.calls import GraphCall, bare_call  # noqa: E402
 from vae_edge.runtime.providers import session_options  # noqa: E402
-from vae_edge.runtime.sysinfo import environment  # noqa: E402
+from vae_edge.runtime.sysinfo import environment, int8_features_text  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 OUTPUTS = {"encoder": ["mu", "logvar"], "decoder": ["probs"]}
@@ -331,7 +331,7 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     bs = report["batch_sizes"]
     out = [f"One process pinned to core {report['pinned_core']}, one thread, {env['cpu']['model']} (int8 features: "
-           f"{', '.join(k for k, v in env['cpu']['int8_features'].items() if v) or 'none'}); onnxruntime "
+           f"{int8_features_text(env['cpu'])}); onnxruntime "
            f"{env['onnxruntime']}; p50 µs per call, every contender of a table alternating in blocks. Graph levers "
            "are timed through the floor call (IOBinding bound once), so only the graph differs; −ELBO delta and PSNR "
            "against fp32 ONNX.", ""]

@@ -22,7 +22,7 @@ import numpy as np
 from vae_edge.bench import run_blocks, stats
 from vae_edge.runtime import VAERuntime
 from vae_edge.runtime.calls import bare_call
-from vae_edge.runtime.sysinfo import environment
+from vae_edge.runtime.sysinfo import environment, int8_features_text
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -72,7 +72,7 @@ def main() -> None:
                                                      "machine": env["cpu"]}, indent=1) + "\n")
     md = [f"MLP decoder (latent {args.latent_dim}, two tanh layers of width W, 784 logits), p50 µs per call, "
           f"one thread, bare onnxruntime call, all graphs alternating; {env['cpu']['model']} "
-          f"(int8 features: {', '.join(k for k, on in env['cpu']['int8_features'].items() if on) or 'none'}).", "",
+          f"(int8 features: {int8_features_text(env['cpu'])}).", "",
           "| W | decoder MACs | int8-dynamic b=1 µs | fp32 b=1 µs | int8-dynamic b=256 µs | fp32 b=256 µs |",
           "|---:|---:|---:|---:|---:|---:|"]
     md += [f"| {r['width']} | {r['decoder_macs'] / 1e3:.0f}k | {r['int8-dynamic_us_b1']:.1f} | {r['fp32_us_b1']:.1f} | "

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from iw_nll_onnx import load_result
 from PIL import Image, ImageDraw
 
 from vae_edge.bench import run_blocks, stats
@@ -31,14 +32,13 @@ OUT = Path(__file__).resolve().parent / "results"
 
 def parameters(bundle: Path, manifest: dict) -> int:
     import onnx
-    from onnx import numpy_helper
 
     n = 0
     for g in ("encoder", "decoder"):
         model = onnx.load(str(bundle / manifest["variants"]["fp32"]["files"][g]))
-        n += sum(int(np.prod(numpy_helper.to_array(i).shape)) for i in model.graph.initializer
-                 if numpy_helper.to_array(i).dtype in (np.float32, np.float16)  # fp16: weights stored as fp16
-                 and numpy_helper.to_array(i).size > 10)
+        sizes = (int(np.prod(i.dims)) for i in model.graph.initializer  # fp16: weights stored as fp16
+                 if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+        n += sum(k for k in sizes if k > 10)
     return n
 
 
@@ -64,9 +64,8 @@ def decoder_latency(bundle: Path, variants: list[str], batches=(1, 256), min_tim
 def iw_of(name: str, variant: str, ev: dict) -> dict:
     """IW-NLL of one variant: benchmarks/iw_nll_onnx.py's file for it where made (all variants),
     else the evaluation's figure (fp32 only)."""
-    path = OUT / (f"iw_nll_{name}.json" if variant == "fp32" else f"iw_nll_{name}.{variant}.json")
-    if path.is_file():
-        iw = json.loads(path.read_text())
+    iw = load_result(name, variant)
+    if iw:
         return {"iw_nll": iw["iw_nll"], "iw_images": iw["images"], "iw_samples": iw["iw_samples"]}
     if variant == "fp32":
         return {"iw_nll": ev.get("iw_nll"), "iw_images": ev.get("iw_images"), "iw_samples": ev.get("iw_samples")}

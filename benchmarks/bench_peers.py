@@ -34,7 +34,7 @@ from vae_edge.bench import run_blocks, stats  # noqa: E402
 from vae_edge.data import binarize, load_slice  # noqa: E402
 from vae_edge.runtime import VAERuntime, shipped_bundles  # noqa: E402
 from vae_edge.runtime.bundle import load_manifest  # noqa: E402
-from vae_edge.runtime.sysinfo import environment  # noqa: E402
+from vae_edge.runtime.sysinfo import environment, int8_features_text  # noqa: E402
 from vae_edge.train import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -163,7 +163,7 @@ def main() -> None:
 def markdown(report: dict) -> str:
     env = report["environment"]
     out = [f"One process pinned to core {report['pinned_core']}, one thread for every runtime, {env['cpu']['model']} "
-           f"(int8 features: {', '.join(k for k, v in env['cpu']['int8_features'].items() if v) or 'none'}); "
+           f"(int8 features: {int8_features_text(env['cpu'])}); "
            f"onnxruntime {env['onnxruntime']}; p50 µs per call, contenders alternating in blocks. "
            "vae-edge rows are `rt.encode` / `rt.decode` (the public API); peers are their bare runner calls.", ""]
     for name, m in report["models"].items():

@@ -7,8 +7,9 @@ benchmarks/results/quality.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from iw_nll_onnx import load_result
 
 from vae_edge.runtime import load_manifest, shipped_bundles
 
@@ -18,9 +19,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def iw_text(name: str, variant: str, ev: dict) -> str:
     """The IW-NLL of a variant: the runtime's estimate (benchmarks/iw_nll_onnx.py) where made,
     else, for fp32, the torch evaluator's in the model's evaluation record."""
-    path = RESULTS / (f"iw_nll_{name}.json" if variant == "fp32" else f"iw_nll_{name}.{variant}.json")
-    if path.is_file():
-        r = json.loads(path.read_text())
+    r = load_result(name, variant)
+    if r:
         return f"{r['iw_nll']:.2f} (K={r['iw_samples']}, {r['images']} images)"
     if variant == "fp32" and ev.get("iw_nll"):
         return f"{ev['iw_nll']:.2f} (K={ev['iw_samples']}, {ev.get('iw_images', ev.get('images'))} images)"

@@ -24,6 +24,18 @@ from vae_edge.runtime.sysinfo import environment
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def result_path(name: str, variant: str = "fp32", split: str = "test") -> Path:
+    """Where the estimate of one model and variant goes: iw_nll_<name>[.<variant>][.train].json."""
+    return RESULTS / (f"iw_nll_{name}" + ("" if variant == "fp32" else f".{variant}")
+                      + ("" if split == "test" else ".train") + ".json")
+
+
+def load_result(name: str, variant: str = "fp32") -> dict | None:
+    """The test-set estimate of one model and variant, where it was made."""
+    path = result_path(name, variant)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="conv-mnist", help="shipped model name or bundle folder")
@@ -47,8 +59,7 @@ def main() -> None:
            "iw_nll": float(scores.mean()), "iw_nll_sem": float(scores.std(ddof=1) / np.sqrt(len(x))),
            "seconds": round(time.perf_counter() - t0, 1), "machine": environment()["cpu"]["model"]}
     RESULTS.mkdir(exist_ok=True)
-    suffix = ("" if args.variant == "fp32" else f".{args.variant}") + ("" if args.split == "test" else ".train")
-    (RESULTS / f"iw_nll_{name}{suffix}.json").write_text(json.dumps(res, indent=2) + "\n")
+    result_path(name, args.variant, args.split).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res))
 
 

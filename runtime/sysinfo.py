@@ -79,6 +79,11 @@ def cpu() -> dict:
             "target": current_target()}
 
 
+def int8_features_text(cpu_info: dict, none: str = "none") -> str:
+    """The int8-relevant CPU features present, comma-separated (`none` when there are none)."""
+    return ", ".join(k for k, on in cpu_info["int8_features"].items() if on) or none
+
+
 def environment() -> dict:
     env = {
         "os": f"{platform.system()} {platform.release()}",

@@ -22,7 +22,7 @@ import numpy as np
 from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.bundle import GRAPHS, load_manifest, variant_files, write_json_atomic
-from vae_edge.runtime.sysinfo import environment
+from vae_edge.runtime.sysinfo import environment, int8_features_text
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -406,7 +406,7 @@ def markdown(report: dict) -> str:
         f"# vae-edge benchmark: {report['model']}",
         "",
         f"Made {report['created']} on **{cpu['model']}** ({cpu['cores']} cores, {cpu['arch']}; int8 features: "
-        f"{', '.join(k for k, v in cpu['int8_features'].items() if v) or 'none'}), {env['os']}, "
+        f"{int8_features_text(cpu)}), {env['os']}, "
         f"Python {env['python']}, onnxruntime {env['onnxruntime']}, numpy {env['numpy']}"
         + (f", torch {env['torch']}" if env.get("torch") else "") + ".",
         f"Providers asked: {', '.join(report['config']['providers'])}; available: "

@@ -282,7 +282,7 @@ def info(bundle, variant, as_json) -> None:
     \b
     Example: vae-edge info --json
     """
-    from vae_edge.runtime.sysinfo import bundle_summary, environment
+    from vae_edge.runtime.sysinfo import bundle_summary, environment, int8_features_text
 
     env = environment()
     summary = bundle_summary(bundle)
@@ -300,7 +300,7 @@ def info(bundle, variant, as_json) -> None:
     flags = env["cpu"]["int8_features"]
     absent = [k for k, v in flags.items() if not v]
     click.echo(f"cpu features for int8 ({env['cpu']['target']}): "
-               + (", ".join(k for k, v in flags.items() if v) or "none detected")
+               + int8_features_text(env["cpu"], none="none detected")
                + (f" (absent: {', '.join(absent)})" if absent else ""))
     click.echo(f"bundle: {summary['path']}  ({summary['name']}, {summary['arch']}, latent {summary['latent_dim']}"
                f"{', conditional' if summary['conditional'] else ''})")
