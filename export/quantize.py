@@ -170,6 +170,9 @@ def _quantize_static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConf
 
 def _dynamic(src: Path, dst: Path, qc: QuantizeConfig, exclude: list[str]) -> list[str]:
     # ConvInteger (dynamic Conv) ran 4x slower than fp32 here: only MatMul/Gemm are quantized.
+    # onnxruntime splits each Gemm into <name>_MatMul + Add before it reads nodes_to_exclude, so a
+    # Gemm kept in float is named both ways (by its own name alone it would be quantized anyway).
+    exclude = [*exclude, *(f"{n}_MatMul" for n in exclude)]
     quantize_dynamic(
         str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=qc.per_channel,
         reduce_range=qc.reduce_range,
@@ -200,6 +203,17 @@ def fp32_source(path: Path, scratch: Path) -> Path:
         return path
     onnx.save_model(fold_fp16_weights(model), str(scratch))
     return scratch
+
+
+def weights_as_fp16_kept(model: onnx.ModelProto) -> bool:
+    """Store a quantized graph's large fp32 weights (those of the layers kept in float; int8
+    weights, scales and int32 biases are untouched) as fp16 + Cast. Whether any were."""
+    from vae_edge.export.weights import MIN_SIZE, weights_as_fp16
+
+    if not any(i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) >= MIN_SIZE for i in model.graph.initializer):
+        return False
+    weights_as_fp16(model)
+    return True
 
 
 def _binarized(manifest: dict) -> bool:
@@ -329,6 +343,13 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
                 _fp16(src[g], out[g])
                 details[g] = {"method": "fp16", "io_types": "float32"}
             details[g]["kept_in_float"] = list(excluded[g])
+            if methods[g] != "fp16" and src[g] != bundle / ref[g]:
+                # The fp32 graph stores fp16 values: the layers kept in float keep that storage
+                # (lossless, and onnxruntime folds the Casts at load), else they would double in size.
+                m = onnx.load(str(out[g]))
+                if weights_as_fp16_kept(m):
+                    onnx.save_model(m, str(out[g]), save_as_external_data=False)
+                    details[g]["float_weights_storage"] = "float16"
 
         for g in GRAPHS:
             log(f"quantizing {g}: {methods[g]}")
