@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -87,6 +88,18 @@ def test_resolution_order(tmp_path, monkeypatch, tiny_idx):
     monkeypatch.delenv("VAE_EDGE_DATA")
     with pytest.raises(VaeEdgeError, match="not found"):
         d.resolve_data_dir("mnist", download=False)
+
+
+def test_env_folder_of_another_dataset_is_passed_over(tmp_path, monkeypatch, mnist_dir):
+    """$VAE_EDGE_DATA pointing at MNIST must not stand in for Fashion-MNIST (an anomaly benchmark
+    would then score MNIST against itself: AUROC 0.5)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAE_EDGE_DATA", str(mnist_dir))
+    assert d.identify(mnist_dir) == "mnist"
+    monkeypatch.setitem(d.DATASETS, "fashion-mnist", replace(d.DATASETS["fashion-mnist"], system_dirs=()))  # env + empty cache
+    with pytest.raises(VaeEdgeError, match="not found"):
+        d.resolve_data_dir("fashion-mnist", download=False, split="test")
+    assert d.resolve_data_dir("mnist", download=False, split="test") == mnist_dir
 
 
 def test_dataset_slice(mnist_dir):

@@ -241,7 +241,9 @@ def resolve_data_dir(
                                f"(or leave --data-dir out to use {dataset}'s own location)")
         return d
     for d in candidate_dirs(dataset):
-        if d.is_dir() and split_present(d, split):
+        # $VAE_EDGE_DATA itself is a candidate for every dataset: a folder that holds another one
+        # (MNIST, when Fashion-MNIST is asked for) is passed over, not silently used
+        if d.is_dir() and split_present(d, split) and identify(d) in (None, dataset):
             return d
     if not download:
         raise VaeEdgeError(
