@@ -31,8 +31,16 @@ MODELS = {
                     "--latent-dim", "50", "--binarize", "dynamic", "--iw-k", "5", "--epochs", "240",
                     "--lr-schedule", "cosine", "--kl-warmup", "10"]],
                   [("dynamic", "x86"), ("dynamic", "arm64")], 0, None, "float16"),
-    "conv-mnist": ([["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
-                     "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000, "float32"),
+    # The conv model: channels 32,64, one residual block at 7x7 in the encoder and in the decoder,
+    # latent 32, 52 epochs of cosine decay on dynamically binarized digits (ELBO), KL warm-up 10.
+    # Chosen against the same model without the residual block trained 90 epochs in the same wall
+    # time (both 80 min on one core, `--threads 1`), by the final training loss (-ELBO 90.17
+    # against 92.41: benchmarks/results/training_logs/conv-{mnist,plain-mnist}.jsonl). Its int8
+    # decoder stays in the 150 us budget at batch 1. Weights shipped as fp16 values; the IW-NLL
+    # comes from the exported graphs (benchmarks/iw_nll_onnx.py).
+    "conv-mnist": ([["--arch", "conv", "--latent-dim", "32", "--res-blocks", "1", "--binarize", "dynamic",
+                     "--epochs", "52", "--lr-schedule", "cosine", "--kl-warmup", "10"]],
+                   [("static", "x86")], 0, None, "float16"),
     # The conditional conv model: the digit as one-hot planes and a 4-d latent (the style), 24
     # epochs: 97% of its samples are classified as the digit asked for (benchmarks/results/
     # conditional.md, where the latent sizes and the flat-only conditioning it was chosen against
@@ -42,6 +50,12 @@ MODELS = {
                         [("static", "x86")], 0, None, "float16"),
 }
 EXPERIMENTS = {
+    # The conv model it was chosen against: no residual block, 90 epochs (the same wall time).
+    "conv-plain-mnist": ([["--arch", "conv", "--latent-dim", "32", "--binarize", "dynamic", "--epochs", "90",
+                           "--lr-schedule", "cosine", "--kl-warmup", "10"]], [("static", "x86")], 0, None, "float16"),
+    # The conv model shipped before it: latent 20, 20 epochs, KL warm-up 2 (IW-NLL 90.91 nats).
+    "conv-mnist-v1": ([["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
+                        "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000, "float32"),
     # The pytorch/examples recipe (784-400-20 ReLU, greyscale targets, 10 epochs): shipped as
     # mlp-mnist until the model above replaced it. IW-NLL 96.14 nats (K=5000, all 10,000 test
     # images; not comparable with the others: trained on greyscale targets).
