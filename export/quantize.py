@@ -55,6 +55,7 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Accuracy budget a variant must keep, else the layer that costs most stays in float.
 MAX_ELBO_DELTA = 0.5  # nats
 MIN_PSNR = 30.0  # dB, decoder probabilities against fp32
+PSNR_IDENTICAL = float(-20 * np.log10(np.finfo(np.float32).eps))  # 138.5 dB
 SELECTION_SIZE = 2000  # last training images: held out to choose layers kept in float
 
 
@@ -260,7 +261,9 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
         "binarized": bool(data["binarized"]),
         "encoder_mu_max_abs_diff": float(np.max(np.abs(mu_q - mu_f))),
         "decoder_probs_max_abs_diff": float(np.max(np.abs(probs_q - probs_f))),
-        "decoder_psnr_db": round(float(psnr(probs_q, probs_f)), 2),
+        # identical outputs (every layer kept in float) give an infinite PSNR, which JSON cannot
+        # hold: recorded as float32's resolution instead (one unit in the last place of 1.0)
+        "decoder_psnr_db": round(min(float(psnr(probs_q, probs_f)), PSNR_IDENTICAL), 2),
         "neg_elbo_fp32": round(elbo_f, 4),
         "neg_elbo": round(elbo_q, 4),
         "neg_elbo_delta": round(elbo_q - elbo_f, 4),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -89,8 +90,21 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
+def _finite(obj):
+    """JSON has no Infinity or NaN (browsers refuse them): such floats are written as null (a
+    decoder PSNR of a variant whose outputs equal fp32's is infinite)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: Path, obj: dict) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode())
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

@@ -120,5 +120,6 @@ def bundle_summary(bundle=None) -> dict:
     return {
         "path": str(path), "name": m.get("name"), "arch": m["model"]["arch"],
         "latent_dim": m["model"]["latent_dim"], "conditional": m["model"]["conditional"],
-        "evaluation": m.get("evaluation"), "variants": variants, "tuned": tuning(m).get("choice"), "signature": signature,
+        "evaluation": m.get("evaluation"), "variants": variants, "tuned": tuning(m).get("choice"),
+        "target_variant": ((m.get("targets") or {}).get(current_target()) or {}).get("variant"), "signature": signature,
     }

@@ -375,12 +375,22 @@ def test_pipeline_leaves_nothing_on_failure_and_reruns_after_interruption(runner
     _one_line_error(runner.invoke(cli, ["pipeline", "--out", str(other)]), "not a pipeline output")
 
 
-def test_info_variant_and_shipped_advice(runner):
+def test_info_variant_and_shipped_advice(runner, bundle_copy):
+    import json
+
     r = runner.invoke(cli, ["info", "--variant", "auto"])  # the shipped default: its x86 target's variant
     assert r.exit_code == 0 and "--variant auto loads int8-dynamic here (self-check: passed)" in r.output
-    r = runner.invoke(cli, ["info", "--variant", "auto", "--bundle", "conv-mnist"])  # no target recorded
+    assert "`--variant auto` means int8-dynamic, recorded for this CPU family" in r.output  # the two lines agree
+    r = runner.invoke(cli, ["info", "--variant", "auto", "--bundle", "conv-mnist"])
+    assert r.exit_code == 0 and "--variant auto loads int8-static here (self-check: passed)" in r.output
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m.pop("targets", None)
+    m.pop("tuning", None)
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))  # no target recorded, never tuned
+    (bundle_copy / "model.sig").unlink(missing_ok=True)
+    r = runner.invoke(cli, ["info", "--variant", "auto", "--bundle", str(bundle_copy)])
     assert r.exit_code == 0 and "--variant auto loads fp32 here (self-check: passed)" in r.output
-    assert "never tuned, so fp32 is used" in r.output  # said, not silent
+    assert "never tuned, so fp32 is used" in r.output and "`--variant auto` means fp32" in r.output  # said, not silent
     assert "mlp-cond-mnist" not in runner.invoke(cli, ["sample", "--help"]).output  # names only what ships
     assert "needs the test split" in runner.invoke(cli, ["export", "--help"]).output
     r = runner.invoke(cli, ["sample", "--variant", "fp16", "-o", "never.png"])

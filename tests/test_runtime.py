@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -370,3 +371,15 @@ def test_score_refuses_zero_elbo_samples(quantized):
     rt = VAERuntime.load(quantized)
     with pytest.raises(VaeEdgeError, match="elbo samples must be 1 or more"):
         rt.score(np.zeros((1, 1, 28, 28), np.float32), elbo_samples=0)
+
+
+def test_manifest_json_has_no_infinity(tmp_path):
+    """A PSNR of identical outputs is infinite; the browser's JSON.parse refuses `Infinity`."""
+    from vae_edge.runtime.bundle import write_json_atomic
+
+    def strict(c):
+        raise ValueError(c)
+
+    write_json_atomic(tmp_path / "m.json", {"a": float("inf"), "b": [float("nan"), 1.5], "c": {"d": -float("inf")}})
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=strict) == {"a": None, "b": [None, 1.5],
+                                                                                   "c": {"d": None}}

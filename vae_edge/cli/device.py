@@ -308,7 +308,10 @@ def info(bundle, variant, as_json) -> None:
         acc = f"  -ELBO {v['neg_elbo_delta']:+.3f} nats vs fp32" if v.get("neg_elbo_delta") is not None else ""
         click.echo(f"  {v['variant']:<13} {v['size_bytes'] / 1e6:6.2f} MB{acc}")
     t = summary.get("tuned")
+    tv = summary.get("target_variant")
     click.echo(f"  tuned choice: {t['variant']} on {t['provider']}, {t['threads']} thread(s)" if t
+               else f"  tuned choice: none (`--variant auto` means {tv}, recorded for this CPU family; "
+                    "`vae-edge tune` chooses by measurement)" if tv
                else "  tuned choice: none (`--variant auto` means fp32; run `vae-edge tune`)")
     click.echo(f"  signature: {summary['signature']}")
     if "variant" in summary:
