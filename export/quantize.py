@@ -31,6 +31,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from vae_edge import VaeEdgeError
 from vae_edge.data import binarize, load_split, resolve_data_dir, to_float
 from vae_edge.export.targets import TARGETS, differs_from_x86, target_settings
+from vae_edge.export.weights import fold_fp16_weights, has_fp16_weights, weights_as_fp16
 from vae_edge.runtime import selfcheck
 from vae_edge.runtime.bundle import (
     GRAPHS,
@@ -197,24 +198,11 @@ def _fp16(src: Path, dst: Path) -> None:
 def fp32_source(path: Path, scratch: Path) -> Path:
     """The fp32 graph the quantizers start from: `path` itself, or where its weights are stored as
     fp16 (+ Cast), a copy at `scratch` with them back in fp32 beside their MatMul/Conv nodes."""
-    from vae_edge.export.weights import fold_fp16_weights, has_fp16_weights
-
     model = onnx.load(str(path))
     if not has_fp16_weights(model):
         return path
     onnx.save_model(fold_fp16_weights(model), str(scratch))
     return scratch
-
-
-def weights_as_fp16_kept(model: onnx.ModelProto) -> bool:
-    """Store a quantized graph's large fp32 weights (those of the layers kept in float; int8
-    weights, scales and int32 biases are untouched) as fp16 + Cast. Whether any were."""
-    from vae_edge.export.weights import MIN_SIZE, weights_as_fp16
-
-    if not any(i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) >= MIN_SIZE for i in model.graph.initializer):
-        return False
-    weights_as_fp16(model)
-    return True
 
 
 def _binarized(manifest: dict) -> bool:
@@ -349,8 +337,8 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
             if methods[g] != "fp16" and src[g] != bundle / ref[g]:
                 # The fp32 graph stores fp16 values: the layers kept in float keep that storage
                 # (lossless, and onnxruntime folds the Casts at load), else they would double in size.
-                m = onnx.load(str(out[g]))
-                if weights_as_fp16_kept(m):
+                m = weights_as_fp16(onnx.load(str(out[g])))  # int8 weights, scales, int32 biases: untouched
+                if has_fp16_weights(m):
                     onnx.save_model(m, str(out[g]), save_as_external_data=False)
                     details[g]["float_weights_storage"] = "float16"
 

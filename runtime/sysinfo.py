@@ -45,6 +45,12 @@ def current_target() -> str:
     return "arm64" if is_arm64() else "x86"
 
 
+def target_variant(manifest: dict) -> str | None:
+    """The variant a bundle records for this machine's target (what `--variant auto` loads when
+    the bundle was never tuned), or None."""
+    return ((manifest.get("targets") or {}).get(current_target()) or {}).get("variant")
+
+
 def _arm_features(flags: set[str]) -> dict[str, bool]:
     """From getauxval(AT_HWCAP/AT_HWCAP2) where it exists (authoritative for this process, and
     right under qemu-user, whose /proc/cpuinfo is the host's), else /proc/cpuinfo's Features."""
@@ -121,5 +127,5 @@ def bundle_summary(bundle=None) -> dict:
         "path": str(path), "name": m.get("name"), "arch": m["model"]["arch"],
         "latent_dim": m["model"]["latent_dim"], "conditional": m["model"]["conditional"],
         "evaluation": m.get("evaluation"), "variants": variants, "tuned": tuning(m).get("choice"),
-        "target_variant": ((m.get("targets") or {}).get(current_target()) or {}).get("variant"), "signature": signature,
+        "target_variant": target_variant(m), "signature": signature,
     }

@@ -41,10 +41,10 @@ def default_bundle(name: str = DEFAULT_MODEL) -> Path:
 def _auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tuple[list[str], object, object]:
     """The variants to try for --variant auto, best first: the tuned choice, the choice recorded
     for this device's target, then the others (fp32 last)."""
-    from vae_edge.runtime.sysinfo import current_target
+    from vae_edge.runtime.sysinfo import target_variant
 
     choice = tuning(manifest).get("choice") or {}
-    target = ((manifest.get("targets") or {}).get(current_target()) or {}).get("variant")
+    target = target_variant(manifest)
     first = [v for v in (choice.get("variant"), target) if v in manifest["variants"]]
     if not first:
         name = path.name if path.name != "bundle" else path.parent.name
