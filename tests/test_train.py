@@ -137,3 +137,28 @@ def test_fp16_slim_checkpoint(tmp_path, tiny_idx):
     assert (tmp_path / "half.pt").stat().st_size < 0.25 * (tmp_path / "run" / "model.pt").stat().st_size
     with pytest.raises(VaeEdgeError, match="float32 or float16"):
         slim_checkpoint(full, "int8")
+
+
+def test_init_from_starts_at_the_parent_weights(tmp_path, tiny_idx):
+    from vae_edge.runtime.bundle import sha256_file
+    from vae_edge.train import slim_checkpoint
+
+    kw = dict(data_dir=tiny_idx, progress=False, log=lambda s: None)
+    train(VAEConfig(hidden=16, latent_dim=3), TrainConfig(epochs=1, batch_size=16), tmp_path / "parent", **kw)
+    parent = load_checkpoint(tmp_path / "parent")
+    torch.save(slim_checkpoint(parent, "float16"), tmp_path / "slim.pt")  # what ships: fp16, no optimizer
+    for src in (tmp_path / "parent", tmp_path / "slim.pt"):
+        out = tmp_path / f"ft-{src.stem}"
+        # the architecture options passed are not the parent's: the parent's win
+        train(VAEConfig(hidden=99, latent_dim=7), TrainConfig(batch_size=16, lr=1e-12, max_steps=1, iw_k=3), out,
+              init_from=src, **kw)
+        ft = load_checkpoint(out)
+        assert ft["config"]["hidden"] == 16 and ft["config"]["latent_dim"] == 3
+        assert ft["step"] == 1  # a fresh optimizer and schedule, not the parent's step count
+        origin = ft["train_config"]["extra"]["init_from"]
+        assert origin["step"] == parent["step"] and origin["sha256"] == sha256_file(src if src.is_file() else src / "model.pt")
+        for k, v in parent["model"].items():  # lr 1e-12: still the parent's weights (fp16-rounded for the slim one)
+            assert torch.allclose(ft["model"][k], v.float(), atol=2e-3 if src.suffix else 1e-6), k
+    # without init_from the same settings start elsewhere (the check above can tell the two apart)
+    train(VAEConfig(hidden=16, latent_dim=3), TrainConfig(batch_size=16, lr=1e-12, max_steps=1, seed=5), tmp_path / "fresh", **kw)
+    assert not torch.allclose(load_checkpoint(tmp_path / "fresh")["model"]["enc.0.weight"], parent["model"]["enc.0.weight"], atol=1e-2)

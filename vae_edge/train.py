@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from vae_edge import VaeEdgeError
 from vae_edge.data import get_spec, load_split, resolve_data_dir
 from vae_edge.model import VAE, VAEConfig, elbo_terms
-from vae_edge.runtime.bundle import fsync_dir
+from vae_edge.runtime.bundle import fsync_dir, sha256_file
 
 CHECKPOINT_FORMAT = "vae-edge-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -187,8 +187,15 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> dict:
-    """Train a VAE; write out/model.pt every epoch and out/metrics.jsonl. Returns the last metrics."""
+    """Train a VAE; write out/model.pt every epoch and out/metrics.jsonl. Returns the last metrics.
+
+    init_from: a checkpoint (a run's or a shipped slim one) whose weights start this run, with a
+    fresh optimizer, schedule and KL warm-up: fine-tuning, e.g. on the IWAE bound (--iw-k) after an
+    ELBO run. The architecture is the checkpoint's; model_cfg is not used. The parent's path, hash
+    and step count are recorded in the run's train config.
+    """
     out = Path(out)
     if not out.parent.is_dir():
         raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
@@ -207,6 +214,16 @@ def train(
         tc = TrainConfig(**saved_tc)
     elif ckpt_path.exists():
         raise VaeEdgeError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    parent = None
+    if init_from is not None and not resume:  # a resumed fine-tune already holds its weights
+        parent_path = Path(init_from)
+        if parent_path.is_dir():
+            parent_path = parent_path / CHECKPOINT_NAME
+        parent = load_checkpoint(parent_path, map_location=dev)
+        model_cfg = VAEConfig.from_dict(parent["config"])
+        tc = replace(tc, extra={**tc.extra, "init_from": {
+            "path": str(parent_path), "sha256": sha256_file(parent_path), "step": parent.get("step"),
+            "train_config": parent.get("train_config")}})
 
     torch.manual_seed(tc.seed)
     model = VAE(model_cfg).to(dev)
@@ -222,6 +239,9 @@ def train(
         gen.set_state(state["rng"].cpu() if dev.type == "cpu" else state["rng"])
         epoch, step_in_epoch, step = state["epoch"], state["step_in_epoch"], state["step"]
         perm = state["perm"].to(dev) if step_in_epoch else None
+    elif parent is not None:
+        model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
+                               for k, v in parent["model"].items()})
     sched = None
     if tc.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -51,17 +51,22 @@ from vae_edge.cli.base import (
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, help="Where to train: auto picks cuda, then mps, then cpu.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization, shuffling and noise (runs are reproducible).")
 @click.option("--resume", is_flag=True, help="Continue OUT/model.pt where it stopped.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Start from this checkpoint's weights (a run folder, model.pt or a shipped model.pt) with a fresh "
+                   "optimizer and schedule: fine-tuning, e.g. --iw-k 5 after an ELBO run. The architecture is the "
+                   "checkpoint's (architecture options are ignored).")
 @click.option("--max-steps", type=int, default=None, callback=positive("max steps"), help="Stop after this many steps (smoke runs).")
 @click.option("--threads", type=int, default=None, callback=positive("threads"), help="torch CPU threads.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt and metrics.jsonl.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(arch, latent_dim, hidden, dec_hidden, depth, activation, channels, res_blocks, upsample, conditional, cond_planes, epochs, batch_size, lr, lr_schedule, beta,
-          kl_warmup, iw_k, binarize, dataset, data_dir, device, seed, resume, max_steps, threads, out, quiet) -> None:
+          kl_warmup, iw_k, binarize, dataset, data_dir, device, seed, resume, init_from, max_steps, threads, out, quiet) -> None:
     """Train a VAE on MNIST and write OUT/model.pt every epoch.
 
     \b
     Example: vae-edge train --arch mlp --epochs 10 --out runs/mlp
              vae-edge train --arch conv --binarize dynamic --epochs 30 --out runs/conv
+             vae-edge train --init-from runs/conv --iw-k 5 --lr 3e-4 --epochs 10 --out runs/conv-iw5
     """
     from vae_edge.model import VAEConfig
     from vae_edge.train import TrainConfig
@@ -79,7 +84,7 @@ def train(arch, latent_dim, hidden, dec_hidden, depth, activation, channels, res
                    cond_planes=cond_planes)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, beta=beta,
                      kl_warmup=kl_warmup, iw_k=iw_k, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
-    metrics = run_train(cfg, tc, out, data_dir=data_dir, device=device, resume=resume, progress=not quiet)
+    metrics = run_train(cfg, tc, out, data_dir=data_dir, device=device, resume=resume, init_from=init_from, progress=not quiet)
     click.echo(f"checkpoint: {Path(out) / 'model.pt'}  (train loss {metrics.get('train_loss', float('nan')):.2f})")
 
 
