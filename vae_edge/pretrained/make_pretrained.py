@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PREVIOUS = "@previous-stage"  # in `--init-from @previous-stage`: the run folder of the stage before
 MODELS = {
-    # name: (train stages (arguments of `vae-edge train`; later stages resume), quantize (mode, target)
+    # name: (train stages (arguments of `vae-edge train`; a later stage resumes the run with
+    #        `--resume` or fine-tunes it with `--init-from @previous-stage`), quantize (mode, target)
     #        pairs, IW samples, IW test images (None: all 10,000), weights dtype of the shipped files)
     #
     # The IWAE paper's MLP (two tanh layers, latent 50, dynamically binarized digits) trained on the
@@ -73,20 +75,55 @@ EXPERIMENTS = {
 # IW samples 0: no IW-NLL from the torch evaluator here (see above).
 
 
+def _last_per_stage(rows: list[dict]) -> list[dict]:
+    last: dict = {}
+    for r in rows:
+        last[r.get("stage", 1)] = r
+    return list(last.values())
+
+
 def sh(*args: str) -> str:
     print("+ " + " ".join(args), flush=True)
     return subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
 
 
-def training_record(run: Path) -> dict:
-    """Wall time of the training epochs (metrics.jsonl) and the hardware they ran on."""
+def stage_folders(run: Path, stages: list[list[str]]) -> list[Path]:
+    """The run folder of each training stage. A stage with `--resume` continues the folder before
+    it; one with `--init-from PREVIOUS` starts a new run from the previous stage's weights (a
+    fine-tune), so the stages before it train in <name>-stage<N> beside the final run folder."""
+    groups = [0]
+    for args in stages[1:]:
+        groups.append(groups[-1] + (PREVIOUS in args))
+    last = groups[-1]
+    return [run if g == last else run.with_name(f"{run.name}-stage{g + 1}") for g in groups]
+
+
+def _rows(folders: list[Path]) -> list[dict]:
+    """Every epoch of every stage (a stage's folder read once), tagged with its stage when several."""
+    rows, seen = [], []
+    for f in folders:
+        if f in seen:
+            continue
+        seen.append(f)
+        for line in (f / "metrics.jsonl").read_text().splitlines():
+            if line.strip():
+                rows.append({**json.loads(line), **({"stage": len(seen)} if len(set(folders)) > 1 else {})})
+    return rows
+
+
+def training_log(folders: list[Path]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in _rows(folders))
+
+
+def training_record(folders: list[Path]) -> dict:
+    """Wall time of the training epochs of all stages (metrics.jsonl) and the hardware they ran on."""
     import platform
 
     from vae_edge.runtime.sysinfo import environment
 
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = _rows(folders)
     return {"train_seconds": round(sum(r.get("seconds", 0) for r in rows), 1),
-            "train_epochs": rows[-1]["epoch"] if rows else None,
+            "train_epochs": sum(r["epoch"] for r in _last_per_stage(rows)) if rows else None,
             "train_hardware": f"{environment()['cpu']['model']} ({rows[-1].get('device', 'cpu') if rows else 'cpu'}, "
                               f"{platform.machine()})"}
 
@@ -107,10 +144,15 @@ def main() -> None:
         if (args.only and name != args.only) or (not args.only and name in EXPERIMENTS):
             continue
         run = Path(args.runs) / name
+        folders = stage_folders(run, stages)
         if not (args.reuse_runs and (run / "model.pt").is_file()):
-            for train_args in stages:
+            for i, train_args in enumerate(stages):
+                if args.reuse_runs and i < len(stages) - 1 and folders[i] != folders[i + 1] \
+                        and (folders[i] / "model.pt").is_file():
+                    continue  # a finished earlier stage that a fine-tune starts from
                 seed = [] if "--resume" in train_args else ["--seed", "0"]
-                sh(*exe, "train", *train_args, "--out", str(run), "--threads", args.threads, "--quiet", *seed, *data)
+                stage_args = [str(folders[i - 1]) if a == PREVIOUS else a for a in train_args]
+                sh(*exe, "train", *stage_args, "--out", str(folders[i]), "--threads", args.threads, "--quiet", *seed, *data)
         dest = HERE / name
         dest.mkdir(exist_ok=True)
         from vae_edge.train import atomic_torch_save, load_checkpoint, slim_checkpoint
@@ -124,14 +166,14 @@ def main() -> None:
         ev = ev_full if k == 0 else json.loads(sh(*exe, "evaluate", str(dest / "model.pt"), "--iw-samples", str(k),
                                                    *lim, "--threads", args.threads, "--json", *data))
         evaluation = {**ev_full, "iw_nll": ev["iw_nll"], "iw_samples": k or None,
-                      "iw_images": ev["images"] if k else None, "weights": weights, **training_record(run)}
+                      "iw_images": ev["images"] if k else None, "weights": weights, **training_record(folders)}
         ckpt["evaluation"] = evaluation
         atomic_torch_save(ckpt, dest / "model.pt")
         (dest / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         logs = HERE.parents[1] / "benchmarks" / "results" / "training_logs"  # per-epoch loss, time, device
         if logs.parent.is_dir():  # a clone (not an installed package)
             logs.mkdir(exist_ok=True)
-            shutil.copyfile(run / "metrics.jsonl", logs / f"{name}.jsonl")
+            (logs / f"{name}.jsonl").write_text(training_log(folders))
         if (dest / "bundle").exists():
             shutil.rmtree(dest / "bundle")
         sh(*exe, "export", str(dest / "model.pt"), "--out", str(dest / "bundle"), *data)
