@@ -21,6 +21,10 @@ from vae_edge.runtime.mathops import LOG_2PI, bce_with_logits, kl_to_prior, log_
 
 DEFAULT_MODEL = "mlp-mnist"
 MAX_BATCH = 100_000  # a larger n is refused (memory)
+# Latents per decoder call in the IW estimate: past ~512, a conv decoder's activations fall out
+# of cache and each image costs more (0.28 vs 0.25 ms at 4096 vs 512 here); the noise stream, and
+# so the estimate, does not depend on it (numpy draws the same values in any chunking).
+IW_BATCH = 512
 _ONE_BITS = np.float32(1.0).view(np.uint32)
 
 
@@ -411,8 +415,8 @@ class VAERuntime:
         out = np.empty(len(x))
         for i in range(len(x)):
             xi, logw = x[i : i + 1], []
-            for j in range(0, iw_samples, 4096):
-                k = min(4096, iw_samples - j)
+            for j in range(0, iw_samples, IW_BATCH):
+                k = min(IW_BATCH, iw_samples - j)
                 eps = rng.standard_normal((k, self.latent_dim), dtype=np.float32)
                 z = (mu[i] + std[i] * eps).astype(np.float32)
                 feeds = {"z": z, **{n: np.full(k, v[i]) for n, v in extra.items()}}

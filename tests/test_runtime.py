@@ -93,6 +93,20 @@ def test_score_matches_torch_iw_estimate(quantized, ckpts, mnist_dir):
     assert np.all(ours <= elbo + 0.2)
 
 
+def test_iw_estimate_does_not_depend_on_the_decoder_batch(quantized, mnist_dir, monkeypatch):
+    """IW_BATCH is a speed setting: the estimates (and so every recorded IW-NLL) stay the same."""
+    import vae_edge.runtime.vae_runtime as vr
+    from vae_edge.data import binarize, load_slice
+
+    x, _ = load_slice("mnist:test[0:3]", mnist_dir)
+    rt = VAERuntime.load(quantized)
+    ref = rt.score(binarize(x, 0), iw_samples=700, seed=4)
+    monkeypatch.setattr(vr, "IW_BATCH", 96)  # 700 = 7 x 96 + 28: uneven chunks
+    got = rt.score(binarize(x, 0), iw_samples=700, seed=4)
+    assert np.allclose(got, ref, rtol=0, atol=1e-4), (got, ref)
+    assert not np.allclose(rt.score(binarize(x, 0), iw_samples=700, seed=5), ref, rtol=0, atol=1e-4)
+
+
 def test_anomaly_score_ranks_noise_above_digits(quantized, mnist_dir):
     from vae_edge.data import load_slice
 
