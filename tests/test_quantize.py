@@ -28,7 +28,8 @@ def test_every_mode_recorded(quantized):
         size = sum(m["files"][n]["size"] for n in e["files"].values())
         assert e["size_ratio_to_fp32"] == pytest.approx(size / fp32_size, abs=1e-4)
         kept = sum(len(g["kept_in_float"]) for g in e["quantization"]["graphs"].values())
-        assert e["size_ratio_to_fp32"] <= (0.3 if kept == 0 else 0.75)  # int8 weights, unless kept in float
+        # int8 weights, unless kept in float (static: the output layers, the MLP's largest, stay float)
+        assert e["size_ratio_to_fp32"] <= (0.3 if kept == 0 else 0.99)
         assert "held out" in e["quantization"]["float_layer_selection"]
     assert m["variants"]["int8-static"]["quantization"]["calibration"]["encoder"].startswith("128 MNIST")
 
@@ -53,6 +54,31 @@ def test_conv_static_quantization(tmp_path, bundles, mnist_dir):
     v, e = quantize_bundle(b, QuantizeConfig(mode="auto", calibration_size=64, eval_size=300), data_dir=mnist_dir)
     assert v == "int8-static" and e["accuracy"]["binarized"] is True
     assert e["size_bytes"]["decoder"] < (b / "decoder.onnx").stat().st_size
+
+
+def test_static_outputs_stay_float(tmp_path, bundles, mnist_dir):
+    """Logits, probabilities, mu and logvar never pass through 8 bits: each graph output comes from
+    a float op, not a DequantizeLinear (8-bit logits cost conv-mnist 0.39 nats of -ELBO)."""
+    from vae_edge.export.quantize import output_tail
+
+    def producers_of_outputs(path):
+        g = onnx.load(str(path)).graph
+        made_by = {o: n.op_type for n in g.node for o in n.output}
+        return {o.name: made_by[o.name] for o in g.output}
+
+    tail = output_tail(bundles["conv"] / "decoder.onnx")
+    ops = {n.name: n.op_type for n in onnx.load(str(bundles["conv"] / "decoder.onnx")).graph.node}
+    assert {ops[t] for t in tail} == {"Conv", "DepthToSpace", "Sigmoid"}  # the last conv and after
+    for float_outputs in (True, False):
+        b = tmp_path / f"conv-{float_outputs}"
+        shutil.copytree(bundles["conv"], b)
+        _, e = quantize_bundle(b, QuantizeConfig(mode="static", calibration_size=64, eval_size=200,
+                                                 float_outputs=float_outputs), data_dir=mnist_dir)
+        for g in ("encoder", "decoder"):
+            made = producers_of_outputs(b / e["files"][g])
+            quantized_out = [o for o, op in made.items() if op == "DequantizeLinear"]
+            assert (quantized_out == []) is float_outputs, (g, made)
+            assert e["quantization"]["config"]["float_outputs"] is float_outputs
 
 
 def test_conditional_quantization(tmp_path, bundles, mnist_dir):

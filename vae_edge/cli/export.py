@@ -51,6 +51,9 @@ def export(checkpoint, out, opset, ort_format, data_dir) -> None:
                    "(more accurate there, slightly less on others).")
 @click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True, help="Activation integer type of static quantization.")
 @click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True, help="Weight integer type.")
+@click.option("--quantize-outputs", is_flag=True,
+              help="Static mode: quantize the output layers too (by default the last weight layer before each "
+                   "output and what follows it stay float, so logits and latents never pass through 8 bits).")
 @click.option("--eval-size", type=int, default=10000, show_default=True, help="Test images for the accuracy record.")
 @click.option("--target", type=click.Choice(["x86", "arm64", "wasm"]), default="x86", show_default=True,
               help="Device family whose settings apply (export/targets.py); recorded in the manifest, and "
@@ -58,7 +61,7 @@ def export(checkpoint, out, opset, ort_format, data_dir) -> None:
 @json_option
 @click.pass_context
 def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel, reduce_range, activation_type,
-             weight_type, eval_size, target, as_json) -> None:
+             weight_type, quantize_outputs, eval_size, target, as_json) -> None:
     """Add a quantized variant (int8 dynamic/static, fp16) to a bundle, with its accuracy.
 
     \b
@@ -73,7 +76,7 @@ def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel,
         raise VaeEdgeError(f"--calibration-size must be positive, got {calibration_size}")
     qc = QuantizeConfig(mode=mode, method=method, activation_type=activation_type, weight_type=weight_type,
                         per_channel=per_channel, reduce_range=reduce_range, calibration_size=calibration_size,
-                        eval_size=eval_size,
+                        eval_size=eval_size, float_outputs=not quantize_outputs,
                         target=target)
     explicit = {name for name in ("activation_type", "weight_type", "per_channel")
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}

@@ -150,7 +150,7 @@ def main() -> None:
                 if args.reuse_runs and i < len(stages) - 1 and folders[i] != folders[i + 1] \
                         and (folders[i] / "model.pt").is_file():
                     continue  # a finished earlier stage that a fine-tune starts from
-                seed = [] if "--resume" in train_args else ["--seed", "0"]
+                seed = [] if "--resume" in train_args or "--seed" in train_args else ["--seed", "0"]
                 stage_args = [str(folders[i - 1]) if a == PREVIOUS else a for a in train_args]
                 sh(*exe, "train", *stage_args, "--out", str(folders[i]), "--threads", args.threads, "--quiet", *seed, *data)
         dest = HERE / name
