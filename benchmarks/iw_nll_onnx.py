@@ -74,6 +74,7 @@ def estimate(rt: VAERuntime, x: np.ndarray, iw_samples: int, partial: Path, key:
         scores, seconds = list(saved["scores"]), float(saved["seconds"])
         log(f"resuming at image {len(scores)} of {len(x)} ({seconds:.0f} s spent so far)")
     t_run, start = time.perf_counter(), len(scores)
+    machine = environment()["cpu"]["model"]
     while len(scores) < len(x):
         if max_seconds is not None and len(scores) > start and time.perf_counter() - t_run >= max_seconds:
             break  # at least one chunk per run, so every run makes progress
@@ -81,7 +82,8 @@ def estimate(rt: VAERuntime, x: np.ndarray, iw_samples: int, partial: Path, key:
         t0 = time.perf_counter()
         scores += [float(v) for v in rt.score(x[i : i + CHUNK], iw_samples=iw_samples, seed=i)]
         seconds += time.perf_counter() - t0
-        write_json_atomic(partial, {"key": key, "seconds": round(seconds, 1), "scores": [round(v, 4) for v in scores]})
+        write_json_atomic(partial, {"key": key, "seconds": round(seconds, 1), "machine": machine,
+                                    "scores": [round(v, 4) for v in scores]})
         log(f"{len(scores)}/{len(x)} images  running mean {np.mean(scores):.2f}  {seconds:.0f} s")
     done = len(scores) == len(x)
     return np.asarray(scores, dtype=np.float64), seconds, done
