@@ -34,14 +34,19 @@ MODELS = {
                     "--lr-schedule", "cosine", "--kl-warmup", "10"]],
                   [("dynamic", "x86"), ("dynamic", "arm64")], 0, None, "float16"),
     # The conv model: channels 32,64, one residual block at 7x7 in the encoder and in the decoder,
-    # latent 32, 52 epochs of cosine decay on dynamically binarized digits (ELBO), KL warm-up 10.
-    # Chosen against the same model without the residual block trained 90 epochs in the same wall
-    # time (both 80 min on one core, `--threads 1`), by the final training loss (-ELBO 90.17
-    # against 92.41: benchmarks/results/training_logs/conv-{mnist,plain-mnist}.jsonl). Its int8
-    # decoder stays in the 150 us budget at batch 1. Weights shipped as fp16 values; the IW-NLL
-    # comes from the exported graphs (benchmarks/iw_nll_onnx.py).
+    # latent 32, 52 epochs of cosine decay on dynamically binarized digits (ELBO), KL warm-up 10;
+    # then fine-tuned on the IWAE bound (k=5) for 13 epochs from those weights (lr 3e-4, cosine).
+    # The ELBO stage was chosen against the same model without the residual block trained 90
+    # epochs in the same wall time (both 80 min on one core, `--threads 1`), by the final training
+    # loss (-ELBO 90.17 against 92.41: benchmarks/results/training_logs/conv-plain-mnist.jsonl);
+    # the fine-tune against k=10 for 5 epochs (the same 65 min on one core): IW-NLL (K=500) on the
+    # last 1,000 training images 84.98 against 84.96, a tie; k=5 keeps the better ELBO (91.25
+    # against 92.06) and ships. Its int8 decoder stays in the 150 us budget at batch 1. Weights
+    # shipped as fp16 values; the IW-NLL comes from the exported graphs (benchmarks/iw_nll_onnx.py).
     "conv-mnist": ([["--arch", "conv", "--latent-dim", "32", "--res-blocks", "1", "--binarize", "dynamic",
-                     "--epochs", "52", "--lr-schedule", "cosine", "--kl-warmup", "10"]],
+                     "--epochs", "52", "--lr-schedule", "cosine", "--kl-warmup", "10"],
+                    ["--init-from", PREVIOUS, "--iw-k", "5", "--lr", "3e-4", "--lr-schedule", "cosine",
+                     "--binarize", "dynamic", "--epochs", "13", "--seed", "1"]],
                    [("static", "x86")], 0, None, "float16"),
     # The conditional conv model: the digit as one-hot planes and a 4-d latent (the style), 24
     # epochs: 97% of its samples are classified as the digit asked for (benchmarks/results/
@@ -52,6 +57,12 @@ MODELS = {
                         [("static", "x86")], 0, None, "float16"),
 }
 EXPERIMENTS = {
+    # The fine-tune it was chosen against: k=10 for 5 epochs (the same wall time as k=5 for 13).
+    "conv-iw10-mnist": ([["--arch", "conv", "--latent-dim", "32", "--res-blocks", "1", "--binarize", "dynamic",
+                          "--epochs", "52", "--lr-schedule", "cosine", "--kl-warmup", "10"],
+                         ["--init-from", PREVIOUS, "--iw-k", "10", "--lr", "3e-4", "--lr-schedule", "cosine",
+                          "--binarize", "dynamic", "--epochs", "5", "--seed", "1"]],
+                        [("static", "x86")], 0, None, "float16"),
     # The conv model it was chosen against: no residual block, 90 epochs (the same wall time).
     "conv-plain-mnist": ([["--arch", "conv", "--latent-dim", "32", "--binarize", "dynamic", "--epochs", "90",
                            "--lr-schedule", "cosine", "--kl-warmup", "10"]], [("static", "x86")], 0, None, "float16"),
