@@ -21,7 +21,8 @@ def iw_text(name: str, variant: str, ev: dict) -> str:
     else, for fp32, the torch evaluator's in the model's evaluation record."""
     r = load_result(name, variant)
     if r:
-        return f"{r['iw_nll']:.2f} (K={r['iw_samples']}, {r['images']} images)"
+        images = r["images"] if isinstance(r["images"], str) else f"{r['images']} images"  # str: unfinished
+        return f"{r['iw_nll']:.2f} (K={r['iw_samples']}, {images})"
     if variant == "fp32" and ev.get("iw_nll"):
         return f"{ev['iw_nll']:.2f} (K={ev['iw_samples']}, {ev.get('iw_images', ev.get('images'))} images)"
     return "-"

@@ -43,9 +43,21 @@ def result_path(name: str, variant: str = "fp32", split: str = "test") -> Path:
 
 
 def load_result(name: str, variant: str = "fp32") -> dict | None:
-    """The test-set estimate of one model and variant, where it was made."""
+    """The test-set estimate of one model and variant, where it was made; else, where one was
+    stopped part way, its running figure, with images "N of M images, unfinished"."""
     path = result_path(name, variant)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if path.is_file():
+        return json.loads(path.read_text())
+    part = partial_path(path)
+    if not part.is_file():
+        return None
+    saved = json.loads(part.read_text())
+    scores = np.asarray(saved["scores"], dtype=np.float64)
+    if len(scores) < 2:
+        return None
+    return {**saved["key"], "images": f"{len(scores)} of {saved['key']['images']} images, unfinished",
+            "iw_nll": float(scores.mean()), "iw_nll_sem": float(scores.std(ddof=1) / np.sqrt(len(scores))),
+            "seconds": saved["seconds"], "machine": saved.get("machine", "")}
 
 
 def partial_path(result: Path) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +34,8 @@ SOURCES = {
 
 def iw_nll_table() -> None:
     """benchmarks/results/iw_nll.md from the iw_nll_<model>.json files of iw_nll_onnx.py."""
+    from iw_nll_onnx import load_result
+
     from vae_edge.runtime import shipped_bundles
 
     shipped = set(shipped_bundles())
@@ -42,12 +43,9 @@ def iw_nll_table() -> None:
     rows = [json.loads(p.read_text()) for p in files if not p.name.endswith(".partial.json")]
     for p in files:  # an estimate stopped part way (iw_nll_onnx.py --max-minutes): its images so far
         if p.name.endswith(".partial.json"):
-            part = json.loads(p.read_text())
-            scores = part["scores"]
-            rows.append({**part["key"], "images": f"{len(scores)} of {part['key']['images']} (unfinished)",
-                         "iw_nll": statistics.fmean(scores),
-                         "iw_nll_sem": statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else float("nan"),
-                         "seconds": part["seconds"], "machine": part.get("machine", "")})
+            key = json.loads(p.read_text())["key"]
+            if key.get("split", "test") == "test" and (r := load_result(key["model"], key["variant"])):
+                rows.append(r)
     rows = [r for r in rows if r.get("split", "test") == "test"]  # .train files: choosing between runs
     rows = [r for r in rows if r["model"] in shipped]  # candidates: candidates.md
     if not rows:

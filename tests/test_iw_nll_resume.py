@@ -38,9 +38,13 @@ def test_stopped_estimate_resumes_to_the_uninterrupted_scores(monkeypatch, tmp_p
         assert _run(monkeypatch, parts, *common, "--name", "m", "--max-minutes", "0") == 3
         saved = json.loads((parts / "iw_nll_m.partial.json").read_text())
         assert len(saved["scores"]) == n_done and not (parts / "iw_nll_m.json").exists()
+        running = iw_nll_onnx.load_result("m")  # what the tables show meanwhile
+        assert running["images"] == f"{n_done} of 250 images, unfinished"
+        assert running["iw_nll"] == pytest.approx(np.mean(saved["scores"]))
     assert _run(monkeypatch, parts, *common, "--name", "m") == 0
     got = json.loads((parts / "iw_nll_m.json").read_text())
     assert got["images"] == 250 and not (parts / "iw_nll_m.partial.json").exists()
+    assert iw_nll_onnx.load_result("m")["images"] == 250
     assert got["iw_nll"] == pytest.approx(ref["iw_nll"], abs=1e-3)  # scores are kept to 4 decimals
     assert got["graphs"] == ref["graphs"] and set(got["graphs"]) == {"decoder", "encoder"}
 
