@@ -123,6 +123,12 @@ def test_api_on_arm64_matches_x86(arm, spec, cpu):
         tol = FP32_ATOL if variant == "fp32" else _tolerance(spec["bundles"][bundle], variant)
         if what in ("neg_elbo", "iw_nll"):  # nats summed over 784 pixels
             tol = 1e-3 if variant == "fp32" else 784 * tol
+        elif what == "reconstruct" and variant != "fp32":
+            # two graphs in a chain: the encoder's difference moves the decoder's input, so two CPUs'
+            # int8 kernels (x86 without VNNI saturates, ARM does not) may differ by the decoder's whole
+            # recorded deviation from fp32, not half of it (one pixel of the float-output conv-mnist:
+            # 0.114 against 0.093); a kernel computing something else is still far outside (0.93)
+            tol = 2 * tol
         diff = float(np.max(np.abs(got[key].astype(np.float64) - want)))
         worst[key] = diff
         assert diff <= tol, f"{key} on {cpu}: max|diff| {diff:.3g} > {tol:.3g}"
