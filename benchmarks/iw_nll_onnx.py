@@ -49,15 +49,22 @@ def load_result(name: str, variant: str = "fp32") -> dict | None:
     if path.is_file():
         return json.loads(path.read_text())
     part = partial_path(path)
-    if not part.is_file():
-        return None
+    return partial_result(part) if part.is_file() else None
+
+
+def partial_result(part: Path) -> dict | None:
+    """The running figure of an estimate stopped part way (None before two images are scored)."""
     saved = json.loads(part.read_text())
-    scores = np.asarray(saved["scores"], dtype=np.float64)
-    if len(scores) < 2:
+    if len(saved["scores"]) < 2:
         return None
-    return {**saved["key"], "images": f"{len(scores)} of {saved['key']['images']} images, unfinished",
-            "iw_nll": float(scores.mean()), "iw_nll_sem": float(scores.std(ddof=1) / np.sqrt(len(scores))),
+    n = len(saved["scores"])
+    return {**saved["key"], **_mean_sem(saved["scores"]), "images": f"{n} of {saved['key']['images']} images, unfinished",
             "seconds": saved["seconds"], "machine": saved.get("machine", "")}
+
+
+def _mean_sem(scores) -> dict:
+    scores = np.asarray(scores, dtype=np.float64)
+    return {"iw_nll": float(scores.mean()), "iw_nll_sem": float(scores.std(ddof=1) / np.sqrt(len(scores)))}
 
 
 def partial_path(result: Path) -> Path:
@@ -133,8 +140,8 @@ def main() -> None:
               f"({partial.relative_to(RESULTS.parent.parent)})", file=sys.stderr)
         raise SystemExit(3)
     res = {"model": name, "variant": args.variant, "split": args.split, "iw_samples": args.iw_samples, "images": len(x),
-           "iw_nll": float(scores.mean()), "iw_nll_sem": float(scores.std(ddof=1) / np.sqrt(len(x))),
-           "seconds": round(seconds, 1), "machine": environment()["cpu"]["model"], "graphs": key["graphs"]}
+           **_mean_sem(scores), "seconds": round(seconds, 1), "machine": environment()["cpu"]["model"],
+           "graphs": key["graphs"]}
     out.write_text(json.dumps(res, indent=2) + "\n")
     partial.unlink(missing_ok=True)
     print(json.dumps(res))

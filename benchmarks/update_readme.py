@@ -34,18 +34,17 @@ SOURCES = {
 
 def iw_nll_table() -> None:
     """benchmarks/results/iw_nll.md from the iw_nll_<model>.json files of iw_nll_onnx.py."""
-    from iw_nll_onnx import load_result
+    from iw_nll_onnx import partial_result
 
     from vae_edge.runtime import shipped_bundles
 
     shipped = set(shipped_bundles())
-    files = sorted((ROOT / "benchmarks" / "results").glob("iw_nll_*.json"))
-    rows = [json.loads(p.read_text()) for p in files if not p.name.endswith(".partial.json")]
-    for p in files:  # an estimate stopped part way (iw_nll_onnx.py --max-minutes): its images so far
-        if p.name.endswith(".partial.json"):
-            key = json.loads(p.read_text())["key"]
-            if key.get("split", "test") == "test" and (r := load_result(key["model"], key["variant"])):
-                rows.append(r)
+    rows = []
+    for p in sorted((ROOT / "benchmarks" / "results").glob("iw_nll_*.json")):
+        # an estimate stopped part way (iw_nll_onnx.py --max-minutes) shows its images so far
+        r = partial_result(p) if p.name.endswith(".partial.json") else json.loads(p.read_text())
+        if r:
+            rows.append(r)
     rows = [r for r in rows if r.get("split", "test") == "test"]  # .train files: choosing between runs
     rows = [r for r in rows if r["model"] in shipped]  # candidates: candidates.md
     if not rows:

@@ -240,8 +240,7 @@ def train(
         epoch, step_in_epoch, step = state["epoch"], state["step_in_epoch"], state["step"]
         perm = state["perm"].to(dev) if step_in_epoch else None
     elif parent is not None:
-        model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
-                               for k, v in parent["model"].items()})
+        model.load_state_dict(parent["model"])  # as model_from_checkpoint: fp16 weights upcast on load
     sched = None
     if tc.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(

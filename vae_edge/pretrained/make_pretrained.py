@@ -111,14 +111,11 @@ def stage_folders(run: Path, stages: list[list[str]]) -> list[Path]:
 
 def _rows(folders: list[Path]) -> list[dict]:
     """Every epoch of every stage (a stage's folder read once), tagged with its stage when several."""
-    rows, seen = [], []
-    for f in folders:
-        if f in seen:
-            continue
-        seen.append(f)
-        for line in (f / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                rows.append({**json.loads(line), **({"stage": len(seen)} if len(set(folders)) > 1 else {})})
+    distinct = list(dict.fromkeys(folders))
+    rows = []
+    for stage, f in enumerate(distinct, 1):
+        tag = {"stage": stage} if len(distinct) > 1 else {}
+        rows += [{**json.loads(line), **tag} for line in (f / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return rows
 
 
