@@ -72,6 +72,44 @@ def iw_of(name: str, variant: str, ev: dict) -> dict:
     return {"iw_nll": None, "iw_images": None, "iw_samples": None}
 
 
+def write_tables(rows: list[dict], floor: float, classifier: dict, out_name: str) -> None:
+    """benchmarks/results/<out_name>.{json,md} from the measured rows."""
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{out_name}.json").write_text(json.dumps({"rows": rows, "frechet_floor_train_vs_test": floor,
+                                                     "classifier": classifier}, indent=1))
+    f = lambda v, s="{:.2f}": "-" if v is None else s.format(v)  # noqa: E731
+    k = next((r["iw_samples"] for r in rows if r["iw_samples"]), None)
+    md = [(f"IW-NLL: K={k}, dynamically binarized test set (fixed draw), nats, lower is better (the test images used "
+           "are counted). " if k else "IW-NLL: not measured for these models. ") + "Frechet distance: 10,000 samples (Bernoulli means) vs the 10,000 test "
+          f"digits in the evaluation classifier's 128-d features (test accuracy "
+          f"{classifier['test_accuracy']:.2%}); two real sets (10,000 training vs test digits) are {floor:.2f} "
+          "apart. Test −ELBO of an int8 variant: fp32's plus its −ELBO delta (measured on all 10,000 test images with "
+          "the same noise draws). Decoder latency: p50 ms, bare onnxruntime call, one thread, variants alternating.", "",
+          "| model | variant | parameters | IW-NLL (test images) | test −ELBO | −ELBO delta | Frechet distance | "
+          "conditional accuracy | decoder ms b=1 | decoder ms b=256 | variant MB | model folder MB | training |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        iw = "-" if r["iw_nll"] is None else f"{r['iw_nll']:.2f} ({r['iw_images']})"
+        train = "-" if not r["train_seconds"] else f"{r['train_seconds'] / 60:.0f} min, {r['train_hardware']}"
+        md.append(f"| {r['model']} | {r['variant']} | {r['parameters'] / 1e6:.2f}M | {iw} | {f(r['neg_elbo_binarized'])} | "
+                  f"{f(r['neg_elbo_delta'], '{:+.2f}')} | {r['frechet']:.2f} | {f(r['conditional_accuracy'], '{:.2%}')} | "
+                  f"{r['decoder_ms_b1']:.4f} | {r['decoder_ms_b256']:.3f} | {r['variant_bytes'] / 1e6:.2f} | "
+                  f"{r['model_folder_bytes'] / 1e6:.2f} | {train} |")
+    (OUT / f"{out_name}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def refresh_iw(out_name: str) -> None:
+    """Rewrite the IW-NLL fields of <out_name>.json's rows from the current iw_nll files."""
+    path = OUT / f"{out_name}.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist; run bench_models.py without --refresh-iw first")
+    old = json.loads(path.read_text())
+    rows = [{**r, **{k: v for k, v in iw_of(r["model"], r["variant"], {}).items() if v is not None}}
+            for r in old["rows"]]
+    write_tables(rows, old["frechet_floor_train_vs_test"], old["classifier"], out_name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
@@ -80,7 +118,14 @@ def main() -> None:
                     help="evaluate these bundles instead of the shipped ones (e.g. candidates made with "
                          "make_pretrained.py --only NAME)")
     ap.add_argument("--out-name", default="models", help="results file stem")
+    ap.add_argument("--refresh-iw", action="store_true",
+                    help="measure nothing: rewrite the IW-NLL column of the existing <out-name>.{json,md} from the "
+                         "iw_nll_<model>[.<variant>][.partial].json files of iw_nll_onnx.py (after an estimate "
+                         "finishes or moves on); every other column stays as last measured")
     args = ap.parse_args()
+    if args.refresh_iw:
+        refresh_iw(args.out_name)
+        return
     clf = EvalClassifier(threads=2)
     rows, pictures = [], []
     chosen = (dict(b.split("=", 1) for b in args.bundle) if args.bundle else shipped_bundles())
@@ -133,28 +178,7 @@ def main() -> None:
         x0 += p.width + 20
     OUT.mkdir(exist_ok=True)
     canvas.save(OUT / f"{args.out_name}_samples.png")
-    (OUT / f"{args.out_name}.json").write_text(json.dumps({"rows": rows, "frechet_floor_train_vs_test": floor,
-                                                 "classifier": sq["classifier"]}, indent=1))
-    f = lambda v, s="{:.2f}": "-" if v is None else s.format(v)  # noqa: E731
-    k = next((r["iw_samples"] for r in rows if r["iw_samples"]), None)
-    md = [(f"IW-NLL: K={k}, dynamically binarized test set (fixed draw), nats, lower is better (the test images used "
-           "are counted). " if k else "IW-NLL: not measured for these models. ") + "Frechet distance: 10,000 samples (Bernoulli means) vs the 10,000 test "
-          f"digits in the evaluation classifier's 128-d features (test accuracy "
-          f"{sq['classifier']['test_accuracy']:.2%}); two real sets (10,000 training vs test digits) are {floor:.2f} "
-          "apart. Test −ELBO of an int8 variant: fp32's plus its −ELBO delta (measured on all 10,000 test images with "
-          "the same noise draws). Decoder latency: p50 ms, bare onnxruntime call, one thread, variants alternating.", "",
-          "| model | variant | parameters | IW-NLL (test images) | test −ELBO | −ELBO delta | Frechet distance | "
-          "conditional accuracy | decoder ms b=1 | decoder ms b=256 | variant MB | model folder MB | training |",
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        iw = "-" if r["iw_nll"] is None else f"{r['iw_nll']:.2f} ({r['iw_images']})"
-        train = "-" if not r["train_seconds"] else f"{r['train_seconds'] / 60:.0f} min, {r['train_hardware']}"
-        md.append(f"| {r['model']} | {r['variant']} | {r['parameters'] / 1e6:.2f}M | {iw} | {f(r['neg_elbo_binarized'])} | "
-                  f"{f(r['neg_elbo_delta'], '{:+.2f}')} | {r['frechet']:.2f} | {f(r['conditional_accuracy'], '{:.2%}')} | "
-                  f"{r['decoder_ms_b1']:.4f} | {r['decoder_ms_b256']:.3f} | {r['variant_bytes'] / 1e6:.2f} | "
-                  f"{r['model_folder_bytes'] / 1e6:.2f} | {train} |")
-    (OUT / f"{args.out_name}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_tables(rows, floor, sq["classifier"], args.out_name)
 
 
 if __name__ == "__main__":
