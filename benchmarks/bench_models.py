@@ -66,7 +66,8 @@ def iw_of(name: str, variant: str, ev: dict) -> dict:
     else the evaluation's figure (fp32 only)."""
     iw = load_result(name, variant)
     if iw:
-        return {"iw_nll": iw["iw_nll"], "iw_images": iw["images"], "iw_samples": iw["iw_samples"]}
+        return {"iw_nll": iw["iw_nll"], "iw_images": iw["images"], "iw_samples": iw["iw_samples"],
+                **({"iw_given": iw["given"]} if iw.get("given") else {})}
     if variant == "fp32":
         return {"iw_nll": ev.get("iw_nll"), "iw_images": ev.get("iw_images"), "iw_samples": ev.get("iw_samples")}
     return {"iw_nll": None, "iw_images": None, "iw_samples": None}
@@ -80,7 +81,7 @@ def write_tables(rows: list[dict], floor: float, classifier: dict, out_name: str
     f = lambda v, s="{:.2f}": "-" if v is None else s.format(v)  # noqa: E731
     k = next((r["iw_samples"] for r in rows if r["iw_samples"]), None)
     md = [(f"IW-NLL: K={k}, dynamically binarized test set (fixed draw), nats, lower is better (the test images used "
-           "are counted). " if k else "IW-NLL: not measured for these models. ") + "Frechet distance: 10,000 samples (Bernoulli means) vs the 10,000 test "
+           "are counted; a conditional model's is −log p(x | digit)). " if k else "IW-NLL: not measured for these models. ") + "Frechet distance: 10,000 samples (Bernoulli means) vs the 10,000 test "
           f"digits in the evaluation classifier's 128-d features (test accuracy "
           f"{classifier['test_accuracy']:.2%}); two real sets (10,000 training vs test digits) are {floor:.2f} "
           "apart. Test −ELBO of an int8 variant: fp32's plus its −ELBO delta (measured on all 10,000 test images with "
@@ -89,7 +90,7 @@ def write_tables(rows: list[dict], floor: float, classifier: dict, out_name: str
           "conditional accuracy | decoder ms b=1 | decoder ms b=256 | variant MB | model folder MB | training |",
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        iw = "-" if r["iw_nll"] is None else f"{r['iw_nll']:.2f} ({r['iw_images']})"
+        iw = "-" if r["iw_nll"] is None else f"{r['iw_nll']:.2f} ({r['iw_images']}{', given the digit' if r.get('iw_given') else ''})"
         train = "-" if not r["train_seconds"] else f"{r['train_seconds'] / 60:.0f} min, {r['train_hardware']}"
         md.append(f"| {r['model']} | {r['variant']} | {r['parameters'] / 1e6:.2f}M | {iw} | {f(r['neg_elbo_binarized'])} | "
                   f"{f(r['neg_elbo_delta'], '{:+.2f}')} | {r['frechet']:.2f} | {f(r['conditional_accuracy'], '{:.2%}')} | "

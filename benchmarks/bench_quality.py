@@ -22,7 +22,7 @@ def iw_text(name: str, variant: str, ev: dict) -> str:
     r = load_result(name, variant)
     if r:
         images = r["images"] if isinstance(r["images"], str) else f"{r['images']} images"  # str: unfinished
-        return f"{r['iw_nll']:.2f} (K={r['iw_samples']}, {images})"
+        return f"{r['iw_nll']:.2f} (K={r['iw_samples']}, {images}{', given the digit' if r.get('given') else ''})"
     if variant == "fp32" and ev.get("iw_nll"):
         return f"{ev['iw_nll']:.2f} (K={ev['iw_samples']}, {ev.get('iw_images', ev.get('images'))} images)"
     return "-"

@@ -78,8 +78,10 @@ def graph_hashes(rt: VAERuntime) -> dict:
 
 
 def estimate(rt: VAERuntime, x: np.ndarray, iw_samples: int, partial: Path, key: dict,
-             max_seconds: float | None = None, log=lambda s: None) -> tuple[np.ndarray, float, bool]:
-    """Per-image IW -log p(x) of x, resumed from and saved to `partial` every CHUNK images.
+             max_seconds: float | None = None, log=lambda s: None,
+             y: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
+    """Per-image IW -log p(x) of x (-log p(x | y) given labels y, for a conditional model), resumed
+    from and saved to `partial` every CHUNK images.
 
     key identifies the estimate (graphs, K, images...): a partial file made under another key is an
     error. Returns (scores so far, seconds spent on them over all runs, whether all of x is done)."""
@@ -99,7 +101,8 @@ def estimate(rt: VAERuntime, x: np.ndarray, iw_samples: int, partial: Path, key:
             break  # at least one chunk per run, so every run makes progress
         i = len(scores)
         t0 = time.perf_counter()
-        scores += [float(v) for v in rt.score(x[i : i + CHUNK], iw_samples=iw_samples, seed=i)]
+        yi = None if y is None else y[i : i + CHUNK]
+        scores += [float(v) for v in rt.score(x[i : i + CHUNK], yi, iw_samples=iw_samples, seed=i)]
         seconds += time.perf_counter() - t0
         write_json_atomic(partial, {"key": key, "seconds": round(seconds, 1), "machine": machine,
                                     "scores": [round(v, 4) for v in scores]})
@@ -122,26 +125,30 @@ def main() -> None:
                     help="stop after this long, keeping the scores so far in the .partial.json file to resume")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
-    images, _ = load_split(resolve_data_dir("mnist", args.data_dir, split=args.split), args.split)
+    images, labels = load_split(resolve_data_dir("mnist", args.data_dir, split=args.split), args.split)
     x = binarize(to_float(images), seed=0)  # as vae_edge.evaluate: seed 0 over the full set
-    x = x[: args.limit] if args.split == "test" else x[-(args.limit or 1000):]
+    pick = slice(None, args.limit) if args.split == "test" else slice(-(args.limit or 1000), None)
+    x, labels = x[pick], labels[pick].astype(np.int64)
     rt = VAERuntime.load(args.model, variant=args.variant, threads=args.threads)
     name = args.name or args.model
     out = result_path(name, args.variant, args.split)
     key = {"model": name, "variant": args.variant, "graphs": graph_hashes(rt), "split": args.split,
            "iw_samples": args.iw_samples, "images": len(x), "binarize_seed": 0, "chunk": CHUNK}
+    if rt.conditional:  # a conditional model's likelihood is of the image given its true digit
+        key["given"] = "label"
     RESULTS.mkdir(exist_ok=True)
     partial = partial_path(out)
     scores, seconds, done = estimate(rt, x, args.iw_samples, partial, key,
                                      None if args.max_minutes is None else 60 * args.max_minutes,
-                                     log=lambda s: print(s, file=sys.stderr, flush=True))
+                                     log=lambda s: print(s, file=sys.stderr, flush=True),
+                                     y=labels if rt.conditional else None)
     if not done:
         print(f"stopped at {len(scores)} of {len(x)} images; run the same command again to continue "
               f"({partial.relative_to(RESULTS.parent.parent)})", file=sys.stderr)
         raise SystemExit(3)
     res = {"model": name, "variant": args.variant, "split": args.split, "iw_samples": args.iw_samples, "images": len(x),
            **_mean_sem(scores), "seconds": round(seconds, 1), "machine": environment()["cpu"]["model"],
-           "graphs": key["graphs"]}
+           "graphs": key["graphs"], **({"given": "label"} if rt.conditional else {})}
     out.write_text(json.dumps(res, indent=2) + "\n")
     partial.unlink(missing_ok=True)
     print(json.dumps(res))

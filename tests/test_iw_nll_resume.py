@@ -63,3 +63,23 @@ def test_partial_scores_of_other_graphs_are_refused(monkeypatch, tmp_path, quant
     with pytest.raises(VaeEdgeError, match="another estimate"):
         _run(monkeypatch, tmp_path, *common)
     assert np.asarray(json.loads(partial.read_text())["scores"]).shape == (100,)  # left as it was
+
+
+def test_conditional_model_is_scored_given_the_true_digit(monkeypatch, tmp_path, bundles, mnist_dir):
+    from vae_edge.data import binarize, load_split, to_float
+    from vae_edge.runtime import VAERuntime
+
+    assert _run(monkeypatch, tmp_path, "--model", str(bundles["mlp-cond"]), "--iw-samples", "16", "--limit", "120",
+                "--threads", "1", "--data-dir", str(mnist_dir), "--name", "c") == 0
+    got = json.loads((tmp_path / "iw_nll_c.json").read_text())
+    assert got["given"] == "label" and got["images"] == 120
+    images, labels = load_split(mnist_dir, "test")
+    x, y = binarize(to_float(images), seed=0)[:120], labels[:120].astype(np.int64)
+    with VAERuntime.load(bundles["mlp-cond"], threads=1) as rt:
+        # the same chunks and seeds as the script: 100 images from seed 0, then 20 from seed 100
+        true = np.concatenate([rt.score(x[:100], y[:100], iw_samples=16, seed=0),
+                               rt.score(x[100:], y[100:], iw_samples=16, seed=100)])
+        wrong = np.concatenate([rt.score(x[:100], (y[:100] + 1) % 10, iw_samples=16, seed=0),
+                                rt.score(x[100:], (y[100:] + 1) % 10, iw_samples=16, seed=100)])
+    assert got["iw_nll"] == pytest.approx(true.mean(), abs=1e-3)
+    assert abs(got["iw_nll"] - wrong.mean()) > 1e-2  # the digit is an input: another one scores otherwise
