@@ -132,23 +132,22 @@ def main() -> None:
     rt = VAERuntime.load(args.model, variant=args.variant, threads=args.threads)
     name = args.name or args.model
     out = result_path(name, args.variant, args.split)
+    given = {"given": "label"} if rt.conditional else {}  # a conditional model: -log p(x | its true digit)
     key = {"model": name, "variant": args.variant, "graphs": graph_hashes(rt), "split": args.split,
-           "iw_samples": args.iw_samples, "images": len(x), "binarize_seed": 0, "chunk": CHUNK}
-    if rt.conditional:  # a conditional model's likelihood is of the image given its true digit
-        key["given"] = "label"
+           "iw_samples": args.iw_samples, "images": len(x), "binarize_seed": 0, "chunk": CHUNK, **given}
     RESULTS.mkdir(exist_ok=True)
     partial = partial_path(out)
     scores, seconds, done = estimate(rt, x, args.iw_samples, partial, key,
                                      None if args.max_minutes is None else 60 * args.max_minutes,
                                      log=lambda s: print(s, file=sys.stderr, flush=True),
-                                     y=labels if rt.conditional else None)
+                                     y=labels if given else None)
     if not done:
         print(f"stopped at {len(scores)} of {len(x)} images; run the same command again to continue "
               f"({partial.relative_to(RESULTS.parent.parent)})", file=sys.stderr)
         raise SystemExit(3)
     res = {"model": name, "variant": args.variant, "split": args.split, "iw_samples": args.iw_samples, "images": len(x),
            **_mean_sem(scores), "seconds": round(seconds, 1), "machine": environment()["cpu"]["model"],
-           "graphs": key["graphs"], **({"given": "label"} if rt.conditional else {})}
+           "graphs": key["graphs"], **given}
     out.write_text(json.dumps(res, indent=2) + "\n")
     partial.unlink(missing_ok=True)
     print(json.dumps(res))
