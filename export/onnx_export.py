@@ -269,6 +269,7 @@ def export_bundle(
     force: bool = False,
     data_dir: str | os.PathLike | None = None,
     log=lambda s: None,
+    release: int = 1,
 ) -> Path:
     """Checkpoint -> validated bundle folder (encoder.onnx, decoder.onnx, manifest.json)."""
     if opset < MIN_OPSET:
@@ -308,6 +309,7 @@ def export_bundle(
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "name": name,
+            "release": int(release),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "producer": {"vae_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "model": ckpt["config"],

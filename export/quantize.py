@@ -39,6 +39,7 @@ from vae_edge.runtime.bundle import (
     fresh_name,
     fsync_dir,
     load_manifest,
+    locked,
     remove_orphans,
     sha256_file,
     variant_filename,
@@ -313,8 +314,13 @@ def variant_name(methods: dict[str, str], target: str = "x86") -> str:
 def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None, log=lambda s: None,
                     explicit: set[str] = frozenset()) -> tuple[str, dict]:
     """Add one quantized variant to a bundle; returns (variant name, its manifest entry).
-    qc.target's settings apply to the fields not named in `explicit` (those the user set)."""
-    bundle = Path(bundle)
+    qc.target's settings apply to the fields not named in `explicit` (those the user set).
+    The bundle is locked throughout: a second writer fails at once instead of losing an update."""
+    with locked(bundle, "quantize"):
+        return _quantize_bundle(Path(bundle), qc, data_dir, log, explicit)
+
+
+def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) -> tuple[str, dict]:
     manifest = load_manifest(bundle)
     remove_orphans(bundle, manifest, log)
     ref = variant_files(manifest, "fp32")

@@ -2,27 +2,36 @@
 
 This module is the one place that maps a manifest's file names to bytes. A name must be a plain
 file name inside the bundle folder (no separators, no `..`, no links), listed in the manifest
-with its sha256; the bytes that were hashed are the bytes handed to onnxruntime, so a file
-cannot change between the check and the load. Signatures (`model.sig`) are checked here too,
-through `vae_edge.runtime.trust`, over one in-memory snapshot of the folder.
+with its sha256 and size; the bytes that were hashed are the bytes handed to onnxruntime, so a
+file cannot change between the check and the load. Before any byte is read, the folder's entries
+are checked by type and size alone (a FIFO, a device, a link or a file larger than the manifest
+says is refused without opening it for long), and their count and total size are capped.
+Signatures (`model.sig`) are checked here too, through `vae_edge.runtime.trust`: the files present
+must be exactly the files signed, each streamed through sha256 once; the graphs that load are
+read again and checked against the signed digests, so nothing is ever copied to a temporary place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae_edge import VaeEdgeError
+from vae_edge.runtime.files import (  # noqa: F401  (re-exported: the writers import them from here)
+    fsync_dir,
+    locked,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+)
 
 MANIFEST = "manifest.json"
 SIGNATURE = "model.sig"  # OpenSSF model-signing's conventional name
@@ -31,6 +40,11 @@ SCHEMA_VERSION = 1
 VARIANTS = ("fp32", "int8-dynamic", "int8-static", "fp16")
 GRAPHS = ("encoder", "decoder")
 MAX_FILE_BYTES = 1 << 30  # a bundle file larger than this is refused
+MAX_BUNDLE_BYTES = 4 << 30  # all files of a bundle together
+MAX_FILES = 256  # entries of a bundle folder
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_SIGNATURE_BYTES = 1 << 20
+_CHUNK = 1 << 20
 
 
 class BundleError(VaeEdgeError):
@@ -42,52 +56,8 @@ def variant_filename(graph: str, variant: str, ext: str = ".onnx") -> str:
     return f"{graph}{ext}" if variant == "fp32" else f"{graph}.{variant}{ext}"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_entry(path: Path) -> dict:
     return {"sha256": sha256_file(path), "size": path.stat().st_size}
-
-
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary file beside `path`, fsync, rename: readers see the old or the new file,
-    never a part; the temporary file is removed if anything fails."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def _finite(obj):
@@ -118,17 +88,20 @@ def is_bundle(path: str | os.PathLike) -> bool:
 def check_name(name: object, where: object = "bundle") -> str:
     """A manifest file name must be a plain file name: it cannot leave the bundle folder."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\x00" in name or os.path.isabs(name) or name.startswith("~")):
-        raise BundleError(f"{where}: the manifest names the file {name!r}, which is not a plain file name "
+            or "\x00" in name or os.path.isabs(name) or name.startswith("~") or len(name) > 255):
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        raise BundleError(f"{where}: the manifest names the file {shown}, which is not a plain file name "
                           "inside the bundle folder (refused)")
     return name
 
 
-def read_file(bundle: Path, name: str) -> bytes:
-    """The bytes of one file of the bundle folder; links and anything but regular files are refused."""
+def _open(bundle: Path, name: str, max_bytes: int, size: int | None) -> tuple[int, int]:
+    """An fd of a regular file of the bundle, and its size. O_NONBLOCK: a FIFO put in place of a
+    file is refused at once instead of waiting for a writer; O_NOFOLLOW: links are refused."""
     check_name(name, bundle)
     path = Path(bundle) / name
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0))
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -137,33 +110,101 @@ def read_file(bundle: Path, name: str) -> bytes:
         if os.path.islink(path):
             raise BundleError(f"{bundle}: {name} is a symbolic link; bundle files must be regular files") from None
         raise BundleError(f"{bundle}: cannot read {name}: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BundleError(f"{bundle}: {name} is not a regular file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise BundleError(f"{bundle}: {name} is {st.st_size} bytes, over the {MAX_FILE_BYTES} limit")
-        return f.read()
+            raise BundleError(f"{bundle}: {name} is not a regular file ({_kind(st.st_mode)}): refused")
+        if st.st_size > max_bytes:
+            raise BundleError(f"{bundle}: {name} is {st.st_size:,} bytes, over the {max_bytes:,} limit: refused")
+        if size is not None and st.st_size != size:
+            raise BundleError(f"{bundle}: {name} is {st.st_size:,} bytes, the manifest says {size:,} "
+                              "(tampered or corrupt): refused")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def read_file(bundle: Path, name: str, max_bytes: int = MAX_FILE_BYTES, size: int | None = None) -> bytes:
+    """The bytes of one file of the bundle folder; links and anything but regular files are
+    refused, and so is a file larger than max_bytes (or of another size than `size`)."""
+    fd, n = _open(bundle, name, max_bytes, size)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(n + 1)
+    if len(data) != n:
+        raise BundleError(f"{bundle}: {name} changed size while it was read: refused")
+    return data
+
+
+def hash_file(bundle: Path, name: str, size: int | None = None) -> str:
+    """sha256 of one file of the bundle, streamed (constant memory)."""
+    import hashlib
+
+    fd, n = _open(bundle, name, MAX_FILE_BYTES, size)
+    h, seen = hashlib.sha256(), 0
+    with os.fdopen(fd, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+            seen += len(chunk)
+    if seen != n:
+        raise BundleError(f"{bundle}: {name} changed size while it was read: refused")
+    return h.hexdigest()
+
+
+def list_folder(bundle: Path) -> dict[str, int]:
+    """{name: size} of every entry of a (flat) bundle folder, from lstat alone: anything but a
+    regular file is refused, and so are too many or too large files, before a byte is read."""
+    out: dict[str, int] = {}
+    with os.scandir(bundle) as entries:
+        for entry in entries:
+            if len(out) >= MAX_FILES:
+                raise BundleError(f"{bundle} holds more than {MAX_FILES} entries: not a bundle (refused)")
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise BundleError(f"{bundle}: {entry.name} is {_kind(st.st_mode)}; a signed bundle holds regular "
+                                  "files only (refused)")
+            if st.st_size > MAX_FILE_BYTES:
+                raise BundleError(f"{bundle}: {entry.name} is {st.st_size:,} bytes, over the {MAX_FILE_BYTES:,} "
+                                  "limit: refused")
+            out[entry.name] = st.st_size
+    total = sum(out.values())
+    if total > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{bundle} holds {total:,} bytes, over the {MAX_BUNDLE_BYTES:,} limit of a bundle: refused")
+    return out
 
 
 def parse_manifest(raw: bytes, where: object) -> dict:
     try:
         manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{where} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{where} is not a vae-edge manifest (not UTF-8 text)") from None
+    except ValueError as e:
+        raise BundleError(f"{where} is not valid JSON (line {getattr(e, 'lineno', '?')}, column "
+                          f"{getattr(e, 'colno', '?')}): re-export the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise BundleError(f"{where} is not a vae-edge manifest")
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(
-            f"{where} has schema version {manifest.get('schema_version')!r}; this vae-edge reads {SCHEMA_VERSION}"
-        )
+        version = manifest.get("schema_version")
+        shown = repr(version) if len(repr(version)) <= 20 else "?"
+        raise BundleError(f"{where} has schema version {shown}; this vae-edge reads {SCHEMA_VERSION}")
     for key in ("files", "variants", "model"):
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"{where}: the manifest has no {key!r} table")
+    if len(manifest["files"]) > MAX_FILES:
+        raise BundleError(f"{where} lists more than {MAX_FILES} files (refused)")
     for name, entry in manifest["files"].items():
         check_name(name, where)
         if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
-                or not isinstance(entry.get("size"), int)):
+                or not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool)
+                or not 0 <= entry["size"] <= MAX_FILE_BYTES):
             raise BundleError(f"{where}: the manifest entry of {name!r} needs a sha256 and a size")
     for variant, entry in manifest["variants"].items():
         files = entry.get("files") if isinstance(entry, dict) else None
@@ -174,7 +215,16 @@ def parse_manifest(raw: bytes, where: object) -> dict:
             if name not in manifest["files"]:
                 raise BundleError(f"{where}: {graph} file {name!r} of variant {variant!r} is not listed "
                                   "with a checksum in the manifest (refused)")
+    _check_identity(manifest, where)
     return manifest
+
+
+def _check_identity(manifest: dict, where: object) -> None:
+    name, release = manifest.get("name"), manifest.get("release", 0)
+    if name is not None and not isinstance(name, str):
+        raise BundleError(f"{where}: the manifest's name must be a string")
+    if not isinstance(release, int) or isinstance(release, bool) or release < 0:
+        raise BundleError(f"{where}: the manifest's release must be a whole number >= 0")
 
 
 def _check_dir(bundle: Path) -> None:
@@ -187,7 +237,7 @@ def _check_dir(bundle: Path) -> None:
 def load_manifest(bundle: str | os.PathLike) -> dict:
     bundle = Path(bundle)
     _check_dir(bundle)
-    return parse_manifest(read_file(bundle, MANIFEST), bundle / MANIFEST)
+    return parse_manifest(read_file(bundle, MANIFEST, MAX_MANIFEST_BYTES), bundle / MANIFEST)
 
 
 def checked(bundle: Path, manifest: dict, name: str, data: bytes) -> bytes:
@@ -200,17 +250,24 @@ def checked(bundle: Path, manifest: dict, name: str, data: bytes) -> bytes:
 
 
 def verify_files(bundle: str | os.PathLike, manifest: dict, names: list[str] | None = None) -> None:
-    """Check that each listed file exists with the sha256 and size the manifest records."""
+    """Check that each listed file exists with the sha256 and size the manifest records (streamed)."""
     bundle = Path(bundle)
     for name in names if names is not None else list(manifest.get("files", {})):
-        checked(bundle, manifest, check_name(name, bundle), read_file(bundle, name))
+        entry = manifest["files"].get(check_name(name, bundle))
+        if entry is None:
+            raise BundleError(f"{bundle}: {name} is not listed in the manifest")
+        if hash_file(bundle, name, entry["size"]) != entry["sha256"]:
+            raise BundleError(f"{bundle}: {name} does not match its sha256 in the manifest (tampered or corrupt)")
+
+
+_MODES = {"int8-dynamic": "dynamic", "int8-static": "static", "fp16": "fp16"}
 
 
 def variant_files(manifest: dict, variant: str, bundle: object = "BUNDLE") -> dict[str, str]:
     variants = manifest.get("variants", {})
     if variant not in variants:
         have = ", ".join(variants) or "none"
-        mode = {"int8-dynamic": "dynamic", "int8-static": "static", "fp16": "fp16"}.get(variant, "auto")
+        mode = _MODES.get(variant, "auto")
         raise BundleError(
             f"this bundle has no {variant!r} variant (it has: {have}); "
             f"make it with `vae-edge quantize {bundle} --mode {mode}` (needs pip install 'vae-edge[export]')"
@@ -230,12 +287,18 @@ def user_tuning_file(manifest: dict) -> Path:
     return Path(base) / "vae-edge" / "tuning" / f"{key[:32]}.json"
 
 
+MAX_TUNING_BYTES = 1 << 20
+
+
 def tuning(manifest: dict) -> dict:
-    """The recorded tuning of a bundle: in its manifest, else in the user cache; {} if never tuned."""
+    """The recorded tuning of a bundle, as it is written: in its manifest, else in the user cache;
+    {} if never tuned or unreadable. Its fields are checked by `vae_edge.runtime.choice`."""
     if manifest.get("tuning"):
-        return manifest["tuning"]
+        return manifest["tuning"] if isinstance(manifest["tuning"], dict) else {}
     path = user_tuning_file(manifest)
     try:
+        if path.stat().st_size > MAX_TUNING_BYTES or not path.is_file():
+            return {}
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
@@ -251,28 +314,54 @@ class Bundle:
     manifest: dict
     signature: str = "unsigned"
     key: str | None = None
-    _snapshot: dict[str, bytes] = field(default_factory=dict, repr=False)
+    signed: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> signed sha256
 
     def read(self, name: str) -> bytes:
-        """The checked bytes of a listed file (from the verified snapshot when there is one)."""
+        """The bytes of a listed file, read now and checked against the manifest (and, when
+        verified, against the signed digest): the bytes returned are the bytes checked."""
         check_name(name, self.path)
-        data = self._snapshot.get(name)
-        if data is None:
-            if self.signature == "verified":  # everything was snapshotted when the signature was checked
-                raise BundleError(f"{self.path}: {name} is not part of the signed bundle")
-            data = read_file(self.path, name)
-        return checked(self.path, self.manifest, name, data)
+        entry = self.manifest["files"].get(name)
+        if entry is None:
+            raise BundleError(f"{self.path}: {name} is not listed in the manifest")
+        if self.signature == "verified" and name not in self.signed:
+            raise BundleError(f"{self.path}: {name} is not part of the signed bundle")
+        data = checked(self.path, self.manifest, name, read_file(self.path, name, size=entry["size"]))
+        if self.signature == "verified" and sha256_bytes(data) != self.signed[name]:
+            raise BundleError(f"{self.path}: {name} changed after its signature was checked: refused")
+        return data
 
     def variant_bytes(self, variant: str) -> dict[str, bytes]:
         """Both graphs of one variant; a damaged variant is named, the others stay usable."""
+        from vae_edge.runtime.graphcheck import refuse_external_data
+
         files = variant_files(self.manifest, variant, self.path)
         try:
-            return {graph: self.read(name) for graph, name in files.items()}
+            out = {graph: self.read(name) for graph, name in files.items()}
+            for graph, data in out.items():
+                refuse_external_data(data, f"{self.path}/{files[graph]}")
+            return out
         except BundleError as e:
-            mode = {"int8-dynamic": "dynamic", "int8-static": "static", "fp16": "fp16"}.get(variant)
+            mode = _MODES.get(variant)
             fix = (f"re-make it with `vae-edge quantize {self.path} --mode {mode}`" if mode
                    else "re-export the bundle")
             raise BundleError(f"variant {variant} is damaged: {e}; other variants still load; {fix}") from None
+
+    def changed_since_signing(self) -> list[str]:
+        """Without a key: the files that differ from the digests the signature lists (nothing is
+        authenticated, but a bundle changed after signing is told apart). [] if none or unsigned."""
+        from vae_edge.runtime import trust
+
+        if self.signature == "unsigned":
+            return []
+        sig = read_file(self.path, SIGNATURE, MAX_SIGNATURE_BYTES)
+        where = str(self.path)
+        _, payload, _ = trust.read_envelope(sig, where)
+        digests = trust.signed_digests(payload, where)
+        listing = list_folder(self.path)
+        names = set(listing) - {SIGNATURE}
+        changed = sorted(names ^ set(digests))
+        changed += sorted(n for n in names & set(digests) if hash_file(self.path, n, listing[n]) != digests[n])
+        return changed
 
 
 def open_bundle(
@@ -280,10 +369,11 @@ def open_bundle(
     trusted_key: str | os.PathLike | None = None,
     warn: Callable[[str], None] | None = None,
     key_label: str | None = None,
+    expect: str | None = None,
 ) -> Bundle:
     """Open a bundle: parse its manifest and, with a trusted public key, verify its signature
-    over a snapshot of every file in the folder (anything changed, added or removed after signing
-    is refused). Without a key, a signed bundle loads as before, with a note."""
+    (anything changed, added or removed after signing is refused). Without a key, a signed bundle
+    loads as before, with a note. `expect` (NAME or NAME@RELEASE) pins which signed bundle may load."""
     bundle = Path(bundle)
     _check_dir(bundle)
     if trusted_key is None:
@@ -292,32 +382,62 @@ def open_bundle(
         if signed and warn is not None:
             warn(f"note: {bundle} is signed, but its signature was not checked (no trusted key): "
                  "pass --trusted-key PUBLIC.pem or set VAE_EDGE_TRUSTED_KEY")
-        return Bundle(bundle, manifest, "unchecked" if signed else "unsigned")
+        opened = Bundle(bundle, manifest, "unchecked" if signed else "unsigned")
+    else:
+        opened = _open_signed(bundle, trusted_key, key_label or str(trusted_key))
+    if expect:
+        check_expected(opened, expect)
+    return opened
 
+
+def _open_signed(bundle: Path, key, label: str) -> Bundle:
     from vae_edge.runtime import trust
 
-    snapshot = snapshot_folder(bundle)
-    if SIGNATURE not in snapshot:
+    listing = list_folder(bundle)
+    if SIGNATURE not in listing:
         raise BundleError(f"{bundle} is not signed (no {SIGNATURE}), and a trusted key is set: refused "
                           "(sign it with `vae-edge sign`)")
-    trust.verify_snapshot(snapshot, trusted_key, where=bundle)
-    manifest = parse_manifest(snapshot[MANIFEST], bundle / MANIFEST)
-    for name in manifest["files"]:  # the signature covers the folder; the manifest must agree with it
-        if name not in snapshot:
-            raise BundleError(f"{bundle}: {name} is listed in the manifest but is not in the signed bundle")
-    return Bundle(bundle, manifest, "verified", key_label or str(trusted_key), snapshot)
+    sig = read_file(bundle, SIGNATURE, MAX_SIGNATURE_BYTES)
+    raw = read_file(bundle, MANIFEST, MAX_MANIFEST_BYTES)
+    where = f"{bundle}: signature check failed"
+    digests = trust.verify_signature(sig, key, where)
+    names = set(listing) - {SIGNATURE}
+    for what, diff in (("added after signing", names - set(digests)), ("removed after signing", set(digests) - names)):
+        if diff:
+            raise BundleError(f"{where}: {', '.join(sorted(diff)[:3])} {'was' if len(diff) == 1 else 'were'} "
+                              f"{what} (refused)")
+    changed = [MANIFEST] if sha256_bytes(raw) != digests.get(MANIFEST) else []
+    changed += [n for n in sorted(names - {MANIFEST})  # each file streamed once, sizes from lstat
+                if hash_file(bundle, n, listing[n]) != digests[n]]
+    if changed:
+        raise BundleError(f"{where}: {', '.join(changed[:3])}{' and more' if len(changed) > 3 else ''} "
+                          f"changed after signing (refused)")
+    manifest = parse_manifest(raw, bundle / MANIFEST)
+    for name, entry in manifest["files"].items():
+        if entry["sha256"] != digests.get(name) or entry["size"] != listing.get(name):
+            raise BundleError(f"{where}: {name} is listed in the manifest with another size or sha256 than signed")
+    return Bundle(bundle, manifest, "verified", label, digests)
 
 
-def snapshot_folder(bundle: Path) -> dict[str, bytes]:
-    """Every file of a (flat) bundle folder, read once. Sub-folders and links are refused."""
-    out = {}
-    for entry in sorted(os.scandir(bundle), key=lambda e: e.name):
-        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
-            raise BundleError(f"{bundle}: {entry.name} is not a regular file; a signed bundle holds files only")
-        out[entry.name] = read_file(bundle, entry.name)
-    if MANIFEST not in out:
-        raise BundleError(f"{bundle} is not a vae-edge bundle (no {MANIFEST})")
-    return out
+def parse_expect(expect: str) -> tuple[str, int]:
+    name, _, release = str(expect).partition("@")
+    if not name or (release and not release.isdigit()):
+        raise VaeEdgeError(f"--expect {expect!r}: write NAME or NAME@RELEASE (e.g. mlp-mnist@2)")
+    return name, int(release or 0)
+
+
+def check_expected(opened: Bundle, expect: str) -> None:
+    """Refuse a bundle that is not the one a device expects: another model, or an older release
+    (a rollback). Only a verified signature makes the manifest's name and release mean anything."""
+    name, least = parse_expect(expect)
+    if opened.signature != "verified":
+        raise BundleError(f"{opened.path}: --expect {expect} needs a verified signature: pass --trusted-key PUBLIC.pem")
+    have, release = opened.manifest.get("name"), opened.manifest.get("release", 0)
+    if have != name:
+        raise BundleError(f"{opened.path} is {have!r}, not the expected {name!r}: refused")
+    if release < least:
+        raise BundleError(f"{opened.path} is release {release} of {name}, older than the expected {least} "
+                          "(a rollback?): refused")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,23 +454,53 @@ def drop_signature(bundle: Path, log: Callable[[str], None] | None = None) -> No
 
 
 def add_variant(bundle: Path, manifest: dict, variant: str, entry: dict, log=None) -> dict:
-    """Record a variant and its files' checksums; the new files must already be in place.
-    The manifest is written last (atomically), then files no variant uses any more are removed."""
-    before = set(manifest.get("files", {}))
-    manifest.setdefault("variants", {})[variant] = entry
-    for name in list(entry["files"].values()) + list(entry.get("ort_files", {}).values()):
-        manifest.setdefault("files", {})[name] = file_entry(bundle / check_name(name, bundle))
-    used = {n for v in manifest["variants"].values()
-            for n in list(v["files"].values()) + list(v.get("ort_files", {}).values())}
-    stale = sorted(n for n in before - used if n != MANIFEST)
-    for name in stale:
-        manifest["files"].pop(name, None)
-    drop_signature(bundle, log)
-    write_json_atomic(bundle / MANIFEST, manifest)
-    for name in stale:
-        with contextlib.suppress(OSError):
-            (bundle / name).unlink()
+    """Record a variant and its files' checksums; the new files must already be in place, each a
+    self-contained graph. The manifest is written last (atomically), then files no variant uses
+    any more are removed. Callers that read the manifest earlier hold the bundle's lock."""
+    from vae_edge.runtime.graphcheck import refuse_external_data
+
+    with locked(bundle, "update"):
+        before = set(manifest.get("files", {}))
+        manifest.setdefault("variants", {})[variant] = entry
+        for name in list(entry["files"].values()) + list(entry.get("ort_files", {}).values()):
+            path = bundle / check_name(name, bundle)
+            if name.endswith(".onnx"):
+                refuse_external_data(path.read_bytes(), path)
+            manifest.setdefault("files", {})[name] = file_entry(path)
+        used = {n for v in manifest["variants"].values()
+                for n in list(v["files"].values()) + list(v.get("ort_files", {}).values())}
+        stale = sorted(n for n in before - used if n != MANIFEST)
+        for name in stale:
+            manifest["files"].pop(name, None)
+        drop_signature(bundle, log)
+        write_json_atomic(bundle / MANIFEST, manifest)
+        for name in stale:
+            with contextlib.suppress(OSError):
+                (bundle / name).unlink()
     return manifest
+
+
+def sign_files(bundle: Path, sign: Callable[[dict[str, str], str], bytes]) -> Path:
+    """Write BUNDLE/model.sig = sign({file name: sha256}, folder name) over every file of the
+    folder but the signature. Refused: a bundle whose files disagree with its manifest, or that
+    holds anything but regular files, or a graph with external data."""
+    from vae_edge.runtime.graphcheck import refuse_external_data
+
+    bundle = Path(bundle).resolve()
+    with locked(bundle, "sign"):
+        manifest = load_manifest(bundle)
+        verify_files(bundle, manifest)  # never sign a bundle whose files already disagree with it
+        listing = list_folder(bundle)
+        digests = {}
+        for name in sorted(set(listing) - {SIGNATURE}):
+            if name.endswith(".onnx"):
+                data = read_file(bundle, name, size=listing[name])
+                refuse_external_data(data, bundle / name)
+                digests[name] = sha256_bytes(data)
+            else:
+                digests[name] = hash_file(bundle, name, listing[name])
+        write_bytes_atomic(bundle / SIGNATURE, sign(digests, bundle.name))
+    return bundle / SIGNATURE
 
 
 _OWN_FILE = re.compile(r"^(encoder|decoder)(\.[a-z0-9-]+)?(\.[0-9a-f]{8,64})?\.(onnx|ort)$"
@@ -359,14 +509,18 @@ _OWN_FILE = re.compile(r"^(encoder|decoder)(\.[a-z0-9-]+)?(\.[0-9a-f]{8,64})?\.(
 
 def remove_orphans(bundle: Path, manifest: dict, log: Callable[[str], None] | None = None) -> list[str]:
     """Graph files that no manifest entry names are leftovers of an interrupted update (written,
-    but never recorded): remove them. Only names of the form vae-edge writes are touched."""
+    but never recorded): remove them. Only names of the form vae-edge writes are touched, and only
+    under the bundle's lock, with the manifest read again under it: a file another writer placed
+    and recorded is never taken for an orphan."""
     gone = []
-    for entry in os.scandir(bundle):
-        if (entry.is_file(follow_symlinks=False) and _OWN_FILE.match(entry.name)
-                and entry.name not in manifest.get("files", {})):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                gone.append(entry.name)
+    with locked(bundle, "update"):
+        listed = load_manifest(bundle).get("files", {})
+        for entry in os.scandir(bundle):
+            if (entry.is_file(follow_symlinks=False) and _OWN_FILE.match(entry.name)
+                    and entry.name not in listed and entry.name not in manifest.get("files", {})):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    gone.append(entry.name)
     if gone and log:
         log(f"removed {len(gone)} file(s) left by an interrupted update: {', '.join(sorted(gone))}")
     return gone
@@ -387,11 +541,13 @@ def fresh_name(bundle: Path, name: str, data_sha: str) -> str:
 
 
 def replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished temporary folder into place (the old one goes only once the new is done)."""
+    """Move a finished temporary folder into place (the old one goes only once the new is done,
+    and not while another vae-edge command holds it)."""
     if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
+        with locked(dest, "replace"):
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)

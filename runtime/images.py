@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from vae_edge import VaeEdgeError
+from vae_edge.runtime.files import check_output_path, existing_kind, is_stdout, write_output
 
 _SLICE_LIKE = re.compile(r"^[A-Za-z][\w-]+:")  # mnist:..., fashion-mnist:..., not C:\ or ./x
 MAX_GRID_IMAGES = 4096  # a grid image holds at most this many digits (larger: write .npy)
@@ -242,41 +242,29 @@ def check_grid_size(n: int) -> None:
 
 
 def check_output(path: str | os.PathLike, suffixes=tuple(IMAGE_SUFFIXES)) -> Path:
-    """Refuse a bad output path before any work is done."""
+    """Refuse a bad output path before any work is done. `-` is standard output, written in the
+    first format of `suffixes`; an existing character device or FIFO is written through."""
     path = Path(path)
+    if is_stdout(path) or existing_kind(path) == "through":  # /dev/null, a FIFO: any name will do
+        return path
     if path.suffix.lower() not in suffixes:
-        raise VaeEdgeError(f"output {path} must end in one of {', '.join(suffixes)}")
-    if path.is_dir():
-        raise VaeEdgeError(f"output {path} is a folder")
-    if not path.parent.exists():
-        raise VaeEdgeError(f"the folder of output {path} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise VaeEdgeError(f"cannot write output {path}: its folder is not writable")
+        raise VaeEdgeError(f"output {path} must end in one of {', '.join(suffixes)} (or be - for standard output)")
+    check_output_path(path)
     return path
+
+
+def output_format(path: Path, suffixes=tuple(IMAGE_SUFFIXES)) -> str:
+    """The suffix that says how to write `path` (`-`: the first of `suffixes`)."""
+    return path.suffix.lower() if path.suffix.lower() in suffixes else suffixes[0]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """write(tmp_path) then rename: no half-written output if anything fails."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_output(path, write)
 
 
-def save_image(img: Image.Image, path: str | os.PathLike) -> Path:
-    fmt = IMAGE_SUFFIXES[Path(path).suffix.lower()]
+def save_image(img: Image.Image, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    fmt = IMAGE_SUFFIXES[fmt or output_format(Path(path))]
     return atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
 
 
@@ -295,3 +283,42 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
         with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
             np.save(f, array, allow_pickle=False)
     return atomic_write(path, write)
+
+
+MAX_NPY_BYTES = 1 << 31  # an array file larger than this is refused (2 GiB)
+_NPY_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+
+
+def load_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
+    """A .npy file -> array, its header checked before any data is read: real numbers only (no
+    strings, complex numbers or objects), and a declared size that the file really holds."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                          (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if reader is None:
+                    raise ValueError(f"unknown .npy version {version}")
+                shape, fortran, dtype = reader(f, max_header_size=10_000)
+            except (ValueError, OSError, SyntaxError, TypeError):
+                raise VaeEdgeError(f"{path} is not a .npy file (write one with numpy.save or `vae-edge encode`)") from None
+            if dtype.kind not in _NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+                raise VaeEdgeError(f"{path} holds {dtype} values; a {what} must be real numbers (float or integer)")
+            nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if nbytes > MAX_NPY_BYTES:
+                raise VaeEdgeError(f"{path} declares {list(shape)} ({nbytes / 2**30:.1f} GiB), over the "
+                                   f"{MAX_NPY_BYTES >> 30} GiB limit: split it into smaller files")
+            if nbytes != left:
+                raise VaeEdgeError(f"{path} declares {list(shape)} {dtype} ({nbytes:,} bytes) but holds {left:,}: "
+                                   "truncated or corrupt")
+            data = np.fromfile(f, dtype=dtype, count=int(np.prod(shape))) if nbytes else np.empty(0, dtype)
+    except FileNotFoundError:
+        raise VaeEdgeError(f"{what} file {path} does not exist") from None
+    except IsADirectoryError:
+        raise VaeEdgeError(f"{path} is a folder, not a .npy file") from None
+    except OSError as e:
+        raise VaeEdgeError(f"cannot read {path}: {e.strerror or e}") from None
+    return data.reshape(shape, order="F" if fortran else "C")

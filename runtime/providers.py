@@ -82,14 +82,26 @@ def resolve(names: list[str] | tuple[str, ...] | None, options: dict[str, str] |
     return out
 
 
+def max_threads() -> int:
+    """The most intra-op threads a session may ask for: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def session_options(threads: int | None = None, opt_level: str = "all") -> ort.SessionOptions:
     if opt_level not in OPT_LEVELS:
         raise VaeEdgeError(f"unknown graph optimization level {opt_level!r}: {', '.join(OPT_LEVELS)}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[opt_level]
     if threads is not None:
-        if threads <= 0:
-            raise VaeEdgeError(f"threads must be positive, got {threads}")
+        cores = os.cpu_count() or 1
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0:
+            raise VaeEdgeError(f"threads must be a positive whole number, got {threads!r}")
+        if threads > max_threads():
+            raise VaeEdgeError(f"--threads {threads} is more than this machine's {cores} CPU(s) can use: "
+                               f"give at most {max_threads()} (more threads than cores only slow a call down)")
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3

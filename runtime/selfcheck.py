@@ -138,20 +138,22 @@ def record_bundle(bundle, only_missing: bool = True, log: Callable[[str], None] 
 
     from vae_edge.runtime.bundle import (
         drop_signature,
+        locked,
         open_bundle,
         write_json_atomic,
     )
 
     bundle = Path(bundle)
-    opened = open_bundle(bundle)
-    manifest = opened.manifest
-    done = []
-    for v, entry in manifest["variants"].items():
-        if only_missing and entry.get("golden"):
-            continue
-        entry["golden"] = record(manifest, entry, session_runner(opened.variant_bytes(v)))
-        done.append(v)
-    if done:
-        drop_signature(bundle, log)
-        write_json_atomic(bundle / "manifest.json", manifest)
+    with locked(bundle, "record"):
+        opened = open_bundle(bundle)
+        manifest = opened.manifest
+        done = []
+        for v, entry in manifest["variants"].items():
+            if only_missing and entry.get("golden"):
+                continue
+            entry["golden"] = record(manifest, entry, session_runner(opened.variant_bytes(v)))
+            done.append(v)
+        if done:
+            drop_signature(bundle, log)
+            write_json_atomic(bundle / "manifest.json", manifest)
     return done

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vae_edge.runtime.bundle import load_manifest
-
 
 def _cpuinfo() -> tuple[str, set[str]]:
     model, flags = platform.processor() or platform.machine(), set()
@@ -104,20 +102,19 @@ def environment() -> dict:
     return env
 
 
-def bundle_summary(bundle=None) -> dict:
+def bundle_summary(bundle=None, trusted_key=None, warn=None) -> dict:
     from vae_edge.runtime import trust
-    from vae_edge.runtime.bundle import SIGNATURE, tuning
-    from vae_edge.runtime.vae_runtime import resolve_bundle
+    from vae_edge.runtime.bundle import open_bundle
+    from vae_edge.runtime.choice import tuned_choice
+    from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
 
     path = resolve_bundle(bundle)
-    m = load_manifest(path)
-    signed = (path / SIGNATURE).is_file()
-    if not signed:
-        signature = "unsigned"
-    elif trust.available():
-        signature = "signed (checked when loaded with a trusted key)"
-    else:
-        signature = f"signed, cannot be checked here: {trust.INSTALL_HINT}"
+    key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
+    opened = open_bundle(path, key, key_label=label)
+    m = opened.manifest
+    signature = {"verified": f"valid, signed by {opened.key}",
+                 "unchecked": "signed, NOT checked (pass --trusted-key PUBLIC.pem)",
+                 "unsigned": "unsigned"}[opened.signature]
     variants = []
     for name, v in m.get("variants", {}).items():
         size = sum(m["files"][f]["size"] for f in v["files"].values() if f in m["files"])
@@ -126,6 +123,7 @@ def bundle_summary(bundle=None) -> dict:
     return {
         "path": str(path), "name": m.get("name"), "arch": m["model"]["arch"],
         "latent_dim": m["model"]["latent_dim"], "conditional": m["model"]["conditional"],
-        "evaluation": m.get("evaluation"), "variants": variants, "tuned": tuning(m).get("choice"),
+        "evaluation": m.get("evaluation"), "variants": variants, "tuned": tuned_choice(m, warn),
         "target_variant": target_variant(m), "signature": signature,
+        "release": m.get("release", 0),
     }

@@ -1,25 +1,45 @@
-"""Signed bundles with OpenSSF model signing (`model-signing`, the `[sign]` extra).
+"""Signed bundles: OpenSSF model signing's format, signed and checked with `cryptography` alone.
 
-A signature (`model.sig`, a Sigstore bundle with a DSSE envelope) covers every file of the bundle
-folder: changing, adding or removing any file after signing breaks it. Keys are ECDSA P-256 PEM
-files. `model_signing` is imported only when a signature is made or checked, so the runtime's
-other paths neither need nor load it.
+A signature (`model.sig`) is a Sigstore bundle (v0.3 JSON) holding a DSSE envelope whose payload
+is an in-toto statement: the sha256 of every file of the bundle folder but `model.sig` itself,
+and a root digest over them. It is the format `model_signing` (the official library and CLI)
+writes and reads with an elliptic-curve key, so bundles signed by either verify with the other
+(tests/test_trust.py checks both ways). Keys are ECDSA P-256 PEM files.
+
+vae-edge signs and verifies this format itself, with the `cryptography` package only (one
+dependency of the base install, 16 MB) instead of `model_signing` (66 MB with sigstore, pydantic,
+rich and the rest), so every install checks the shipped bundles. It also verifies more strictly
+than `model_signing`'s defaults: the files present must be exactly the files signed (nothing is
+ignored but `model.sig`, whatever the signature's own settings say, so a `.gitignore` added after
+signing is refused), and what is hashed is the bytes in memory that go on to load, never a copy.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 from vae_edge import VaeEdgeError
-from vae_edge.runtime.bundle import SIGNATURE, BundleError, fsync_dir, snapshot_folder
 
+SIGNATURE = "model.sig"  # OpenSSF model-signing's conventional name
 ENV_KEY = "VAE_EDGE_TRUSTED_KEY"
 PROJECT_KEY_NAME = "vae-edge-project.pub.pem"
-INSTALL_HINT = "pip install 'vae-edge[sign]'"
+INSTALL_HINT = "pip install cryptography"  # part of the base install; only a broken one lacks it
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+SERIALIZATION = {"method": "files", "hash_type": "sha256", "allow_symlinks": False, "ignore_paths": [SIGNATURE]}
+MAX_KEY_BYTES = 64 << 10
+
+
+class SignatureError(VaeEdgeError):
+    """A signature is malformed, made by another key, or does not match the bundle."""
 
 
 def project_key() -> Path:
@@ -29,32 +49,31 @@ def project_key() -> Path:
 
 def available() -> bool:
     try:
-        import model_signing  # noqa: F401
+        import cryptography  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-def _model_signing():
+def _crypto():
     try:
-        from model_signing import hashing, signing, verifying
-    except ImportError as e:
-        raise VaeEdgeError(f"signed bundles need model-signing ({e.name or e} is missing): {INSTALL_HINT}") from None
-    return hashing, signing, verifying
+        from cryptography import exceptions
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+    except ImportError:
+        raise VaeEdgeError(f"signed bundles need the cryptography package: {INSTALL_HINT}") from None
+    return exceptions, hashes, serialization, ec
 
 
-def _hashing_config(hashing):
-    # The signature file itself is the one file the signature does not cover.
-    return hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False)
-
+# ---------------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------------
 
 def keygen(private_out: str | os.PathLike, public_out: str | os.PathLike, force: bool = False) -> tuple[Path, Path]:
     """A new ECDSA P-256 key pair as PEM files; the private one readable by its owner only."""
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-    except ImportError:
-        raise VaeEdgeError(f"keygen needs the cryptography package: {INSTALL_HINT}") from None
+    from vae_edge.runtime.files import write_bytes_atomic
+
+    _, _, serialization, ec = _crypto()
     private_out, public_out = Path(private_out), Path(public_out)
     for p in (private_out, public_out):
         if p.exists() and not force:
@@ -65,88 +84,198 @@ def keygen(private_out: str | os.PathLike, public_out: str | os.PathLike, force:
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    from vae_edge.runtime.bundle import write_bytes_atomic
-
     write_bytes_atomic(private_out, priv, mode=0o600)
     write_bytes_atomic(public_out, pub, mode=0o644)
     return private_out, public_out
 
 
-def _check_key_file(key: str | os.PathLike, what: str) -> Path:
+def _key_bytes(key: str | os.PathLike, what: str) -> bytes:
     path = Path(key)
     if not path.is_file():
         raise VaeEdgeError(f"{what} {path} does not exist")
-    head = path.read_bytes()[:64]
-    if b"-----BEGIN" not in head:
+    if path.stat().st_size > MAX_KEY_BYTES:
+        raise VaeEdgeError(f"{what} {path} is too large to be a PEM key file")
+    data = path.read_bytes()
+    if b"-----BEGIN" not in data[:64]:
         raise VaeEdgeError(f"{what} {path} is not a PEM key file")
-    return path
+    return data
 
 
-def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike, password: str | None = None) -> Path:
-    """Write BUNDLE/model.sig over every file of the bundle (the old signature is replaced)."""
-    from vae_edge.runtime.bundle import load_manifest, verify_files
+def _hash_for(ec, hashes, curve) -> object:
+    if curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
+        raise VaeEdgeError(f"unsupported key curve {curve.name}: use ECDSA P-256 (`vae-edge keygen`)")
+    return {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}[curve.key_size]()
 
-    bundle = Path(bundle).resolve()
-    key = _check_key_file(private_key, "private key")
-    manifest = load_manifest(bundle)
-    verify_files(bundle, manifest)  # never sign a bundle whose files already disagree with it
-    snapshot_folder(bundle)  # refuses links and sub-folders before anything is signed
-    hashing, signing, _ = _model_signing()
-    tmp = Path(tempfile.mkdtemp(prefix=".sign-", dir=bundle.parent))
+
+def load_public_key(key: str | os.PathLike):
+    _, _, serialization, ec = _crypto()
+    data = _key_bytes(key, "trusted key")
     try:
-        try:
-            (signing.Config().use_elliptic_key_signer(private_key=key, password=password)
-             .set_hashing_config(_hashing_config(hashing)).sign(bundle, tmp / SIGNATURE))
-        except (ValueError, TypeError) as e:
-            raise VaeEdgeError(f"cannot sign with {key}: {_first_line(e)}") from None
-        os.replace(tmp / SIGNATURE, bundle / SIGNATURE)
-        fsync_dir(bundle)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return bundle / SIGNATURE
+        pub = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise VaeEdgeError(f"trusted key {key} is not a PEM public key (a private key cannot be a trusted key)") from None
+    if not isinstance(pub, ec.EllipticCurvePublicKey):
+        raise VaeEdgeError(f"trusted key {key} is not an elliptic-curve key: use one from `vae-edge keygen`")
+    return pub
 
 
-def verify_snapshot(snapshot: dict[str, bytes], public_key: str | os.PathLike, where: object) -> None:
-    """Check a signature over in-memory bytes: they are written to a private folder and verified
-    there, so what was verified is exactly what will be loaded."""
-    key = _check_key_file(public_key, "trusted key")
-    _, _, verifying = _model_signing()
-    tmp = Path(tempfile.mkdtemp(prefix="vae-edge-verify-"))
+def key_hint(public_key) -> str:
+    """What model_signing records to name the key: sha256 of its PEM SubjectPublicKeyInfo, hex."""
+    _, _, serialization, _ = _crypto()
+    pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(pem).hexdigest()
+
+
+def pae(payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what is signed."""
+    return b"DSSEv1 %d %s %d " % (len(PAYLOAD_TYPE), PAYLOAD_TYPE.encode(), len(payload)) + payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing
+# ---------------------------------------------------------------------------------------------
+
+def statement(digests: dict[str, str], model_name: str) -> dict:
+    """The in-toto statement over {file name: sha256 hex}, as model_signing writes it."""
+    names = sorted(digests)
+    root = hashlib.sha256(b"".join(bytes.fromhex(digests[n]) for n in names)).hexdigest()
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": model_name, "digest": {"sha256": root}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {"serialization": dict(SERIALIZATION),
+                      "resources": [{"name": n, "algorithm": "sha256", "digest": digests[n]} for n in names]},
+    }
+
+
+def sign_digests(digests: dict[str, str], model_name: str, private_key: str | os.PathLike,
+                 password: str | None = None) -> bytes:
+    """The bytes of a model.sig over these digests."""
+    _, hashes, serialization, ec = _crypto()
+    data = _key_bytes(private_key, "private key")
     try:
-        root = tmp / "bundle"
-        root.mkdir()
-        for name, data in snapshot.items():
-            (root / name).write_bytes(data)
+        key = serialization.load_pem_private_key(data, password.encode() if password else None)
+    except (ValueError, TypeError):
+        raise VaeEdgeError(f"cannot sign with {private_key}: it is not an unencrypted PEM private key "
+                           "(a public key cannot sign)") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise VaeEdgeError(f"cannot sign with {private_key}: not an elliptic-curve key (use `vae-edge keygen`)")
+    payload = json.dumps(statement(digests, model_name), indent=2).encode()
+    sig = key.sign(pae(payload), ec.ECDSA(_hash_for(ec, hashes, key.curve)))
+    bundle = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": key_hint(key.public_key())}, "tlogEntries": []},
+        "dsseEnvelope": {"payload": base64.b64encode(payload).decode(), "payloadType": PAYLOAD_TYPE,
+                         "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}]},
+    }
+    return (json.dumps(bundle) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifying
+# ---------------------------------------------------------------------------------------------
+
+def _field(obj, key: str, kind: type, where: str):
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, kind):
+        raise SignatureError(f"{where}: the signature is malformed (no {key!r}); re-sign with `vae-edge sign`")
+    return value
+
+
+def _b64(text: str, what: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError(f"{where}: the signature's {what} is not base64 (malformed signature)") from None
+
+
+def read_envelope(sig: bytes, where: str) -> tuple[dict, bytes, bytes]:
+    """Parse model.sig without checking it: (bundle JSON, payload bytes, signature bytes)."""
+    try:
+        bundle = json.loads(sig)
+    except (ValueError, UnicodeDecodeError):
+        raise SignatureError(f"{where}: {SIGNATURE} is not a signature (not JSON); re-sign with `vae-edge sign`") from None
+    if not isinstance(bundle, dict) or bundle.get("mediaType") != BUNDLE_MEDIA_TYPE:
+        raise SignatureError(f"{where}: {SIGNATURE} is not a Sigstore v0.3 bundle; re-sign with `vae-edge sign`")
+    env = _field(bundle, "dsseEnvelope", dict, where)
+    if env.get("payloadType") != PAYLOAD_TYPE:
+        raise SignatureError(f"{where}: the signature does not carry an in-toto statement (malformed signature)")
+    sigs = _field(env, "signatures", list, where)
+    if len(sigs) != 1:
+        raise SignatureError(f"{where}: the signature holds {len(sigs)} signatures, not one (malformed signature)")
+    payload = _b64(_field(env, "payload", str, where), "payload", where)
+    raw = _b64(_field(sigs[0], "sig", str, where), "signature value", where)
+    return bundle, payload, raw
+
+
+def signed_digests(payload: bytes, where: str) -> dict[str, str]:
+    """{file name: sha256 hex} from a statement, checked against its own root digest."""
+    try:
+        st = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise SignatureError(f"{where}: the signed statement is not JSON (malformed signature)") from None
+    if not isinstance(st, dict) or st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != PREDICATE_TYPE:
+        raise SignatureError(f"{where}: the signature is not a model-signing v1.0 statement; re-sign with `vae-edge sign`")
+    subjects = _field(st, "subject", list, where)
+    predicate = _field(st, "predicate", dict, where)
+    ser = _field(predicate, "serialization", dict, where)
+    if ser.get("method") != "files" or ser.get("hash_type") != "sha256":
+        raise SignatureError(f"{where}: the signature hashes files as {ser.get('method')!r}/{ser.get('hash_type')!r}; "
+                             "vae-edge checks per-file sha256 signatures only: re-sign with `vae-edge sign`")
+    out: dict[str, str] = {}
+    for r in _field(predicate, "resources", list, where):
+        name, digest = (r.get("name"), r.get("digest")) if isinstance(r, dict) else (None, None)
+        if (not isinstance(name, str) or not isinstance(digest, str) or r.get("algorithm") != "sha256"
+                or len(digest) != 64 or name in out):
+            raise SignatureError(f"{where}: the signature lists a malformed or repeated file entry")
         try:
-            verifying.Config().use_elliptic_key_verifier(public_key=key).verify(root, root / SIGNATURE)
-        except Exception as e:  # model_signing raises ValueError, cryptography InvalidSignature, parse errors
-            raise BundleError(f"{where}: signature check against {key} failed: {_explain(e)} (refused)") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            bytes.fromhex(digest)
+        except ValueError:
+            raise SignatureError(f"{where}: the signature lists a malformed file digest") from None
+        out[name] = digest.lower()
+    if len(subjects) != 1 or not isinstance(subjects[0], dict):
+        raise SignatureError(f"{where}: the signature must name one subject (malformed signature)")
+    root = ((subjects[0].get("digest") or {}).get("sha256") if isinstance(subjects[0].get("digest"), dict) else None)
+    names = [r["name"] for r in predicate["resources"]]
+    mine = hashlib.sha256(b"".join(bytes.fromhex(out[n]) for n in names)).hexdigest()
+    if root != mine:
+        raise SignatureError(f"{where}: the signature's root digest does not match its file list (tampered signature)")
+    return out
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _explain(e: BaseException) -> str:
-    text = _first_line(e)
-    if type(e).__name__ == "InvalidSignature":
-        return "the signature does not match (signed by another key, or the signature was altered)"
-    if text.startswith("Key mismatch"):
-        return "the bundle was signed by another key"
-    return text
+def verify_signature(sig: bytes, public_key: str | os.PathLike, where: str) -> dict[str, str]:
+    """Check model.sig with a trusted public key; returns the signed {file name: sha256 hex}.
+    The caller compares them with the bytes it holds (Bundle does)."""
+    exceptions, hashes, _, ec = _crypto()
+    pub = load_public_key(public_key)
+    bundle, payload, raw = read_envelope(sig, where)
+    hint = ((bundle.get("verificationMaterial") or {}).get("publicKey") or {}).get("hint") \
+        if isinstance(bundle.get("verificationMaterial"), dict) else None
+    if hint and hint != key_hint(pub):
+        raise SignatureError(f"{where}: signed by another key than {public_key} (refused)")
+    try:
+        pub.verify(raw, pae(payload), ec.ECDSA(_hash_for(ec, hashes, pub.curve)))
+    except exceptions.InvalidSignature:
+        raise SignatureError(f"{where}: the signature does not match {public_key} (signed by another key, or "
+                             "the signature or manifest was altered): refused") from None
+    return signed_digests(payload, where)
 
 
 def resolve_key(explicit: str | os.PathLike | None, shipped: bool) -> tuple[Path | None, str | None]:
     """Which public key to check a bundle with: the one given, else $VAE_EDGE_TRUSTED_KEY, else,
-    for a shipped bundle where model-signing is installed, the project key. (None, None): none."""
+    for a shipped bundle, the project key (every install checks those). (None, None): none."""
     if explicit:
         return Path(explicit), str(explicit)
     env = os.environ.get(ENV_KEY, "").strip()
     if env:
         return Path(env), f"${ENV_KEY} ({env})"
-    if shipped and available() and project_key().is_file():
+    if shipped and project_key().is_file():
         return project_key(), "the vae-edge project key"
     return None, None
+
+
+def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike, password: str | None = None) -> Path:
+    """Write BUNDLE/model.sig over every file of the bundle (the old signature is replaced)."""
+    from vae_edge.runtime.bundle import sign_files
+
+    return sign_files(Path(bundle), lambda digests, name: sign_digests(digests, name, private_key, password))

@@ -15,12 +15,15 @@ import numpy as np
 from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime import selfcheck, trust
-from vae_edge.runtime.bundle import VARIANTS, Bundle, BundleError, open_bundle, tuning
+from vae_edge.runtime.bundle import VARIANTS, Bundle, BundleError, open_bundle
 from vae_edge.runtime.calls import GraphCall
+from vae_edge.runtime.graphcheck import GraphError, check_io
 from vae_edge.runtime.mathops import LOG_2PI, bce_with_logits, kl_to_prior, log_normal, logsumexp
 
 DEFAULT_MODEL = "mlp-mnist"
 MAX_BATCH = 100_000  # a larger n is refused (memory)
+MAX_IW_SAMPLES = 100_000  # per image: K=5000 is the literature's figure; 10^5 takes minutes per image
+MAX_ELBO_SAMPLES = 10_000
 # Latents per decoder call in the IW estimate: past ~512, a conv decoder's activations fall out
 # of cache and each image costs more (0.28 vs 0.25 ms at 4096 vs 512 here); the noise stream, and
 # so the estimate, does not depend on it (numpy draws the same values in any chunking).
@@ -45,9 +48,10 @@ def default_bundle(name: str = DEFAULT_MODEL) -> Path:
 def _auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tuple[list[str], object, object]:
     """The variants to try for --variant auto, best first: the tuned choice, the choice recorded
     for this device's target, then the others (fp32 last)."""
+    from vae_edge.runtime.choice import tuned_choice
     from vae_edge.runtime.sysinfo import target_variant
 
-    choice = tuning(manifest).get("choice") or {}
+    choice = tuned_choice(manifest, warn) or {}
     target = target_variant(manifest)
     first = [v for v in (choice.get("variant"), target) if v in manifest["variants"]]
     if not first:
@@ -55,16 +59,16 @@ def _auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tu
         warn(f"note: --variant auto: {name} was never tuned, so fp32 is used "
              "(run `vae-edge tune` to choose by speed and accuracy)")
         first = ["fp32"]
-    if choice and providers is None and choice.get("provider") in prov.available():
+    if choice and providers is None and choice.get("provider"):
         providers = [choice["provider"]]
     if choice and threads is None and choice.get("threads"):
-        threads = int(choice["threads"])
+        threads = choice["threads"]
     rest = [v for v in manifest["variants"] if v not in first and v != "fp32"]
     order = list(dict.fromkeys(first + rest + ["fp32"]))
     return [v for v in order if v in manifest["variants"]], providers, threads
 
 
-def _is_shipped(path: Path) -> bool:
+def is_shipped(path: Path) -> bool:
     try:
         return any(path.resolve() == b.resolve() for b in shipped_bundles().values())
     except OSError:
@@ -94,9 +98,9 @@ class VAERuntime:
         cfg = manifest["model"]
         self.latent_dim: int = int(cfg["latent_dim"])
         self.conditional: bool = bool(cfg["conditional"])
-        self._dec_out = [o.name for o in self.decoder.get_outputs()]
-        self._probs, self._logits = [self._dec_out[1]], [self._dec_out[0]]
-        self._enc_out = [o.name for o in self.encoder.get_outputs()]
+        # Outputs are called by name: load checked them against the manifest (graphcheck.check_io).
+        self._probs, self._logits = ["probs"], ["logits"]
+        self._enc_out = ["mu", "logvar"]
         # Inputs are checked here first, so the calls skip the Python wrapper's own checks; small
         # batches run through buffers bound once (runtime/calls.py).
         self._enc_run = GraphCall(self.encoder)
@@ -116,6 +120,7 @@ class VAERuntime:
         warn=lambda s: print(s, file=sys.stderr),
         trusted_key: str | os.PathLike | None = None,
         self_check: bool = True,
+        expect: str | None = None,
     ) -> VAERuntime:
         """Load a bundle (None: the shipped default). The graph files it needs are read once,
         checked against their sha256 in the manifest, and those same bytes go to onnxruntime.
@@ -127,12 +132,14 @@ class VAERuntime:
         whenever model-signing is installed).
         self_check: run the variant's golden vectors first and refuse it if this device computes
         other numbers (with variant="auto": fall back to the next variant that passes, and say so).
+        expect: NAME or NAME@RELEASE: refuse any bundle but that model at that release or newer
+        (needs a verified signature; a signed older release is a rollback).
         """
         path = resolve_bundle(bundle)
-        shipped = _is_shipped(path)
+        shipped = is_shipped(path)
         key, label = trust.resolve_key(trusted_key, shipped=shipped)
         # A shipped bundle is as trusted as the package it came in: no note when it goes unchecked.
-        opened = open_bundle(path, key, warn=None if shipped else warn, key_label=label)
+        opened = open_bundle(path, key, warn=None if shipped else warn, key_label=label, expect=expect)
         manifest = opened.manifest
         auto = variant == "auto"
         if auto:
@@ -157,10 +164,12 @@ class VAERuntime:
                 files = manifest["variants"][v]["files"]
                 sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
                             for g, data in graphs.items()}
+                for g, sess in sessions.items():
+                    check_io(sess, (manifest.get("graphs") or {}).get(g), path / files[g], g)
                 rt = cls(opened, v, sessions, list(providers or ["cpu"]), threads)
                 if self_check:
                     rt.self_check_diffs = rt.self_check()
-            except (selfcheck.SelfCheckFailed, BundleError) as e:
+            except (selfcheck.SelfCheckFailed, BundleError, GraphError) as e:
                 if not auto:
                     raise
                 failures.append(str(e))
@@ -283,7 +292,7 @@ class VAERuntime:
             raise VaeEdgeError(f"digit must lie in 0-9, got {digit}")
         if digit is not None and not self.conditional:
             raise VaeEdgeError("--digit needs a conditional model; this one is not")
-        z = np.random.default_rng(seed).standard_normal((int(n), self.latent_dim), dtype=np.float32)
+        z = _rng(seed).standard_normal((int(n), self.latent_dim), dtype=np.float32)
         y = None if not self.conditional else (digit if digit is not None else np.arange(n) % 10)
         return self.decode(z, y)
 
@@ -329,8 +338,12 @@ class VAERuntime:
         if samples < 2 or rounds < 1:
             raise VaeEdgeError("denoising needs at least 2 samples and 1 round")
         labels = self._labels(y, len(x)).get("y")
-        rng = np.random.default_rng(seed)
+        rng = _rng(seed)
         n, k, d = len(x), samples, self.latent_dim
+        # the particles' logits, their proposals and the blends of both (float32), the final
+        # probabilities (float64, twice), latents: about 40 bytes per pixel and particle
+        check_memory(n * k * (int(np.prod(x.shape[1:])) * 40 + d * 64), f"denoising {n} image(s) with {k:,} particles",
+                     "use fewer --samples or fewer images per call")
         mu, logvar = self.encode(np.ascontiguousarray(start, dtype=np.float32), labels)
         mu, sd = mu.astype(np.float64), np.exp(0.5 * logvar.astype(np.float64))
         lab = None if labels is None else np.repeat(labels, k)
@@ -396,20 +409,20 @@ class VAERuntime:
     def score(self, x, y=None, iw_samples: int = 0, seed: int = 0, elbo_samples: int = 1) -> np.ndarray:
         """Anomaly score per image in nats: -ELBO, or with iw_samples=K the importance-weighted
         estimate of -log p(x). Higher means more unusual."""
-        if iw_samples < 0:
-            raise VaeEdgeError(f"iw samples must be 0 or positive, got {iw_samples}")
-        if elbo_samples < 1:
-            raise VaeEdgeError(f"elbo samples must be 1 or more, got {elbo_samples}")
+        if not 0 <= iw_samples <= MAX_IW_SAMPLES:
+            raise VaeEdgeError(f"iw samples must lie between 0 and {MAX_IW_SAMPLES:,}, got {iw_samples}")
+        if not 1 <= elbo_samples <= MAX_ELBO_SAMPLES:
+            raise VaeEdgeError(f"elbo samples must lie between 1 and {MAX_ELBO_SAMPLES:,}, got {elbo_samples}")
         x = self._images(x)
         extra = self._labels(y, len(x))
-        rng = np.random.default_rng(seed)
-        mu, logvar = self.encoder.run(None, {"x": x, **extra})
+        rng = _rng(seed)
+        mu, logvar = self._enc_run.plain(self._enc_out, {"x": x, **extra})
         std = np.exp(0.5 * logvar)
         if iw_samples == 0:
             total = np.zeros(len(x))
             for _ in range(elbo_samples):
                 z = (mu + std * rng.standard_normal(mu.shape, dtype=np.float32)).astype(np.float32)
-                logits = self.decoder.run([self._dec_out[0]], {"z": z, **extra})[0]
+                logits = self._dec_run.plain(self._logits, {"z": z, **extra})[0]
                 total += bce_with_logits(logits, x) + kl_to_prior(mu, logvar)
             return total / elbo_samples
         out = np.empty(len(x))
@@ -420,11 +433,40 @@ class VAERuntime:
                 eps = rng.standard_normal((k, self.latent_dim), dtype=np.float32)
                 z = (mu[i] + std[i] * eps).astype(np.float32)
                 feeds = {"z": z, **{n: np.full(k, v[i]) for n, v in extra.items()}}
-                logits = self.decoder.run([self._dec_out[0]], feeds)[0]
+                logits = self._dec_run.plain(self._logits, feeds)[0]
                 logw.append(-bce_with_logits(logits, xi) + log_normal(z) - log_normal(z, mu[i], logvar[i]))
             logw = np.concatenate(logw)
             out[i] = -(logsumexp(logw) - np.log(iw_samples))
         return out
+
+
+def _rng(seed) -> np.random.Generator:
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+        raise VaeEdgeError(f"seed must be a whole number >= 0, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory(nbytes: int, what: str, fix: str) -> None:
+    """Refuse work whose arrays would not fit in the memory this machine has free (80% of it)."""
+    have = available_memory()
+    if have and nbytes > 0.8 * have:
+        raise VaeEdgeError(f"{what} needs about {nbytes / 2**30:.1f} GiB, and this machine has "
+                           f"{have / 2**30:.1f} GiB free: {fix}")
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -629,7 +671,7 @@ def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def corrupt(x: np.ndarray, spec: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """Apply a corruption; returns (corrupted images, mask of known pixels or None)."""
     kind, arg = parse_noise(spec)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     x = np.asarray(x, np.float32)
     if kind == "gaussian":
         return np.clip(x + float(arg) * rng.standard_normal(x.shape, dtype=np.float32), 0, 1), None

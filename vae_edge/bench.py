@@ -560,8 +560,18 @@ def save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) 
     name (e.g. "web"); what was recorded for the other targets is kept. A shipped bundle (inside the
     installed package) or a signed one is never modified: the record goes to the user cache, keyed
     by the manifest, where `--variant auto` and `vae-edge web` find it."""
+    from vae_edge.runtime.bundle import SIGNATURE, locked
+    from vae_edge.runtime.vae_runtime import is_shipped
+
+    if is_shipped(bundle) or (bundle / SIGNATURE).exists():
+        return _save_tuning(bundle, manifest, target, record)
+    with locked(bundle, "tune"):  # the manifest is read again under the lock: no update of another is lost
+        return _save_tuning(bundle, load_manifest(bundle), target, record)
+
+
+def _save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) -> dict:
     from vae_edge.runtime.bundle import SIGNATURE, tuning, user_tuning_file
-    from vae_edge.runtime.vae_runtime import _is_shipped
+    from vae_edge.runtime.vae_runtime import is_shipped
 
     bare = {k: v for k, v in manifest.items() if k != "tuning"}
     old = tuning(manifest)
@@ -569,7 +579,7 @@ def save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) 
         merged = {**record, **{k: v for k, v in old.items() if k in TUNING_TARGETS}}
     else:
         merged = {**old, target: record}
-    if _is_shipped(bundle) or (bundle / SIGNATURE).exists():
+    if is_shipped(bundle) or (bundle / SIGNATURE).exists():
         path = user_tuning_file(bare)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, merged)

@@ -134,6 +134,27 @@ def data_dir_option(f):
     )(f)
 
 
+def seed_option(f):
+    return click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+                        help="Seed of the sampled noise, >= 0 (same seed, same result).")(f)
+
+
+def done(message: str, out) -> None:
+    """The closing line of a command that wrote `out`: on stderr when the output went to stdout."""
+    click.echo(message, err=str(out) == "-")
+
+
+def warner():
+    """A warn() for library calls: each distinct note is printed once per command, on stderr."""
+    seen: set[str] = set()
+
+    def warn(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            click.echo(message, err=True)
+    return warn
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
@@ -154,6 +175,36 @@ def positive(name: str):
 trusted_key_option = click.option(
     "--trusted-key", type=click.Path(dir_okay=False), default=None, envvar="VAE_EDGE_TRUSTED_KEY",
     help="PEM public key: refuse a bundle that is not signed by it ($VAE_EDGE_TRUSTED_KEY).")
+expect_option = click.option(
+    "--expect", default=None, envvar="VAE_EDGE_EXPECT", metavar="NAME[@RELEASE]",
+    help="Refuse any bundle but this model at this release or newer (needs a verified signature; stops a "
+         "signed older release from replacing a newer one) ($VAE_EDGE_EXPECT).")
+
+
+def trust_first(bundle, trusted_key, expect=None):
+    """For commands that open a bundle many times (bench, tune, info): check its signature once
+    up front (one line and exit 1 if it fails), and, until the command ends, make every later load
+    require the same key ($VAE_EDGE_TRUSTED_KEY, restored when the command closes)."""
+    import os
+
+    from vae_edge.runtime import trust
+    from vae_edge.runtime.bundle import open_bundle
+    from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
+
+    path = resolve_bundle(bundle)
+    key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
+    opened = open_bundle(path, key, warn=warner(), key_label=label, expect=expect)
+    if trusted_key:
+        old = os.environ.get(trust.ENV_KEY)
+        os.environ[trust.ENV_KEY] = str(trusted_key)
+
+        def restore() -> None:
+            if old is None:
+                os.environ.pop(trust.ENV_KEY, None)
+            else:
+                os.environ[trust.ENV_KEY] = old
+        click.get_current_context().call_on_close(restore)
+    return opened
 
 
 def runtime_options(f):
@@ -171,6 +222,7 @@ def runtime_options(f):
         click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
                      show_default=True, help="onnxruntime graph optimization level."),
         trusted_key_option,
+        expect_option,
         click.option("--no-self-check", "no_self_check", is_flag=True,
                      help="Skip the variant's golden-vector check at load (it refuses a variant this device "
                           "computes differently)."),
@@ -187,8 +239,8 @@ def load_runtime(kw: dict):
     return VAERuntime.load(
         kw.pop("bundle"), variant=kw.pop("variant"), providers=kw.pop("providers") or None,
         threads=kw.pop("threads"), provider_options=parse_provider_options(kw.pop("provider_options")),
-        strict=kw.pop("strict"), opt_level=kw.pop("opt_level"), warn=lambda s: click.echo(s, err=True),
-        trusted_key=kw.pop("trusted_key"), self_check=not kw.pop("no_self_check"),
+        strict=kw.pop("strict"), opt_level=kw.pop("opt_level"), warn=warner(),
+        trusted_key=kw.pop("trusted_key"), self_check=not kw.pop("no_self_check"), expect=kw.pop("expect"),
     )
 
 

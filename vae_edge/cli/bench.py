@@ -14,6 +14,9 @@ from vae_edge.cli.base import (
     data_dir_option,
     json_option,
     positive,
+    trust_first,
+    trusted_key_option,
+    warner,
 )
 
 
@@ -33,9 +36,10 @@ from vae_edge.cli.base import (
 @click.option("--target", type=click.Choice(["cpu", "web"]), default="cpu", show_default=True,
               help="cpu: this machine's execution providers; web: headless Chromium with onnxruntime-web "
                    "(needs chromium and pip install 'vae-edge[web]'), beside the Python runtime.")
+@trusted_key_option
 @json_option
 def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min_time, baseline, checkpoint,
-          report_dir, target, as_json) -> None:
+          report_dir, target, trusted_key, as_json) -> None:
     """Latency of every variant against bare onnxruntime and PyTorch eager, or in the browser.
 
     \b
@@ -48,6 +52,7 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
         raise VaeEdgeError(f"report directory {report_dir} is a file")
     if report_dir and not Path(report_dir).parent.is_dir():  # before any work
         raise VaeEdgeError(f"the folder of --report {report_dir} does not exist (only the last level is created)")
+    trust_first(bundle, trusted_key)
     if target == "web":
         _bench_web(bundle, variants, graphs, batch_sizes, threads, min_time, report_dir, as_json)
         return
@@ -58,7 +63,7 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
         def progress(done, total):
             bar.length = total
             bar.update(done - bar.pos)
-        report = benchmark(bundle, cfg, checkpoint=checkpoint, progress=progress, warn=lambda s: click.echo(s, err=True))
+        report = benchmark(bundle, cfg, checkpoint=checkpoint, progress=progress, warn=warner())
     if report_dir:
         paths = write_report(report, report_dir)
         click.echo(f"report: {', '.join(str(p) for p in paths.values())}", err=True)
@@ -75,7 +80,7 @@ def _bench_web(bundle, variants, graphs, batch_sizes, threads, min_time, report_
             bar.update(done - bar.pos)
         report = bench_web(bundle, tuple(v.strip() for v in variants.split(",")), tuple(graphs), tuple(batch_sizes),
                            threads=threads[0], min_time=min_time, progress=progress,
-                           warn=lambda s: click.echo(s, err=True))
+                           warn=warner())
     md = markdown_web(report)
     if report_dir:
         out = Path(report_dir)
@@ -94,8 +99,9 @@ def _bench_web(bundle, variants, graphs, batch_sizes, threads, min_time, report_
 @click.option("--min-time", type=float, default=0.3, show_default=True, help="Seconds of calls per candidate.")
 @click.option("--target", type=click.Choice(["cpu", "web"]), default="cpu", show_default=True,
               help="cpu: for `--variant auto` here; web: timed in headless Chromium, for `vae-edge web --variant auto`.")
+@trusted_key_option
 @json_option
-def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, as_json) -> None:
+def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, trusted_key, as_json) -> None:
     """Pick the fastest variant x provider x threads within the accuracy budget; record it.
 
     \b
@@ -105,11 +111,13 @@ def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, as_json)
     """
     from vae_edge.bench import tune as run_tune
 
+    trust_first(bundle, trusted_key)
+    warn = warner()
     if target == "web":
         from vae_edge.web.browser import tune_web
 
         res = tune_web(bundle, max_elbo_delta=max_elbo_delta, batch_size=batch_size, min_time=min_time,
-                       warn=lambda s: click.echo(s, err=True))
+                       warn=warn)
         if as_json:
             click.echo(json.dumps(res))
             return
@@ -122,7 +130,7 @@ def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, as_json)
         return
 
     res = run_tune(bundle, max_elbo_delta=max_elbo_delta, batch_size=batch_size, threads=threads,
-                   min_time=min_time, warn=lambda s: click.echo(s, err=True))
+                   min_time=min_time, warn=warn)
     if as_json:
         click.echo(json.dumps(res))
         return

@@ -11,8 +11,14 @@ from vae_edge import VaeEdgeError
 from vae_edge.cli.base import (
     _labels_for,
     data_dir_option,
+    done,
+    expect_option,
     json_option,
     positive,
+    seed_option,
+    trust_first,
+    trusted_key_option,
+    warner,
     with_runtime,
 )
 
@@ -20,7 +26,7 @@ from vae_edge.cli.base import (
 @click.command()
 @click.option("-n", "n", type=int, default=64, show_default=True, help="How many images.")
 @click.option("--digit", type=int, default=None, help="Which digit (conditional models only).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled noise (same seed, same result).")
+@seed_option
 @click.option("-o", "--output", required=True, type=click.Path(), help="PNG grid (or .npy of images).")
 @with_runtime
 def sample(rt, n, digit, seed, output) -> None:
@@ -32,17 +38,24 @@ def sample(rt, n, digit, seed, output) -> None:
              (--digit needs a conditional model: train one with `vae-edge train --conditional`)
     """
 
-    from vae_edge.runtime.images import check_grid_size, check_output, grid, save_image, save_npy
+    from vae_edge.runtime.images import (
+        check_grid_size,
+        check_output,
+        grid,
+        output_format,
+        save_image,
+        save_npy,
+    )
 
     out = check_output(output, (".png", ".jpg", ".jpeg", ".npy"))
-    if out.suffix != ".npy":
+    if output_format(out) != ".npy":
         check_grid_size(n)  # before any work
     images = rt.sample(n, seed=seed, digit=digit)
-    if out.suffix == ".npy":
+    if output_format(out) == ".npy":
         save_npy(images, out)
     else:
         save_image(grid(images), out)
-    click.echo(f"{n} samples -> {out}")
+    done(f"{n} samples -> {out}", out)
 
 
 @click.command()
@@ -66,7 +79,7 @@ def reconstruct(rt, inputs, output, digit, data_dir) -> None:
     x, labels = load_inputs(inputs, data_dir)
     rec = rt.reconstruct(x, _labels_for(rt, labels, digit))
     save_image(grid(np.concatenate([x, rec]), ncol=len(x)), out)
-    click.echo(f"{len(x)} reconstructions -> {out}")
+    done(f"{len(x)} reconstructions -> {out}", out)
 
 
 @click.command()
@@ -83,7 +96,14 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
     \b
     Example: vae-edge interpolate "mnist:test[0:1]" "mnist:test[1:2]" --steps 10 -o morph.gif
     """
-    from vae_edge.runtime.images import check_output, grid, load_inputs, save_gif, save_image
+    from vae_edge.runtime.images import (
+        check_output,
+        grid,
+        load_inputs,
+        output_format,
+        save_gif,
+        save_image,
+    )
 
     out = check_output(output, (".gif", ".png"))
     xa, la = load_inputs([a], data_dir)
@@ -97,11 +117,11 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
         import numpy as np
         y = np.concatenate([la, lb])
     frames = rt.interpolate(xa[0], xb[0], steps=steps, method=method, y=y)
-    if out.suffix == ".gif":
+    if output_format(out, (".gif", ".png")) == ".gif":
         save_gif(frames, out)
     else:
         save_image(grid(frames, ncol=steps), out)
-    click.echo(f"{steps} frames -> {out}")
+    done(f"{steps} frames -> {out}", out)
 
 
 @click.command()
@@ -112,7 +132,7 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
               help="Particles per image (sequential Monte Carlo).")
 @click.option("--rounds", type=int, default=2, show_default=True, callback=positive("rounds"),
               help="Metropolis moves per temperature step.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the corruption and of the sampler.")
+@seed_option
 @click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="PNG: rows clean, corrupted, restored.")
 @data_dir_option
@@ -146,10 +166,10 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, a
     save_image(grid(np.concatenate([x, noisy, restored]), ncol=len(x)), out)
     if as_json:
         click.echo(json.dumps({"output": str(out), "noise": noise, "mse_corrupted": mse(noisy),
-                               "mse_restored": mse(restored), **diag}))
+                               "mse_restored": mse(restored), **diag}), err=str(out) == "-")
         return
-    click.echo(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} "
-               f"(effective sample size: median {np.median(diag['ess']):.0f} of {samples}) -> {out}")
+    done(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} "
+         f"(effective sample size: median {np.median(diag['ess']):.0f} of {samples}) -> {out}", out)
 
 
 @click.command()
@@ -158,7 +178,7 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, a
 @click.option("--complexity", is_flag=True,
               help="Also the complexity-corrected score: -log p(x) of the binarized image minus its compressed "
                    "length (nats); unlike likelihood, it rates blank and trivial images as unusual.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled noise (same seed, same result).")
+@seed_option
 @click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
 @data_dir_option
 @json_option
@@ -236,7 +256,7 @@ def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
     mu, logvar = rt.encode(x, _labels_for(rt, labels, digit))
     arr = np.stack([mu, logvar]) if with_logvar else mu
     save_npy(arr, out)
-    click.echo(f"{len(x)} latents of dim {mu.shape[1]} -> {out}")
+    done(f"{len(x)} latents of dim {mu.shape[1]} -> {out}", out)
 
 
 @click.command()
@@ -250,33 +270,25 @@ def decode(rt, latents, output, digit) -> None:
     \b
     Example: vae-edge decode latents.npy -o decoded.png
     """
-    import numpy as np
 
-    from vae_edge.runtime.images import check_output, grid, save_image
+    from vae_edge.runtime.images import check_output, grid, load_npy, save_image
 
     out = check_output(output)
-    try:
-        with open(latents, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":
-                raise VaeEdgeError(f"{latents} is not a .npy file (write one with `vae-edge encode` or numpy.save)")
-    except OSError as e:
-        raise VaeEdgeError(f"cannot read latents from {latents}: {e.strerror or e}") from None
-    try:
-        z = np.load(latents, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise VaeEdgeError(f"cannot read latents from {latents}: {e}") from e
+    z = load_npy(latents, "latents")
     if z.ndim == 3 and z.shape[0] == 2:
         z = z[0]  # [mu, logvar] as written by `encode --with-logvar`
     images = rt.decode(z, _labels_for(rt, None, digit) if rt.conditional else None)
     save_image(grid(images), out)
-    click.echo(f"{len(images)} images -> {out}")
+    done(f"{len(images)} images -> {out}", out)
 
 
 @click.command()
 @click.option("--bundle", default=None, help="Bundle folder or shipped model name (default: the shipped mlp-mnist).")
 @click.option("--variant", default=None, help="Show what `--variant` (e.g. auto) resolves to on this device.")
+@trusted_key_option
+@expect_option
 @json_option
-def info(bundle, variant, as_json) -> None:
+def info(bundle, variant, trusted_key, expect, as_json) -> None:
     """onnxruntime, providers, CPU features for int8, and the bundle's manifest summary.
 
     \b
@@ -285,11 +297,13 @@ def info(bundle, variant, as_json) -> None:
     from vae_edge.runtime.sysinfo import bundle_summary, environment, int8_features_text
 
     env = environment()
-    summary = bundle_summary(bundle)
+    warn = warner()
+    trust_first(bundle, trusted_key, expect)
+    summary = bundle_summary(bundle, trusted_key, warn)
     if variant is not None:
         from vae_edge.runtime import VAERuntime
 
-        rt = VAERuntime.load(bundle, variant=variant, warn=lambda s: click.echo(s, err=True))
+        rt = VAERuntime.load(bundle, variant=variant, warn=warn, trusted_key=trusted_key, expect=expect)
         summary["variant"] = {"asked": variant, "loads": rt.variant, "self_check": rt.self_check_diffs}
     if as_json:
         click.echo(json.dumps({"environment": env, "bundle": summary}, indent=2))

@@ -21,8 +21,11 @@ from vae_edge.cli.base import (
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Bundle folder to write.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--ort-format", is_flag=True, help="Also write .ort files for onnxruntime mobile/minimal builds.")
+@click.option("--release", type=click.IntRange(0, 2**31 - 1), default=1, show_default=True,
+              help="Release number recorded in the (signed) manifest: devices given `--expect NAME@N` refuse "
+                   "older releases (rollbacks). Raise it for every bundle you ship.")
 @data_dir_option
-def export(checkpoint, out, opset, ort_format, data_dir) -> None:
+def export(checkpoint, out, opset, ort_format, release, data_dir) -> None:
     """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
 
     The validation feeds real MNIST test images to both PyTorch and onnxruntime (batch 1, 7, 256),
@@ -33,7 +36,7 @@ def export(checkpoint, out, opset, ort_format, data_dir) -> None:
     """
     from vae_edge.export.onnx_export import export_bundle
 
-    path = export_bundle(checkpoint, out, opset=opset, ort_format=ort_format,
+    path = export_bundle(checkpoint, out, opset=opset, ort_format=ort_format, release=release,
                          data_dir=data_dir, log=lambda s: click.echo(s, err=True))
     click.echo(f"bundle: {path}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vae_edge.cli.base import json_option, trusted_key_option
+from vae_edge.cli.base import expect_option, json_option, trusted_key_option
 
 
 @click.command()
@@ -56,14 +56,16 @@ def sign(bundle, private_key) -> None:
 @click.command()
 @click.argument("bundle", required=False)
 @trusted_key_option
+@expect_option
 @click.option("--record", is_flag=True, help="Maker side: record golden vectors on this machine for variants without any.")
 @json_option
-def verify(bundle, trusted_key, record, as_json) -> None:
+def verify(bundle, trusted_key, expect, record, as_json) -> None:
     """Check a bundle: manifest, every file's sha256, its signature (with a trusted key), and that
     this device computes what the maker did for every variant (golden vectors).
 
     BUNDLE is a folder or a shipped model's name (default: the shipped mlp-mnist). The exit code is
-    1 if any variant fails its self-check here.
+    1 if any variant fails its self-check here, or, without a key, if the files differ from the
+    digests the signature lists (changed after signing; nothing is authenticated without a key).
 
     \b
     Example: vae-edge verify bundles/mlp --trusted-key keys/vae-edge.pub.pem
@@ -71,20 +73,21 @@ def verify(bundle, trusted_key, record, as_json) -> None:
     """
     from vae_edge import VaeEdgeError
     from vae_edge.runtime import VAERuntime, selfcheck, trust
-    from vae_edge.runtime.bundle import BundleError, open_bundle
+    from vae_edge.runtime.bundle import BundleError, open_bundle, verify_files
     from vae_edge.runtime.sysinfo import cpu
-    from vae_edge.runtime.vae_runtime import _is_shipped, resolve_bundle
+    from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
 
     path = resolve_bundle(bundle)
     if record:
         done = selfcheck.record_bundle(path, log=lambda s: click.echo(s, err=True))
         click.echo(f"recorded golden vectors for: {', '.join(done) or 'none needed'}", err=True)
-    key, label = trust.resolve_key(trusted_key, shipped=_is_shipped(path))
-    b = open_bundle(path, key, key_label=label)
+    key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
+    b = open_bundle(path, key, key_label=label, expect=expect)
+    changed = b.changed_since_signing() if b.signature == "unchecked" else []
     variants = {}
     for v in b.manifest["variants"]:
         try:
-            rt = VAERuntime.load(path, variant=v, trusted_key=trusted_key, self_check=False, warn=lambda s: None)
+            rt = VAERuntime.load(path, variant=v, trusted_key=key, self_check=False, warn=lambda s: None)
             diffs = rt.self_check()
             variants[v] = {"self_check": "pass" if diffs is not None else "no golden vectors", "max_abs_diff": diffs}
         except selfcheck.SelfCheckFailed as e:
@@ -93,12 +96,11 @@ def verify(bundle, trusted_key, record, as_json) -> None:
             variants[v] = {"self_check": "damaged", "error": str(e)}
     files_ok = True
     try:
-        for name in b.manifest["files"]:
-            b.read(name)  # checked against the manifest (from the verified snapshot when signed)
+        verify_files(b.path, b.manifest)  # each file streamed through sha256 against the manifest
     except BundleError:
         files_ok = False
     res = {"bundle": str(b.path), "files_match": files_ok, "signature": b.signature, "key": b.key,
-           "cpu": cpu(), "variants": variants}
+           "changed_since_signing": changed, "cpu": cpu(), "variants": variants}
     failed = [v for v, r in variants.items() if r["self_check"] in ("FAIL", "damaged")]
     if as_json:
         click.echo(json.dumps(res))
@@ -106,11 +108,18 @@ def verify(bundle, trusted_key, record, as_json) -> None:
         click.echo(f"{b.path}: {len(b.manifest['files'])} files {'match' if files_ok else 'DO NOT all match'} "
                    "the manifest")
         click.echo({"verified": f"signature: valid, signed by {b.key}",
-                    "unchecked": "signature: present, NOT checked (pass --trusted-key PUBLIC.pem)",
+                    "unchecked": "signature: present, NOT checked (pass --trusted-key PUBLIC.pem)"
+                                 + ("; files CHANGED since signing: " + ", ".join(changed[:3]) if changed else
+                                    "; the files match the digests it lists"),
                     "unsigned": "signature: none (unsigned bundle)"}[b.signature])
         for v, r in variants.items():
             detail = (", ".join(f"{g} max|diff| {d:.2g}" for g, d in r["max_abs_diff"].items())
                       if r.get("max_abs_diff") else r.get("error", ""))
             click.echo(f"  {v:<22} self-check {r['self_check']:<18} {detail}")
+    if changed:
+        raise VaeEdgeError(f"{b.path} changed after it was signed ({', '.join(changed[:3])}): re-sign it, "
+                           "or check it with --trusted-key PUBLIC.pem")
+    if not files_ok:
+        raise VaeEdgeError(f"{b.path}: some files do not match the manifest (tampered or corrupt): re-export it")
     if failed:
         raise VaeEdgeError(f"variant(s) {', '.join(failed)} cannot be trusted on this device")

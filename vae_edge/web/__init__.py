@@ -110,9 +110,9 @@ def ort_web_dir(log: Callable[[str], None] = lambda s: None) -> Path:
 
 def web_choice(manifest: dict) -> str | None:
     """The variant `vae-edge tune --target web` chose for the page, if it ran."""
-    from vae_edge.runtime.bundle import tuning
+    from vae_edge.runtime.choice import tuned_choice
 
-    return (((tuning(manifest).get("web") or {}).get("choice")) or {}).get("variant")
+    return (tuned_choice(manifest, section="web") or {}).get("variant")
 
 
 def choose_variants(manifest: dict, requested: tuple[str, ...]) -> tuple[list[str], str, str]:
@@ -179,7 +179,7 @@ def build_site(
     """Write the static site to `out` (atomically: a finished folder replaces the old one)."""
     from vae_edge.runtime import trust
     from vae_edge.runtime.bundle import open_bundle, replace_dir
-    from vae_edge.runtime.vae_runtime import _is_shipped, resolve_bundle
+    from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -192,7 +192,7 @@ def build_site(
         if not force:
             raise VaeEdgeError(f"--out {out} holds a site built before: pass --force to replace it")
     path = resolve_bundle(bundle)
-    key, label = trust.resolve_key(trusted_key, shipped=_is_shipped(path))
+    key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
     opened = open_bundle(path, key, warn=log, key_label=label)
     manifest = opened.manifest
     model = manifest["model"]

@@ -1,0 +1,208 @@
+"""Bytes on disk, for every side of vae-edge: hashing, atomic writes, user outputs, bundle locks.
+
+numpy-free and torch-free. Writers never leave half a file: they write a temporary file beside the
+target, fsync, and rename it over the target. A user's `-o` that names something other than a
+regular file (a character device such as /dev/null, a FIFO) is written through, never replaced;
+block devices, sockets and folders are refused; `-o -` is standard output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from vae_edge import VaeEdgeError
+
+STDOUT = "-"
+CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file beside `path`, fsync, rename: readers see the old or the new file,
+    never a part; the temporary file is removed if anything fails."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's output path
+# ---------------------------------------------------------------------------------------------
+
+def is_stdout(path: str | os.PathLike) -> bool:
+    return str(path) == STDOUT
+
+
+def existing_kind(path: Path) -> str | None:
+    """None (nothing there), 'file', 'through' (a character device or FIFO: written through),
+    or what it is that cannot be written ('a folder', 'a block device', 'a socket')."""
+    try:
+        st = os.stat(path)  # follows a link: what it points to is what would be written
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return "through"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    if is_stdout(path):
+        return
+    kind = existing_kind(path)
+    if kind in ("file", "through"):
+        if kind == "file" and not os.access(path.parent, os.W_OK):
+            raise VaeEdgeError(f"cannot write output {path}: its folder is not writable")
+        return
+    if kind is not None:
+        raise VaeEdgeError(f"output {path} is {kind}: it is left alone; give a file name (or - for standard output)")
+    if not path.parent.exists():
+        raise VaeEdgeError(f"the folder of output {path} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise VaeEdgeError(f"cannot write output {path}: its folder is not writable")
+
+
+def write_output(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """write(tmp_path) then rename over `path`: no half-written output if anything fails.
+    `-` goes to standard output, and a character device or FIFO is written through (its bytes
+    produced first, in a temporary file), never replaced."""
+    path = Path(path)
+    check_output_path(path)
+    through = is_stdout(path) or existing_kind(path) == "through"
+    where = Path(tempfile.gettempdir()) if through else (path.parent or Path("."))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{path.name if not is_stdout(path) else 'stdout'}.",
+                                   suffix=".tmp")
+    except OSError as e:
+        raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        if through:
+            _copy_through(tmp, path)
+        else:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    except OSError as e:
+        raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _copy_through(tmp: str, path: Path) -> None:
+    with open(tmp, "rb") as src:
+        if is_stdout(path):
+            out = sys.stdout.buffer
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                out.write(chunk)
+            out.flush()
+            return
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0))  # no O_CREAT, no O_TRUNC: never a new file
+        try:
+            if not (stat.S_ISCHR(os.fstat(fd).st_mode) or stat.S_ISFIFO(os.fstat(fd).st_mode)):
+                raise VaeEdgeError(f"output {path} changed while it was written: left alone")
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    f.write(chunk)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per bundle
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike, what: str = "update") -> Iterator[None]:
+    """Hold an exclusive advisory lock on a bundle folder (flock on the folder itself: no lock
+    file that would become part of the bundle). A second writer fails at once in one line.
+    Re-entrant within one process."""
+    folder = Path(folder)
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks; writers are not serialized there
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise VaeEdgeError(f"cannot open {folder} to {what} it: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise VaeEdgeError(f"{folder} is being changed by another vae-edge command: wait for it to finish, "
+                                   f"then run this {what} again") from None
+            raise
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+_HELD: set[str] = set()
