@@ -40,7 +40,7 @@ from vae_edge.runtime.bundle import (
 from vae_edge.train import fp16_weights, load_checkpoint, model_from_checkpoint
 
 DEFAULT_OPSET = 18
-MIN_OPSET = 17
+MIN_OPSET = 18  # the graphs use Split with num_outputs, which opset 18 introduced
 VALIDATION_BATCH_SIZES = (1, 7, 256)
 
 
@@ -273,7 +273,8 @@ def export_bundle(
 ) -> Path:
     """Checkpoint -> validated bundle folder (encoder.onnx, decoder.onnx, manifest.json)."""
     if opset < MIN_OPSET:
-        raise VaeEdgeError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+        raise VaeEdgeError(f"opset {opset} is too old for these graphs (they use Split with num_outputs, "
+                           f"opset {MIN_OPSET}'s): use {MIN_OPSET} or newer")
     out = Path(out)
     # An existing bundle is replaced (the old one goes only once the new one is complete); any
     # other file or non-empty folder is never deleted, whatever `force` says.

@@ -429,9 +429,10 @@ def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) 
         }
         entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(dict(out)))
         entry["target"] = qc.target
-        manifest.setdefault("targets", {})[qc.target] = {
-            "variant": variant, "settings": target_settings(qc.target, set(methods.values())),
-            "why": TARGETS[qc.target]["why"]}
+        if variant != "fp16":  # fp16 is for GPUs: on a CPU it is no faster than fp32, never a CPU target's choice
+            manifest.setdefault("targets", {})[qc.target] = {
+                "variant": variant, "settings": target_settings(qc.target, set(methods.values())),
+                "why": TARGETS[qc.target]["why"]}
         json.dumps(entry)  # fail before anything in the bundle changes
         for g in GRAPHS:
             os.replace(out[g], bundle / names[g])

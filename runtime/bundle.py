@@ -117,8 +117,8 @@ def _open(bundle: Path, name: str, max_bytes: int, size: int | None) -> tuple[in
         if st.st_size > max_bytes:
             raise BundleError(f"{bundle}: {name} is {st.st_size:,} bytes, over the {max_bytes:,} limit: refused")
         if size is not None and st.st_size != size:
-            raise BundleError(f"{bundle}: {name} is {st.st_size:,} bytes, the manifest says {size:,} "
-                              "(tampered or corrupt): refused")
+            raise BundleError(f"{bundle}: {name} does not match the size and sha256 in the manifest "
+                              f"({st.st_size:,} bytes, not {size:,}): tampered or corrupt, refused")
     except BaseException:
         os.close(fd)
         raise

@@ -46,7 +46,10 @@ def current_target() -> str:
 def target_variant(manifest: dict) -> str | None:
     """The variant a bundle records for this machine's target (what `--variant auto` loads when
     the bundle was never tuned), or None."""
-    return ((manifest.get("targets") or {}).get(current_target()) or {}).get("variant")
+    variant = ((manifest.get("targets") or {}).get(current_target()) or {}).get("variant")
+    entry = (manifest.get("variants") or {}).get(variant) or {}
+    # fp16 never: bundles quantized before it was kept out of the CPU targets may still name it
+    return variant if entry and entry.get("dtype") != "float16" else None
 
 
 def _arm_features(flags: set[str]) -> dict[str, bool]:

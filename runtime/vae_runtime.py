@@ -24,6 +24,7 @@ DEFAULT_MODEL = "mlp-mnist"
 MAX_BATCH = 100_000  # a larger n is refused (memory)
 MAX_IW_SAMPLES = 100_000  # per image: K=5000 is the literature's figure; 10^5 takes minutes per image
 MAX_ELBO_SAMPLES = 10_000
+ELBO_SAMPLES = 16  # the -ELBO's default draws, as on the browser page
 # Latents per decoder call in the IW estimate: past ~512, a conv decoder's activations fall out
 # of cache and each image costs more (0.28 vs 0.25 ms at 4096 vs 512 here); the noise stream, and
 # so the estimate, does not depend on it (numpy draws the same values in any chunking).
@@ -49,7 +50,7 @@ def _auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tu
     """The variants to try for --variant auto, best first: the tuned choice, the choice recorded
     for this device's target, then the others (fp32 last)."""
     from vae_edge.runtime.choice import tuned_choice
-    from vae_edge.runtime.sysinfo import target_variant
+    from vae_edge.runtime.sysinfo import current_target, target_variant
 
     choice = tuned_choice(manifest, warn) or {}
     target = target_variant(manifest)
@@ -63,7 +64,10 @@ def _auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tu
         providers = [choice["provider"]]
     if choice and threads is None and choice.get("threads"):
         threads = choice["threads"]
-    rest = [v for v in manifest["variants"] if v not in first and v != "fp32"]
+    # fallbacks: the int8 variants made for this kind of CPU (never one made for another target,
+    # never fp16, which no CPU runs faster than fp32), then fp32
+    rest = [v for v, e in manifest["variants"].items() if v not in first and v != "fp32"
+            and e.get("dtype") != "float16" and e.get("target") in (None, current_target())]
     order = list(dict.fromkeys(first + rest + ["fp32"]))
     return [v for v in order if v in manifest["variants"]], providers, threads
 
@@ -399,16 +403,22 @@ class VAERuntime:
             })
         return est
 
-    def complexity_score(self, x, y=None, iw_samples: int = 0, seed: int = 0) -> np.ndarray:
+    def complexity_score(self, x, y=None, iw_samples: int = 0, seed: int = 0,
+                         elbo_samples: int = ELBO_SAMPLES) -> np.ndarray:
         """Anomaly score corrected for input complexity (Serra et al. 2020): -log p(x) of the
         binarized image minus its compressed length, both in nats. Likelihood alone rates simple
         inputs (blank pages, a lone stroke) as the most normal of all; this score does not."""
         xb = (self._images(x) > 0.5).astype(np.float32)
-        return self.score(xb, y, iw_samples=iw_samples, seed=seed) - compressed_nats(xb)
+        return self.score(xb, y, iw_samples=iw_samples, seed=seed, elbo_samples=elbo_samples) - compressed_nats(xb)
 
-    def score(self, x, y=None, iw_samples: int = 0, seed: int = 0, elbo_samples: int = 1) -> np.ndarray:
-        """Anomaly score per image in nats: -ELBO, or with iw_samples=K the importance-weighted
-        estimate of -log p(x). Higher means more unusual."""
+    def score(self, x, y=None, iw_samples: int = 0, seed: int = 0, elbo_samples: int = ELBO_SAMPLES) -> np.ndarray:
+        """Anomaly score per image in nats: -ELBO (the mean over elbo_samples draws), or with
+        iw_samples=K the importance-weighted estimate of -log p(x). Higher means more unusual.
+
+        One image gets one score, whatever else is in the batch: the -ELBO uses the same
+        elbo_samples standard-normal draws for every image (those of numpy's default_rng(seed),
+        which the browser page uses too), and the IW estimate draws each image's noise from a
+        stream seeded by the seed and the image itself."""
         if not 0 <= iw_samples <= MAX_IW_SAMPLES:
             raise VaeEdgeError(f"iw samples must lie between 0 and {MAX_IW_SAMPLES:,}, got {iw_samples}")
         if not 1 <= elbo_samples <= MAX_ELBO_SAMPLES:
@@ -420,14 +430,15 @@ class VAERuntime:
         std = np.exp(0.5 * logvar)
         if iw_samples == 0:
             total = np.zeros(len(x))
-            for _ in range(elbo_samples):
-                z = (mu + std * rng.standard_normal(mu.shape, dtype=np.float32)).astype(np.float32)
+            for eps in rng.standard_normal((elbo_samples, self.latent_dim), dtype=np.float32):
+                z = (mu + std * eps).astype(np.float32)
                 logits = self._dec_run.plain(self._logits, {"z": z, **extra})[0]
                 total += bce_with_logits(logits, x) + kl_to_prior(mu, logvar)
             return total / elbo_samples
         out = np.empty(len(x))
         for i in range(len(x)):
             xi, logw = x[i : i + 1], []
+            rng = image_rng(seed, xi)
             for j in range(0, iw_samples, IW_BATCH):
                 k = min(IW_BATCH, iw_samples - j)
                 eps = rng.standard_normal((k, self.latent_dim), dtype=np.float32)
@@ -438,6 +449,16 @@ class VAERuntime:
             logw = np.concatenate(logw)
             out[i] = -(logsumexp(logw) - np.log(iw_samples))
         return out
+
+
+def image_rng(seed: int, x: np.ndarray) -> np.random.Generator:
+    """A noise stream of its own for one image: seeded by the seed and the image's bytes."""
+    import hashlib
+
+    _rng(seed)
+    words = np.frombuffer(hashlib.blake2b(np.ascontiguousarray(x, np.float32).tobytes(), digest_size=16).digest(),
+                          np.uint32)
+    return np.random.default_rng([int(seed), *map(int, words)])
 
 
 def _rng(seed) -> np.random.Generator:

@@ -27,7 +27,7 @@ DEBS = [
     "libncursesw6", "libtinfo6", "libreadline8", "libcrypt1", "libnsl2", "libtirpc3", "libkrb5-3",
     "libgssapi-krb5-2", "libk5crypto3", "libkrb5support0", "libcom-err2", "libkeyutils1",
 ]
-WHEELS = ["onnxruntime==1.27.0", "numpy==2.4.6", "pillow==13.0.0", "click==8.5.1"]
+WHEELS = ["onnxruntime==1.27.0", "numpy==2.4.6", "pillow==13.0.0", "click==8.5.1", "cryptography==48.0.0"]
 PLATFORMS = ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"]
 
 

@@ -13,17 +13,26 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = Path(os.environ.get("VAE_EDGE_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 
 
+# The user's own settings that vae-edge reads: a test sees none of them (a developer with
+# VAE_EDGE_DATA or a trusted key set gets the same results as a fresh CI machine).
+USER_VARIABLES = ("VAE_EDGE_DATA", "VAE_EDGE_TRUSTED_KEY", "VAE_EDGE_EXPECT")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_user_cache(tmp_path_factory):
-    """Tests never read or write the developer's user cache (data, tuning choices): they see what a
-    fresh CI machine sees. (The emulated ARM64 environment keeps its own cache under ~/.cache.)"""
-    old = os.environ.get("XDG_CACHE_HOME")
+    """Tests never read or write the developer's user cache (data, tuning choices) nor read their
+    vae-edge variables: they see what a fresh CI machine sees. (The emulated ARM64 and peer
+    environments keep their own caches under ~/.cache: they are built once, not read as settings.)"""
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", *USER_VARIABLES)}
+    for k in USER_VARIABLES:
+        os.environ.pop(k, None)
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
     yield
-    if old is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = old
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

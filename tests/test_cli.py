@@ -196,6 +196,9 @@ def test_pipeline_on_shipped_model(runner, tmp_path, mnist_dir):
 
 
 def test_train_on_fashion_mnist(runner, tmp_path, monkeypatch):
+    if not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.fail("this test needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist "
+                    "(.ci/run installs it)")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     r = runner.invoke(cli, ["train", "--dataset", "fashion-mnist", "--hidden", "16", "--latent-dim", "2",
                             "--max-steps", "3", "--quiet", "--out", str(tmp_path / "run")])

@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import socket
 import threading
 from dataclasses import replace
 from functools import partial
@@ -174,6 +175,21 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     assert d.verify_dir(directory) == {"train": 60000, "test": 10000}
     x, y = d.load_split(directory, "test")
     assert y[:3].tolist() == [9, 2, 1]  # ankle boot, pullover, trouser
+
+
+def test_offline_fashion_mnist_names_its_package(tmp_path, monkeypatch):
+    """Offline and without the Debian package: the error says which package holds the files."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: every download is refused at once
+    spec = replace(d.DATASETS["fashion-mnist"], system_dirs=(str(tmp_path / "none"),),
+                   mirrors=(f"http://127.0.0.1:{port}/",))
+    monkeypatch.setitem(d.DATASETS, "fashion-mnist", spec)
+    with pytest.raises(VaeEdgeError, match="apt-get install dataset-fashion-mnist") as e:
+        d.resolve_data_dir("fashion-mnist", split="test")
+    assert "\n" not in str(e.value)
 
 
 def test_data_fetch_cli_against_local_server(tmp_path, monkeypatch, runner):

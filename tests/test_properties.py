@@ -1,15 +1,21 @@
 """Property-based tests: arbitrary bytes either work or raise the project's own error type, for
-the three readers that take outside input (manifest, images, IDX files)."""
+every reader that takes outside input (manifest, signature, whole bundle folders, ONNX graphs'
+external-data scan, .npy arrays, images, IDX files). A fuzz run with a fixed seed and a count:
+hypothesis runs derandomized, VAE_EDGE_FUZZ_EXAMPLES examples per test (150 by default, about
+20 s for the whole file here); raise it for a longer run."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import struct
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,7 +25,9 @@ from vae_edge.data import read_idx
 from vae_edge.runtime.bundle import SCHEMA, SCHEMA_VERSION, BundleError, parse_manifest
 from vae_edge.runtime.images import load_image, preprocess
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ_EXAMPLES = int(os.environ.get("VAE_EDGE_FUZZ_EXAMPLES", "150"))
+SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -115,3 +123,96 @@ def test_idx_from_arbitrary_bytes(raw):
             except VaeEdgeError:
                 continue
             assert isinstance(arr, np.ndarray) and arr.ndim == raw[3]
+
+
+# --- signatures, bundle folders, graphs, arrays --------------------------------------------------------
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=400), json_values.map(lambda v: json.dumps(v).encode()),
+                 st.fixed_dictionaries({"mediaType": st.just("application/vnd.dev.sigstore.bundle.v0.3+json"),
+                                        "dsseEnvelope": json_values, "verificationMaterial": json_values})
+                 .map(lambda v: json.dumps(v).encode())))
+def test_signature_from_arbitrary_bytes(raw):
+    from vae_edge.runtime import trust
+
+    try:
+        _, payload, _ = trust.read_envelope(raw, "fuzz")
+        trust.signed_digests(payload, "fuzz")
+    except VaeEdgeError:
+        return
+
+
+@SETTINGS
+@given(st.binary(max_size=600))
+def test_external_data_scan_of_arbitrary_bytes(raw):
+    from vae_edge.runtime.graphcheck import GraphError, external_data
+
+    try:
+        refs = external_data(raw)
+    except GraphError:
+        return
+    assert isinstance(refs, list)
+
+
+@pytest.fixture(scope="module")
+def signed_bundle(tmp_path_factory, bundles):
+    from vae_edge.runtime.trust import keygen, sign_bundle
+
+    root = tmp_path_factory.mktemp("fuzz-signed")
+    priv, pub = keygen(root / "k.priv.pem", root / "k.pub.pem")
+    b = root / "b"
+    shutil.copytree(bundles["mlp"], b)
+    sign_bundle(b, priv)
+    return b, pub
+
+
+@SETTINGS
+@given(which=st.sampled_from(["manifest.json", "model.sig", "decoder.onnx", "encoder.onnx"]),
+       at=st.integers(0, 10**7), byte=st.integers(0, 255), cut=st.booleans())
+def test_damaged_signed_bundle_is_refused_or_loads_the_same(tmp_path_factory, signed_bundle, which, at, byte, cut):
+    from vae_edge.runtime import VAERuntime
+
+    src, pub = signed_bundle
+    b = tmp_path_factory.mktemp("fz") / "b"
+    shutil.copytree(src, b)
+    data = bytearray((b / which).read_bytes())
+    i = at % len(data)
+    if cut:
+        data = data[:i]
+    else:
+        data[i] = byte
+    (b / which).write_bytes(bytes(data))
+    changed = bytes(data) != (src / which).read_bytes()
+    try:
+        rt = VAERuntime.load(b, trusted_key=pub)
+    except VaeEdgeError as e:
+        assert "\n" not in str(e)
+        return
+    assert not changed, "a changed signed bundle loaded"
+    assert rt.signature == "verified"
+
+
+@SETTINGS
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda descr, shape, body: _npy(descr, shape) + body,
+              st.sampled_from(["<f4", "<f8", "|u1", "<i8", "<c8", "<U5", "|O", "|b1", ">f4", "<V4", "<f2"]),
+              st.lists(st.integers(0, 2**40), max_size=3).map(tuple), st.binary(max_size=200)),
+))
+def test_npy_from_arbitrary_bytes(raw):
+    from vae_edge.runtime.images import load_npy
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "z.npy"
+        p.write_bytes(raw)
+        try:
+            arr = load_npy(p)
+        except VaeEdgeError:
+            return
+    assert isinstance(arr, np.ndarray) and arr.dtype.kind in "biuf"
+
+
+def _npy(descr: str, shape: tuple) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()

@@ -85,10 +85,14 @@ def test_score_matches_torch_iw_estimate(quantized, ckpts, mnist_dir):
     x, _ = load_slice("mnist:test[0:4]", mnist_dir)
     xb = binarize(x, 0)
     rt = VAERuntime.load(quantized)
-    ours = rt.score(xb, iw_samples=2000)
+    runs = np.stack([rt.score(xb, iw_samples=2000, seed=s) for s in range(4)])
+    ours = runs.mean(0)
     ref = -iw_log_likelihood(model_from_checkpoint(load_checkpoint(ckpts["mlp"])), torch.from_numpy(xb), None, 2000).numpy()
-    # independent Monte Carlo estimates (numpy vs torch RNG) of the same quantity
-    assert np.allclose(ours, ref, rtol=0.015), (ours, ref)
+    # independent Monte Carlo estimates (numpy vs torch RNG) of the same quantity: within 1.5%, or
+    # within 4 standard deviations of one estimate (this 40-step model's posterior is poor, so its
+    # estimates spread by a few nats); a wrong estimator (a missing term) is tens of nats off
+    spread = runs.std(0, ddof=1)
+    assert np.all(np.abs(ours - ref) <= np.maximum(0.015 * np.abs(ref), 4 * spread)), (ours, ref, spread)
     elbo = rt.score(xb, elbo_samples=50)
     assert np.all(ours <= elbo + 0.2)
 
@@ -369,21 +373,24 @@ def test_complexity_score_ranks_simple_images_above_digits(mnist_dir):
     x, _ = load_slice("mnist:test[0:300]", mnist_dir)
     rt = VAERuntime.load("mlp-mnist")
     simple = simple_images(n_each=12)
-    digits_elbo, digits_c = rt.score(x), rt.complexity_score(x)
+    digits_c = rt.complexity_score(x)
     for kind, imgs in simple.items():
         c = rt.complexity_score(imgs)
         assert c.min() > digits_c.max(), (kind, c.min(), digits_c.max())
-    # likelihood alone: a blank page is more "normal" than most digits, and it cannot tell
-    # near-blank pages from digits (AUROC 0.62 with the shipped MLP; 1.0 would separate them)
-    assert rt.score(simple["blank"][:1])[0] < np.median(digits_elbo)
-    assert auroc(rt.score(simple["near-blank"]), digits_elbo) < 0.7
+    # likelihood alone (the IW estimate of -log p(x)): a blank page is more "normal" than most
+    # digits, and it cannot tell near-blank pages from digits (AUROC 0.27 with the shipped MLP;
+    # 1.0 would separate them). The 16-draw -ELBO is loose on such inputs (166 nats for the blank
+    # page whose IW-NLL is 46), which hides the blind spot rather than curing it.
+    digits_nll = rt.score(x, iw_samples=100)
+    assert rt.score(simple["blank"][:1], iw_samples=100)[0] < np.median(digits_nll)
+    assert auroc(rt.score(simple["near-blank"], iw_samples=100), digits_nll) < 0.7
     assert not has_ink(simple["blank"][0]) and has_ink(x[0])
     assert auroc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
 
 
 def test_score_refuses_zero_elbo_samples(quantized):
     rt = VAERuntime.load(quantized)
-    with pytest.raises(VaeEdgeError, match="elbo samples must be 1 or more"):
+    with pytest.raises(VaeEdgeError, match="elbo samples must lie between 1 and"):
         rt.score(np.zeros((1, 1, 28, 28), np.float32), elbo_samples=0)
 
 

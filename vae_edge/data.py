@@ -40,6 +40,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     md5: dict[str, str]  # of the official .gz files, for verifying downloads
     system_dirs: tuple[str, ...] = ()
+    package: str = ""  # the Debian package that installs the files into system_dirs
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -69,7 +70,8 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
         },
-        system_dirs=("/usr/share/datasets/fashion-mnist",),  # Debian: dataset-fashion-mnist
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+        package="dataset-fashion-mnist",
     ),
 }
 
@@ -329,7 +331,14 @@ def fetch(dataset: str = "mnist", dest: str | os.PathLike | None = None, mirrors
             continue
         if (dest_dir / name).is_file() and _md5(dest_dir / name) == md5:
             continue
-        download_file(name, dest_dir, mirrors or spec.mirrors, md5)
+        try:
+            download_file(name, dest_dir, mirrors or spec.mirrors, md5)
+        except VaeEdgeError as e:
+            if spec.package and mirrors is None:  # offline, and a system package has the files
+                raise VaeEdgeError(f"{dataset} is not installed and could not be downloaded ({name}: no mirror "
+                                   f"answered): install it with `apt-get install {spec.package}` (puts the files "
+                                   f"in {spec.system_dirs[0]}), or pass --data-dir") from e
+            raise
     return dest_dir
 
 

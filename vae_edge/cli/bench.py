@@ -121,10 +121,12 @@ def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, trusted_
         if as_json:
             click.echo(json.dumps(res))
             return
-        click.echo(f"{'variant':<14}{'ms enc+dec':>12}{'-ELBO delta':>13}  ok   ({res['browser']})")
+        w = max([len("variant")] + [len(r["variant"]) for r in res["table"]]) + 2
+        click.echo(f"{'variant':<{w}}{'ms enc+dec':>12}{'-ELBO delta':>13}  ok   ({res['browser']})")
         for r in sorted(res["table"], key=lambda r: r["ms_encode_plus_decode"]):
             d = "-" if r["neg_elbo_delta"] is None else f"{r['neg_elbo_delta']:+.3f}"
-            click.echo(f"{r['variant']:<14}{r['ms_encode_plus_decode']:>12.4f}{d:>13}  {'yes' if r['within_budget'] else 'no'}")
+            click.echo(f"{r['variant']:<{w}}{r['ms_encode_plus_decode']:>12.4f}{d:>13}  "
+                       f"{'yes' if r['within_budget'] else 'no'}")
         click.echo(f"chosen for the page: {res['choice']['variant']}; `vae-edge web --variant auto` now uses it "
                    f"(saved to {res['saved_to']})")
         return
@@ -134,10 +136,11 @@ def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, trusted_
     if as_json:
         click.echo(json.dumps(res))
         return
-    click.echo(f"{'variant':<14}{'provider':<10}{'threads':>8}{'p50 ms':>10}{'-ELBO delta':>13}  ok")
+    w = max([len("variant")] + [len(r["variant"]) for r in res["table"]]) + 2
+    click.echo(f"{'variant':<{w}}{'provider':<10}{'threads':>8}{'p50 ms':>10}{'-ELBO delta':>13}  ok")
     for r in sorted(res["table"], key=lambda r: r["p50_ms"]):
         d = "-" if r["neg_elbo_delta"] is None else f"{r['neg_elbo_delta']:+.3f}"
-        click.echo(f"{r['variant']:<14}{r['provider']:<10}{r['threads']:>8}{r['p50_ms']:>10.4f}{d:>13}  "
+        click.echo(f"{r['variant']:<{w}}{r['provider']:<10}{r['threads']:>8}{r['p50_ms']:>10.4f}{d:>13}  "
                    f"{'yes' if r['within_budget'] else 'no'}")
     c = res["choice"]
     click.echo(f"chosen: {c['variant']} on {c['provider']} with {c['threads']} thread(s); "

@@ -73,13 +73,16 @@ def reconstruct(rt, inputs, output, digit, data_dir) -> None:
     """
     import numpy as np
 
-    from vae_edge.runtime.images import check_output, grid, load_inputs, save_image
+    from vae_edge.runtime.images import check_output, grid, has_ink, load_inputs, save_image
 
     out = check_output(output)
     x, labels = load_inputs(inputs, data_dir)
     rec = rt.reconstruct(x, _labels_for(rt, labels, digit))
     save_image(grid(np.concatenate([x, rec]), ncol=len(x)), out)
-    done(f"{len(x)} reconstructions -> {out}", out)
+    done(f"{len(x)} reconstruction{'s' if len(x) != 1 else ''} -> {out}", out)
+    blank = sum(not has_ink(xi) for xi in x)
+    if blank:
+        click.echo(f"note: {blank} of the images show no ink (blank?): their reconstruction says little", err=True)
 
 
 @click.command()
@@ -174,7 +177,10 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, a
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--iw-samples", type=int, default=0, show_default=True, help="0: -ELBO; K: importance-weighted -log p(x).")
+@click.option("--iw-samples", type=click.IntRange(0), default=0, show_default=True,
+              help="0: -ELBO; K: importance-weighted -log p(x) (K=5000 is the literature's figure).")
+@click.option("--elbo-samples", type=click.IntRange(1), default=16, show_default=True,
+              help="Draws the -ELBO averages (the same for every image, and as on the browser page).")
 @click.option("--complexity", is_flag=True,
               help="Also the complexity-corrected score: -log p(x) of the binarized image minus its compressed "
                    "length (nats); unlike likelihood, it rates blank and trivial images as unusual.")
@@ -183,7 +189,7 @@ def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, a
 @data_dir_option
 @json_option
 @with_runtime
-def score(rt, inputs, iw_samples, complexity, seed, digit, data_dir, as_json) -> None:
+def score(rt, inputs, iw_samples, elbo_samples, complexity, seed, digit, data_dir, as_json) -> None:
     """Anomaly score of each image in nats (-ELBO or IW -log p(x)): higher is more unusual.
 
     Likelihood alone is fooled by simple inputs (a blank page scores as the most normal image of
@@ -197,8 +203,9 @@ def score(rt, inputs, iw_samples, complexity, seed, digit, data_dir, as_json) ->
 
     x, labels, names = load_inputs_with_names(inputs, data_dir)
     y = _labels_for(rt, labels, digit)
-    scores = rt.score(x, y, iw_samples=iw_samples, seed=seed)
-    corrected = rt.complexity_score(x, y, iw_samples=iw_samples, seed=seed) if complexity else None
+    scores = rt.score(x, y, iw_samples=iw_samples, seed=seed, elbo_samples=elbo_samples)
+    corrected = (rt.complexity_score(x, y, iw_samples=iw_samples, seed=seed, elbo_samples=elbo_samples)
+                 if complexity else None)
     inked = [has_ink(xi) for xi in x]
     kind = f"iw_nll_k{iw_samples}" if iw_samples else "neg_elbo"
     if as_json:
@@ -210,10 +217,12 @@ def score(rt, inputs, iw_samples, complexity, seed, digit, data_dir, as_json) ->
             rows.append(row)
         click.echo(json.dumps(rows))
         return
+    label = f"IW-NLL k={iw_samples}" if iw_samples else "-ELBO"
+    click.echo(f"{label:>10}" + (f"  {'corrected':>10}" if corrected is not None else "") + "  input (nats)")
     for i, (nm, s) in enumerate(zip(names, scores, strict=True)):
         extra = f"  {corrected[i]:10.2f}" if corrected is not None else ""
         click.echo(f"{s:10.2f}{extra}  {nm}" + ("" if inked[i] else "   (no ink found: blank image?)"))
-    if not all(inked):
+    if not all(inked) and corrected is None:
         click.echo("note: images without ink get low likelihood scores (they look 'normal'); use --complexity",
                    err=True)
 

@@ -19,7 +19,8 @@ from vae_edge.cli.base import (
 @click.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Bundle folder to write.")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--opset", type=click.IntRange(18), default=18, show_default=True,
+              help="ONNX opset, 18 or newer (the graphs use Split with num_outputs, new in 18).")
 @click.option("--ort-format", is_flag=True, help="Also write .ort files for onnxruntime mobile/minimal builds.")
 @click.option("--release", type=click.IntRange(0, 2**31 - 1), default=1, show_default=True,
               help="Release number recorded in the (signed) manifest: devices given `--expect NAME@N` refuse "

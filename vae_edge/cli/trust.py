@@ -1,4 +1,4 @@
-"""`vae-edge keygen`, `sign` and `verify`: signed bundles (OpenSSF model signing, the [sign] extra)."""
+"""`vae-edge keygen`, `sign` and `verify`: signed bundles (OpenSSF model signing's format, on cryptography)."""
 
 from __future__ import annotations
 
