@@ -1,5 +1,5 @@
 """Run the reliability tests and the bad-input corpus, and write the figures they print to
-benchmarks/results/reliability.md (the README's Reliability section quotes it).
+benchmarks/results/reliability.md (docs/reliability.md quotes it, through update_readme.py).
 
     python benchmarks/reliability_report.py
 """
@@ -18,7 +18,8 @@ def main() -> None:
     t0 = time.perf_counter()
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly", "tests/test_reliability.py",
-         "tests/test_trust.py", "tests/test_properties.py", "tests/test_cli.py::test_bad_input_corpus"],
+         "tests/test_trust.py", "tests/test_security.py", "tests/test_properties.py",
+         "tests/test_cli.py::test_bad_input_corpus"],
         cwd=ROOT, capture_output=True, text=True,
     )
     seconds = time.perf_counter() - t0
@@ -27,7 +28,10 @@ def main() -> None:
     if res.returncode != 0:
         print(res.stdout[-4000:], res.stderr[-2000:])
         sys.exit(f"the reliability tests failed: {summary}")
-    md = [f"Measured by `python benchmarks/reliability_report.py` ({summary}, {seconds:.0f} s on this machine):", ""]
+    from vae_edge.runtime.sysinfo import cpu
+
+    md = [f"Measured by `python benchmarks/reliability_report.py` ({summary}, {seconds:.0f} s on "
+          f"{cpu()['model']}, {cpu()['cores']} cores):", ""]
     md += [f"- {ln}" for ln in lines]
     (ROOT / "benchmarks" / "results" / "reliability.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

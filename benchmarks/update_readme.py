@@ -1,5 +1,6 @@
-"""Copy the committed reports of benchmarks/results/ into README.md between its markers
-(<!-- results:NAME --> ... <!-- /results:NAME -->), so the README shows what the scripts measured.
+"""Copy the committed reports of benchmarks/results/ into the docs (docs/*.md) and README.md
+between their markers (<!-- results:NAME --> ... <!-- /results:NAME -->), so the pages show what
+the scripts measured.
 
     python benchmarks/update_readme.py
 """
@@ -60,16 +61,24 @@ def iw_nll_table() -> None:
 
 def main() -> None:
     iw_nll_table()
-    readme = (ROOT / "README.md").read_text()
-    for name, fname in SOURCES.items():
-        path = ROOT / "benchmarks" / "results" / fname
-        if not path.is_file():
-            continue
-        block = f"<!-- results:{name} -->\n{path.read_text().strip()}\n<!-- /results:{name} -->"
-        readme, n = re.subn(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", lambda m, b=block: b, readme, flags=re.S)
-        if n == 0:
-            print(f"README has no marker for {name}")
-    (ROOT / "README.md").write_text(readme)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = set()
+    for page in pages:
+        text = page.read_text()
+        new = text
+        for name, fname in SOURCES.items():
+            path = ROOT / "benchmarks" / "results" / fname
+            if not path.is_file():
+                continue
+            block = f"<!-- results:{name} -->\n{path.read_text().strip()}\n<!-- /results:{name} -->"
+            new, n = re.subn(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", lambda m, b=block: b, new,
+                             flags=re.S)
+            if n:
+                found.add(name)
+        if new != text:
+            page.write_text(new)
+    for name in sorted(set(SOURCES) - found):
+        print(f"no page has a marker for {name}")
 
 
 if __name__ == "__main__":
