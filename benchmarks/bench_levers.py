@@ -16,9 +16,9 @@ Accuracy of each graph lever: -ELBO delta of its encoder + decoder against fp32 
 probabilities against fp32 (5,000 z ~ N(0, I)). Then onnxruntime's profiler on the shipped int8
 graphs at batch 1: time per node (its timer counts whole microseconds, so the rows are coarse).
 
-    $(python tests/peers_env.py) benchmarks/bench_levers.py --data-dir ../shared/data/mnist [--no-peers]
+    $(python tools/peers_env.py) benchmarks/bench_levers.py --data-dir ../shared/data/mnist [--no-peers]
 
-LiteRT needs the [peers] extra (or the environment tests/peers_env.py builds). Writes
+LiteRT needs the [peers] extra (or the environment tools/peers_env.py builds). Writes
 benchmarks/results/levers.{json,md}.
 """
 

@@ -10,7 +10,7 @@ Accuracy, on the same inputs for everyone: fp32 peers against PyTorch (max |diff
 digits (binarized with seed 0, the same noise draws for everyone, probabilities clipped to 1e-7).
 
     pip install 'vae-edge[peers]'
-    $(python tests/peers_env.py) benchmarks/bench_peers.py --data-dir ../shared/data/mnist   # the peers' environment
+    $(python tools/peers_env.py) benchmarks/bench_peers.py --data-dir ../shared/data/mnist   # the peers' environment
 
 Writes benchmarks/results/peers.{json,md}.
 """

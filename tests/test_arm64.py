@@ -4,7 +4,7 @@ through the Python API and the CLI, compared with the same calls on x86; under t
 neoverse-n1 (NEON + dotprod, like a Raspberry Pi 5 or Graviton 2) and max (adds SVE, i8mm, SME).
 
 If the emulated environment cannot be set up, these tests fail (they never skip): see
-tests/arm64_env.py for what `.ci/run` installs."""
+tools/arm64_env.py for what `.ci/run` installs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import arm64_env
+from tools import arm64_env
 
 pytestmark = [pytest.mark.arm64, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent

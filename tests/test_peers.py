@@ -1,6 +1,6 @@
 """The peer runtimes of benchmarks/bench_peers.py still convert and run (so the benchmark cannot
 rot): a small trained MLP and conv VAE, each graph to ExecuTorch (XNNPACK) and LiteRT, fp32 and
-int8, checked against PyTorch. Marked `peers`; runs in CI in the environment of tests/peers_env.py
+int8, checked against PyTorch. Marked `peers`; runs in CI in the environment of tools/peers_env.py
 and fails, never skips, when it cannot be set up."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers_env import peers_python
+from tools.peers_env import peers_python
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r"""

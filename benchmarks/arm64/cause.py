@@ -6,7 +6,7 @@ For each QEMU_CPU model: the CPU features the process sees (HWCAP), whether qemu
 instructions (SMMLA/UMMLA/USMMLA) compute their architectural definition, onnxruntime's fused
 dynamic-quantized MatMul against the unfused graph for int8 and uint8 weights, and the shipped
 decoder against the ONNX reference evaluator (the specification's own numbers, computed on x86).
-Uses the emulated environment of tests/arm64_env.py.
+Uses the emulated environment of tools/arm64_env.py.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from tests import arm64_env  # noqa: E402
+from tools import arm64_env  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CPUS = ["neoverse-n1", "a64fx", "max,sve=off", "max,sme=off", "max"]

@@ -1,0 +1,1 @@
+"""Tools that build environments and the docs site (not part of the installed package)."""
