@@ -192,8 +192,51 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise VaeEdgeError(f"cannot read image {path}: {e}") from e
 
 
-def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Image files and dataset slices ('mnist:test[0:16]') -> (x [N,1,28,28], labels or None)."""
+def load_image_as_is(path: str | os.PathLike, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """An image file at the model's size -> [1, H, W] grey in [0, 1], pixel for pixel: no digit
+    framing, which would resample (and so change) noise a restoration has to model exactly. Dark
+    ink on light paper is inverted, as MNIST digits are white on black."""
+    path = Path(path)
+    if not path.is_file():
+        raise VaeEdgeError(f"input {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            if (img.height, img.width) != size:
+                raise VaeEdgeError(f"{path} is {img.width}x{img.height}; restoring noise needs the image at the "
+                                   f"model's {size[1]}x{size[0]}, pixel for pixel (resizing changes the noise)")
+            a = np.asarray(img.convert("L"), np.float32) / 255.0
+    except UnidentifiedImageError as e:
+        raise VaeEdgeError(f"{path} is not an image pillow can read") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise VaeEdgeError(f"cannot read image {path}: {e}") from e
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return (1.0 - a if np.median(border) > 0.5 else a)[None]
+
+
+def images_from_npy(path: str | os.PathLike, shape=(1, 28, 28)) -> np.ndarray:
+    """A .npy array of images -> [N, C, H, W] float32 in [0, 1]: float in [0, 1], or uint8 (/255);
+    [N, H, W] and [H, W] are taken for one channel."""
+    a = load_npy(path, "image array")
+    if a.ndim == len(shape) - 1 and shape[0] == 1:
+        a = a[None]
+    if a.ndim == len(shape) and a.shape[1:] != tuple(shape):
+        a = a[:, None] if a.shape[1:] == tuple(shape[1:]) else a
+    if a.ndim == len(shape):
+        a = a[None]
+    if a.ndim != len(shape) + 1 or a.shape[1:] != tuple(shape):
+        raise VaeEdgeError(f"{path} holds an array of shape {list(a.shape)}; images must be [N, {', '.join(map(str, shape))}]")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
+        raise VaeEdgeError(f"{path}: image values must be uint8, or floats in [0, 1]")
+    return a
+
+
+def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None,
+                as_is: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image files, .npy arrays and dataset slices ('mnist:test[0:16]') -> (x [N,1,28,28], labels
+    or None). as_is: image files are taken pixel for pixel (load_image_as_is), not framed."""
     from vae_edge.data import is_dataset_slice, load_slice
 
     if not specs:
@@ -207,8 +250,13 @@ def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None) -> tuple[np.n
         elif _SLICE_LIKE.match(spec) and not Path(spec).exists():
             raise VaeEdgeError(f"{spec!r} is not a dataset slice: write DATASET:SPLIT[A:B], with DATASET mnist or "
                                "fashion-mnist and SPLIT train or test, e.g. mnist:test[0:16] (or an image file)")
+        elif spec.lower().endswith(".npy"):
+            arr = images_from_npy(spec)
+            xs.append(arr)
+            ys.append(np.full(len(arr), -1, np.int64))
+            all_labelled = False
         else:
-            xs.append(load_image(spec)[None])
+            xs.append((load_image_as_is(spec) if as_is else load_image(spec))[None])
             ys.append(np.full(1, -1, np.int64))
             all_labelled = False
     return np.concatenate(xs), (np.concatenate(ys) if all_labelled else None)
@@ -232,6 +280,22 @@ def grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale: int =
         canvas[pad + r * cell : pad + r * cell + 28, pad + c * cell : pad + c * cell + 28] = im
     img = Image.fromarray(canvas, "L")
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
+
+
+def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int = 2) -> Image.Image:
+    """A grid with one row per (label, images [N, 1, 28, 28]) and the label at the row's left."""
+    from PIL import ImageDraw
+
+    ncol = max(len(images) for _, images in rows)
+    body = grid(np.concatenate([images for _, images in rows]), ncol=ncol, scale=scale)
+    margin = 8 + 7 * max(len(label) for label, _ in rows)
+    canvas = Image.new("L", (body.width + margin, body.height), 64)
+    canvas.paste(body, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = body.height / len(rows)
+    for i, (label, _) in enumerate(rows):
+        draw.text((4, int(i * row_h + row_h / 2 - 6)), label, fill=255)
+    return canvas
 
 
 def check_grid_size(n: int) -> None:

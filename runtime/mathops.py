@@ -1,4 +1,5 @@
-"""numpy versions of the VAE's likelihood terms (the runtime's twin of vae_edge.model's)."""
+"""numpy versions of the VAE's likelihood terms (the runtime's twin of vae_edge.model's) and the
+special functions they need (no scipy)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,37 @@ def logsumexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def sigmoid(v: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-v), without overflow warnings for large |v|."""
+    v = np.asarray(v)
+    e = np.exp(-np.abs(v))
+    return np.where(v >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def softplus(v: np.ndarray) -> np.ndarray:
+    """log(1 + e^v), stable: -log sigmoid(-v)."""
+    return np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
+
+
+def log_ndtr(t: np.ndarray) -> np.ndarray:
+    """log of the standard normal CDF, stable far into the lower tail."""
+    t = np.asarray(t, np.float64)
+    out = np.empty_like(t)
+    lo = t < -5.0
+    tl = t[lo]  # asymptotic series: log(phi(t) / -t * (1 - 1/t^2 + 3/t^4))
+    out[lo] = -0.5 * tl**2 - 0.5 * LOG_2PI - np.log(-tl) + np.log1p(-1 / tl**2 + 3 / tl**4)
+    th = t[~lo]
+    out[~lo] = np.log(np.maximum(0.5 * erfc(-th / np.sqrt(2.0)), 1e-300))
+    return out
+
+
+def erfc(v: np.ndarray) -> np.ndarray:
+    """Complementary error function (Numerical Recipes' erfcc, relative error < 1.2e-7)."""
+    a = np.abs(v)
+    t = 1.0 / (1.0 + 0.5 * a)
+    r = t * np.exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277)))))))))
+    return np.where(v >= 0, r, 2.0 - r)

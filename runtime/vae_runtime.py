@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -13,12 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from vae_edge import VaeEdgeError
+from vae_edge.runtime import denoise as dn
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime import selfcheck, trust
 from vae_edge.runtime.bundle import VARIANTS, Bundle, BundleError, open_bundle
 from vae_edge.runtime.calls import GraphCall
+from vae_edge.runtime.denoise import noise_loglik, parse_noise  # noqa: F401  (re-exported)
 from vae_edge.runtime.graphcheck import GraphError, check_io
-from vae_edge.runtime.mathops import LOG_2PI, bce_with_logits, kl_to_prior, log_normal, logsumexp
+from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_ndtr, log_normal, logsumexp  # noqa: F401
 
 DEFAULT_MODEL = "mlp-mnist"
 MAX_BATCH = 100_000  # a larger n is refused (memory)
@@ -320,88 +321,36 @@ class VAERuntime:
 
     def denoise(self, x, noise: str | None = None, mask=None, samples: int = 512, rounds: int = 2,
                 seed: int = 0, y=None, info: dict | None = None) -> np.ndarray:
-        """Restore corrupted images: the posterior mean E[decoder(z) | corrupted x], where the
-        corruption's own likelihood is exact (`noise`: gaussian:SIGMA, clipped to [0, 1] as
-        `corrupt` does; saltpepper:FRACTION; or a `mask` of known pixels, 1 = known, for
-        inpainting, where known pixels follow the model's Bernoulli likelihood and are kept).
-
-        Estimated by sequential Monte Carlo: `samples` particles start from the encoder's
-        posterior for the corrupted input, the likelihood is switched on through adaptively
-        chosen temperatures (each step keeps half the effective sample size), with resampling and
-        `rounds` Metropolis moves per step. `info`, if given, receives the diagnostics: the
+        """Restore corrupted images: the posterior mean of the clean image given the corrupted one,
+        E[E[x | y, z] | y], where the corruption's own likelihood is exact (`noise`: gaussian:SIGMA,
+        clipped to [0, 1] as `corrupt` does; saltpepper:FRACTION; or a `mask` of known pixels,
+        1 = known, for inpainting, where known pixels follow the model's Bernoulli likelihood and
+        are kept). Estimated by sequential Monte Carlo (runtime/denoise.py): `samples` particles,
+        `rounds` Metropolis moves per temperature. `info`, if given, receives the diagnostics: the
         effective sample size of the final weights per image, the number of temperatures, and
         the Metropolis acceptance rate."""
         x = self._images(x)
+        labels = self._labels(y, len(x)).get("y")
+        n, pixels = len(x), int(np.prod(x.shape[1:]))
+        # the particles' logits, their proposals and the blends of both (float32), latents
+        check_memory(n * samples * (pixels * 16 + self.latent_dim * 64) + samples * pixels * 24,
+                     f"denoising {n} image(s) with {samples:,} particles", "use fewer --samples or fewer images per call")
+
+        def decode_logits(z, lab):
+            return self.decode(z, lab, logits=True)
+
+        def encode(start, lab):
+            return self.encode(start, lab)
+
+        rng = _rng(seed)
         if mask is not None:
             mask = np.broadcast_to(np.asarray(mask, np.float32), x.shape).astype(np.float32)
-            est = self._posterior_mean(x, _masked_loglik(mask), y, samples, rounds, seed, x * mask, info)
+            est = dn.posterior_mean(decode_logits, encode, x, dn.masked_loglik(mask), None, labels, samples, rounds,
+                                    rng, x * mask, self.latent_dim, info)
             return np.where(mask > 0, x, est).astype(np.float32)
-        return self._posterior_mean(x, noise_loglik(noise or "gaussian:0.2"), y, samples, rounds, seed, x, info)
-
-    def _posterior_mean(self, x, loglik, y, samples: int, rounds: int, seed: int, start, info) -> np.ndarray:
-        if samples < 2 or rounds < 1:
-            raise VaeEdgeError("denoising needs at least 2 samples and 1 round")
-        labels = self._labels(y, len(x)).get("y")
-        rng = _rng(seed)
-        n, k, d = len(x), samples, self.latent_dim
-        # the particles' logits, their proposals and the blends of both (float32), the final
-        # probabilities (float64, twice), latents: about 40 bytes per pixel and particle
-        check_memory(n * k * (int(np.prod(x.shape[1:])) * 40 + d * 64), f"denoising {n} image(s) with {k:,} particles",
-                     "use fewer --samples or fewer images per call")
-        mu, logvar = self.encode(np.ascontiguousarray(start, dtype=np.float32), labels)
-        mu, sd = mu.astype(np.float64), np.exp(0.5 * logvar.astype(np.float64))
-        lab = None if labels is None else np.repeat(labels, k)
-
-        def log_q(z):  # the fixed proposal, per image: [n, k]
-            return -0.5 * np.sum(((z - mu[:, None]) / sd[:, None]) ** 2, -1) - np.sum(np.log(sd), -1)[:, None]
-
-        def evaluate(z):  # log prior + log likelihood, and the decoded means: [n, k], [n, k, 1, 28, 28]
-            logits = self.decode(z.reshape(n * k, d).astype(np.float32), lab, logits=True)
-            logits = logits.reshape(n, k, 1, 28, 28)
-            ll = np.stack([loglik(logits[i], x[i], i) for i in range(n)])
-            return -0.5 * np.sum(z**2, -1) + ll, logits
-
-        z = mu[:, None] + sd[:, None] * rng.standard_normal((n, k, d))
-        lp, logits = evaluate(z)
-        lq = log_q(z)
-        beta = np.zeros(n)
-        logw = np.zeros((n, k))
-        steps, accepted, proposed = np.zeros(n, int), 0, 0
-        while np.any(beta < 1):
-            g = lp - lq  # log target - log proposal; the weight increment is (b' - b) * g
-            new = np.array([_next_beta(beta[i], g[i], logw[i]) for i in range(n)])
-            steps += new > beta
-            logw = logw + (new - beta)[:, None] * g
-            beta = new
-            w = _normalized(logw)
-            if np.all(beta >= 1):
-                break
-            # resample (systematic), then Metropolis moves that leave pi_beta invariant
-            idx = np.stack([_systematic(w[i], rng) for i in range(n)])
-            z, lp, lq, logits = (_take(a, idx) for a in (z, lp, lq, logits))
-            logw = np.zeros((n, k))
-            step = 2.38 / np.sqrt(d) * np.maximum(z.std(1, keepdims=True), 1e-3)
-            for _ in range(rounds):
-                z_new = z + step * rng.standard_normal(z.shape)
-                lp_new, logits_new = evaluate(z_new)
-                lq_new = log_q(z_new)
-                b = beta[:, None]
-                log_ratio = ((1 - b) * lq_new + b * lp_new) - ((1 - b) * lq + b * lp)
-                ok = np.log(rng.random((n, k))) < log_ratio
-                z = np.where(ok[..., None], z_new, z)
-                lp, lq = np.where(ok, lp_new, lp), np.where(ok, lq_new, lq)
-                logits = np.where(ok[..., None, None, None], logits_new, logits)
-                accepted, proposed = accepted + int(ok.sum()), proposed + ok.size
-        w = _normalized(logw)
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        est = np.einsum("nk,nkchw->nchw", w, probs).astype(np.float32)
-        if info is not None:
-            info.update({
-                "ess": (1.0 / np.sum(w**2, 1)).tolist(), "particles": k,
-                "temperatures": steps.tolist(), "moves_per_temperature": rounds,
-                "acceptance": accepted / proposed if proposed else None,
-            })
-        return est
+        model = dn.noise_model(noise or "gaussian:0.2", self.manifest.get("dataset"))
+        return dn.posterior_mean(decode_logits, encode, x, model.loglik, model.clean_mean, labels, samples, rounds,
+                                 rng, x, self.latent_dim, info)
 
     def complexity_score(self, x, y=None, iw_samples: int = 0, seed: int = 0,
                          elbo_samples: int = ELBO_SAMPLES) -> np.ndarray:
@@ -521,22 +470,6 @@ def _closed(*args, **kwargs):
     raise VaeEdgeError("this runtime was closed: load the bundle again")
 
 
-def best_single_sample(rt: VAERuntime, noisy: np.ndarray, spec: str, mask, k: int = 512, seed: int = 1) -> np.ndarray:
-    """What plain importance sampling around the encoder collapses to when its weights degenerate:
-    the single best-weighted of k draws per image (known pixels of a mask kept). A baseline for
-    `denoise`, in benchmarks/bench_denoise.py and the tests."""
-    loglik = _masked_loglik(mask) if mask is not None else noise_loglik(spec)
-    mu, logvar = rt.encode(noisy * mask if mask is not None else noisy)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(len(noisy)):
-        z = (mu[i] + np.exp(0.5 * logvar[i]) * rng.standard_normal((k, rt.latent_dim))).astype(np.float32)
-        logw = loglik(rt.decode(z, logits=True), noisy[i], i) + log_normal(z) - log_normal(z, mu[i], logvar[i])
-        best = rt.decode(z[np.argmax(logw)][None])[0]
-        out.append(np.where(mask[i] > 0, noisy[i], best) if mask is not None else best)
-    return np.stack(out)
-
-
 def compressed_nats(x: np.ndarray) -> np.ndarray:
     """Per image: the length of its binarized pixels (threshold 0.5) compressed by zlib, in nats:
     a generic estimate of the image's complexity (Serra et al., ICLR 2020)."""
@@ -546,174 +479,7 @@ def compressed_nats(x: np.ndarray) -> np.ndarray:
     return np.array([len(zlib.compress(np.packbits(b).tobytes(), 9)) for b in bits], np.float64) * 8 * math.log(2)
 
 
-# ---------------------------------------------------------------------------------------------
-# Corruptions for the denoising demo: gaussian:0.3, saltpepper:0.2, mask:rect
-# ---------------------------------------------------------------------------------------------
-
-_NOISE_RE = re.compile(r"^(gaussian|saltpepper|mask):(\d*\.?\d+|rect|top|bottom|left|right|random)$")
-
-
-def parse_noise(spec: str) -> tuple[str, str]:
-    """'gaussian:0.3' -> ('gaussian', '0.3'); a bad spec is a user error."""
-    m = _NOISE_RE.match(spec)
-    kind = spec.split(":", 1)[0]
-    if not m and kind in ("gaussian", "saltpepper") and ":" in spec:
-        what = "SIGMA, a positive number" if kind == "gaussian" else "FRACTION, a number between 0 and 1"
-        raise VaeEdgeError(f"{spec!r}: {kind} noise takes {what}, e.g. {kind}:{0.3 if kind == 'gaussian' else 0.2}")
-    if not m and kind == "mask":
-        raise VaeEdgeError(f"{spec!r}: mask takes rect, top, bottom, left or right, e.g. mask:rect")
-    if not m:
-        raise VaeEdgeError(
-            f"unknown noise {spec!r}: use gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right"
-        )
-    return m.group(1), m.group(2)
-
-
-def noise_loglik(spec: str):
-    """log p(corrupted image | decoder logits), summed per image, for a corruption spec: exact for
-    what `corrupt` does. logits [..., 1, 28, 28], xn [1, 28, 28] -> [...]."""
-    kind, arg = parse_noise(spec)
-    if kind == "gaussian":
-        sigma = float(arg)
-        if sigma <= 0:
-            raise VaeEdgeError(f"gaussian noise needs a positive sigma, got {sigma}")
-
-        # clipped at 0: log P(c + noise <= 0) = log Phi(-c / sigma); at 1, the same at 1 - c.
-        # Tabulated over c in [0, 1] (interpolation error < 1e-8 / sigma^2 nats per pixel).
-        grid = np.linspace(0.0, 1.0, 4097)
-        table = log_ndtr(-grid / sigma)
-        const = -np.log(sigma) - 0.5 * LOG_2PI
-
-        def loglik(logits, xn, i):
-            c = 1.0 / (1.0 + np.exp(-logits.reshape(*logits.shape[:-3], -1)))
-            xf = xn.reshape(-1)
-            lo, hi = xf <= 0.0, xf >= 1.0
-            mid = ~(lo | hi)
-            out = np.sum(-0.5 * ((c[..., mid] - xf[mid]) / sigma) ** 2, -1) + const * mid.sum()
-            out = out + np.sum(np.interp(c[..., lo], grid, table), -1)
-            return out + np.sum(np.interp(1.0 - c[..., hi], grid, table), -1)
-        return loglik
-    if kind == "saltpepper":
-        p = float(arg)
-        if not 0 < p < 1:
-            raise VaeEdgeError(f"salt-and-pepper fraction must lie in (0, 1), got {p}")
-
-        log_keep, log_flip = np.log1p(-p), np.log(p / 2)
-
-        def loglik(logits, xn, i):
-            # a pixel is pepper (0) or salt (1) with probability p/2 each, else the clean pixel,
-            # which follows the model's own Bernoulli likelihood c^x (1 - c)^(1 - x)
-            lf = logits.reshape(*logits.shape[:-3], -1)
-            xf = xn.reshape(-1)
-            zero, one = xf <= 0.0, xf >= 1.0
-            mid = ~(zero | one)
-            out = np.sum(np.logaddexp(log_keep - _softplus(lf[..., zero]), log_flip), -1, dtype=np.float64)
-            out = out + np.sum(np.logaddexp(log_keep - _softplus(-lf[..., one]), log_flip), -1, dtype=np.float64)
-            lm, xm = lf[..., mid], xf[mid]
-            return out + np.sum(log_keep - xm * _softplus(-lm) - (1 - xm) * _softplus(lm), -1, dtype=np.float64)
-        return loglik
-    raise VaeEdgeError(f"{spec}: masks are passed as mask=, not as a noise model")
-
-
-def _masked_loglik(mask: np.ndarray):
-    """Known pixels follow the model's Bernoulli likelihood; unknown ones say nothing."""
-    def loglik(logits, xn, i):
-        known = mask[i].reshape(-1) > 0
-        lk = logits.reshape(*logits.shape[:-3], -1)[..., known]
-        xk = xn.reshape(-1)[known]
-        return -np.sum(xk * _softplus(-lk) + (1 - xk) * _softplus(lk), -1, dtype=np.float64)
-    return loglik
-
-
-def _softplus(v: np.ndarray) -> np.ndarray:
-    """log(1 + e^v), stable: -log sigmoid(-v)."""
-    return np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
-
-
-def log_ndtr(t: np.ndarray) -> np.ndarray:
-    """log of the standard normal CDF, stable far into the lower tail (no scipy)."""
-    t = np.asarray(t, np.float64)
-    out = np.empty_like(t)
-    lo = t < -5.0
-    tl = t[lo]  # asymptotic series: log(phi(t) / -t * (1 - 1/t^2 + 3/t^4))
-    out[lo] = -0.5 * tl**2 - 0.5 * LOG_2PI - np.log(-tl) + np.log1p(-1 / tl**2 + 3 / tl**4)
-    th = t[~lo]
-    out[~lo] = np.log(np.maximum(0.5 * _erfc(-th / np.sqrt(2.0)), 1e-300))
-    return out
-
-
-def _erfc(v: np.ndarray) -> np.ndarray:
-    """Complementary error function (Numerical Recipes' erfcc, relative error < 1.2e-7)."""
-    a = np.abs(v)
-    t = 1.0 / (1.0 + 0.5 * a)
-    r = t * np.exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277)))))))))
-    return np.where(v >= 0, r, 2.0 - r)
-
-
-def _normalized(logw: np.ndarray) -> np.ndarray:
-    w = np.exp(logw - logw.max(-1, keepdims=True))
-    return w / w.sum(-1, keepdims=True)
-
-
-def _ess(logw: np.ndarray) -> float:
-    w = _normalized(logw)
-    return float(1.0 / np.sum(w**2))
-
-
-def _next_beta(beta: float, g: np.ndarray, logw: np.ndarray) -> float:
-    """The largest next temperature whose weights keep half the effective sample size."""
-    if beta >= 1.0:
-        return 1.0
-    target = 0.5 * _ess(logw)
-    if _ess(logw + (1.0 - beta) * g) >= target:
-        return 1.0
-    lo, hi = beta, 1.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if _ess(logw + (mid - beta) * g) >= target:
-            lo = mid
-        else:
-            hi = mid
-    return max(lo, beta + 1e-12)
-
-
-def _systematic(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    positions = (rng.random() + np.arange(len(w))) / len(w)
-    return np.minimum(np.searchsorted(np.cumsum(w), positions), len(w) - 1)
-
-
-def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """a [n, k, ...] indexed along its particle axis by idx [n, k]."""
-    return np.take_along_axis(a, idx.reshape(*idx.shape, *([1] * (a.ndim - 2))), 1)
-
-
 def corrupt(x: np.ndarray, spec: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Apply a corruption; returns (corrupted images, mask of known pixels or None)."""
-    kind, arg = parse_noise(spec)
-    rng = _rng(seed)
-    x = np.asarray(x, np.float32)
-    if kind == "gaussian":
-        return np.clip(x + float(arg) * rng.standard_normal(x.shape, dtype=np.float32), 0, 1), None
-    if kind == "saltpepper":
-        p = float(arg)
-        if not 0 <= p <= 1:
-            raise VaeEdgeError(f"salt-and-pepper fraction must lie in [0, 1], got {p}")
-        u = rng.random(x.shape, dtype=np.float32)
-        out = x.copy()
-        out[u < p / 2] = 0.0
-        out[(u >= p / 2) & (u < p)] = 1.0
-        return out, None
-    mask = np.ones_like(x)
-    if arg in ("rect", "random"):
-        for i in range(len(x)):
-            r, c = rng.integers(4, 14, size=2)
-            mask[i, :, r : r + 12, c : c + 12] = 0
-    elif arg in ("top", "bottom", "left", "right"):
-        sl = {"top": np.s_[:, :, :14, :], "bottom": np.s_[:, :, 14:, :],
-              "left": np.s_[:, :, :, :14], "right": np.s_[:, :, :, 14:]}[arg]
-        mask[sl] = 0
-    else:
-        raise VaeEdgeError(f"unknown mask {arg!r}: rect, top, bottom, left or right")
-    return x * mask, mask
+    """Apply a corruption (gaussian:SIGMA, saltpepper:FRACTION, mask:rect|top|bottom|left|right);
+    returns (corrupted images, mask of known pixels or None)."""
+    return dn.corrupt(x, spec, _rng(seed))

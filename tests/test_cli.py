@@ -53,7 +53,7 @@ def test_on_device_commands(runner, tmp_path, quantized, mnist_dir):
     assert r.exit_code == 0, r.output
     with Image.open(out / "m.gif") as im:
         assert im.n_frames == 8  # forward and back
-    r = runner.invoke(cli, ["denoise", "mnist:test[0:3]", "--noise", "mask:rect", *d, *b, "-o", str(out / "d.png")])
+    r = runner.invoke(cli, ["denoise", "mnist:test[0:3]", "--noise", "mask:rect", "--demo", *d, *b, "-o", str(out / "d.png")])
     assert r.exit_code == 0 and "MSE" in r.output, r.output
     r = runner.invoke(cli, ["encode", "mnist:test[0:5]", *d, *b, "-o", str(out / "z.npy")])
     assert r.exit_code == 0 and np.load(out / "z.npy").shape == (5, 8), r.output

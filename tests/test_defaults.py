@@ -123,3 +123,43 @@ def test_the_suite_ignores_the_users_variables(tmp_path, mnist_dir):
                           "tests/test_data.py::test_offline_fashion_mnist_names_its_package"],
                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stdout[-2000:]
+
+
+# --- denoising images that are already noisy ------------------------------------------------------
+
+def test_denoise_restores_noisy_files_as_they_are(runner, tmp_path, mnist_dir):
+    from PIL import Image
+
+    from vae_edge.data import load_slice
+    from vae_edge.runtime import corrupt
+    from vae_edge.runtime.images import to_uint8
+
+    x, _ = load_slice("mnist:test[0:4]", mnist_dir)
+    noisy, _ = corrupt(x, "saltpepper:0.2", seed=3)
+    files = []
+    for i, im in enumerate(noisy):
+        files.append(tmp_path / f"scan{i}.png")
+        Image.fromarray(255 - to_uint8(im[0]), "L").save(files[-1])  # dark ink on light paper, as scanned
+    np.save(tmp_path / "noisy.npy", noisy)
+    res = subprocess.run([sys.executable, "-m", "vae_edge", "denoise", *map(str, files), "--noise", "saltpepper:0.2",
+                          "--samples", "128", "-o", str(tmp_path / "r.npy")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "RuntimeWarning" not in res.stderr and "4 images restored" in res.stderr + res.stdout
+    restored = np.load(tmp_path / "r.npy")
+    assert restored.shape == (4, 1, 28, 28)
+    assert np.mean((restored - x) ** 2) < 0.5 * np.mean((noisy - x) ** 2)
+    res = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "--noise", "saltpepper:0.2", "--samples", "64",
+                              "-o", str(tmp_path / "r.png")])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "r.png").width > 4 * 60  # the rows' labels widen the grid
+    big = tmp_path / "big.png"
+    Image.new("L", (64, 64)).save(big)
+    res = runner.invoke(cli, ["denoise", str(big), "-o", str(tmp_path / "b.png")])
+    assert res.exit_code == 1 and "pixel for pixel" in res.output and not (tmp_path / "b.png").exists()
+    res = runner.invoke(cli, ["denoise", str(files[0]), "--noise", "mask:rect", "-o", str(tmp_path / "m.png")])
+    assert res.exit_code == 1 and "--demo" in res.output
+
+
+def test_sample_writes_npy(runner, tmp_path):
+    res = runner.invoke(cli, ["sample", "-n", "3", "-o", str(tmp_path / "s.npy")])
+    assert res.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (3, 1, 28, 28)

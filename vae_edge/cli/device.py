@@ -47,11 +47,13 @@ def sample(rt, n, digit, seed, output) -> None:
         save_npy,
     )
 
-    out = check_output(output, (".png", ".jpg", ".jpeg", ".npy"))
-    if output_format(out) != ".npy":
+    suffixes = (".png", ".jpg", ".jpeg", ".npy")
+    out = check_output(output, suffixes)
+    fmt = output_format(out, suffixes)
+    if fmt != ".npy":
         check_grid_size(n)  # before any work
     images = rt.sample(n, seed=seed, digit=digit)
-    if output_format(out) == ".npy":
+    if fmt == ".npy":
         save_npy(images, out)
     else:
         save_image(grid(images), out)
@@ -130,49 +132,75 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--noise", default="gaussian:0.3", show_default=True,
-              help="gaussian:SIGMA, saltpepper:FRACTION, or mask:rect|top|bottom|left|right (inpainting).")
+              help="What corrupted the inputs: gaussian:SIGMA or saltpepper:FRACTION; with --demo also "
+                   "mask:rect|top|bottom|left|right (inpainting).")
+@click.option("--demo", is_flag=True,
+              help="Corrupt clean inputs with --noise first, then restore them (rows: clean, corrupted, restored). "
+                   "Without it the inputs are already noisy and are restored as they are.")
 @click.option("--samples", type=int, default=512, show_default=True, callback=positive("samples"),
               help="Particles per image (sequential Monte Carlo).")
 @click.option("--rounds", type=int, default=2, show_default=True, callback=positive("rounds"),
               help="Metropolis moves per temperature step.")
 @seed_option
 @click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
-@click.option("-o", "--output", required=True, type=click.Path(), help="PNG: rows clean, corrupted, restored.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="PNG (labelled rows) or .npy (the restored images, [N, 1, 28, 28]).")
 @data_dir_option
 @json_option
 @with_runtime
-def denoise(rt, inputs, noise, samples, rounds, seed, digit, output, data_dir, as_json) -> None:
-    """Corrupt images, then restore them: rows are clean, corrupted, restored.
+def denoise(rt, inputs, noise, demo, samples, rounds, seed, digit, output, data_dir, as_json) -> None:
+    """Restore noisy images: the model's posterior mean of the clean image.
 
-    The restoration is the model's posterior mean of the clean image given the corrupted one,
-    under the corruption's exact likelihood, estimated by sequential Monte Carlo (tempering from
-    the encoder's posterior, resampling, Metropolis moves). --json reports the effective sample
-    size of each image's final weights.
+    INPUTS are already corrupted by --noise (image files at the model's 28x28, taken pixel for
+    pixel; .npy arrays; dataset slices). The restoration is E[clean | noisy] under the noise's
+    exact likelihood, each pixel's own evidence included, estimated by sequential Monte Carlo
+    (tempering from the encoder's posterior, resampling, Metropolis moves). --json reports the
+    effective sample size of each image's final weights.
 
     \b
-    Example: vae-edge denoise "mnist:test[0:8]" --noise saltpepper:0.2 -o denoised.png
-             vae-edge denoise "mnist:test[0:8]" --noise mask:rect -o inpainted.png
+    Example: vae-edge denoise scan.png --noise saltpepper:0.2 -o restored.png
+             vae-edge denoise noisy.npy --noise gaussian:0.3 -o restored.npy
+             vae-edge denoise "mnist:test[0:8]" --noise saltpepper:0.2 --demo -o denoised.png
+             vae-edge denoise "mnist:test[0:8]" --noise mask:rect --demo -o inpainted.png
     """
     import numpy as np
 
-    from vae_edge.runtime.images import check_output, grid, load_inputs, save_image
+    from vae_edge.runtime.images import (
+        check_output,
+        labelled_rows,
+        load_inputs,
+        output_format,
+        save_image,
+        save_npy,
+    )
     from vae_edge.runtime.vae_runtime import corrupt, parse_noise
 
-    out = check_output(output)
-    parse_noise(noise)
-    x, labels = load_inputs(inputs, data_dir)
-    noisy, mask = corrupt(x, noise, seed=seed)
+    suffixes = (".png", ".jpg", ".jpeg", ".npy")
+    out = check_output(output, suffixes)
+    kind, _ = parse_noise(noise)
+    if kind == "mask" and not demo:
+        raise VaeEdgeError("mask:... says which pixels are missing only when vae-edge made the hole: add --demo")
+    x, labels = load_inputs(inputs, data_dir, as_is=not demo)
+    noisy, mask = corrupt(x, noise, seed=seed) if demo else (x, None)
     diag: dict = {}
     restored = rt.denoise(noisy, noise=None if mask is not None else noise, mask=mask, samples=samples,
                           rounds=rounds, seed=seed, y=_labels_for(rt, labels, digit), info=diag)
+    if output_format(out, suffixes) == ".npy":
+        save_npy(restored, out)
+    else:
+        rows = [("clean", x), ("corrupted", noisy)] if demo else [("input", x)]
+        save_image(labelled_rows([*rows, ("restored", restored)]), out)
     mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
-    save_image(grid(np.concatenate([x, noisy, restored]), ncol=len(x)), out)
+    n = len(x)
     if as_json:
-        click.echo(json.dumps({"output": str(out), "noise": noise, "mse_corrupted": mse(noisy),
-                               "mse_restored": mse(restored), **diag}), err=str(out) == "-")
+        report = {"output": str(out), "noise": noise, "demo": demo, "images": n, **diag}
+        if demo:
+            report.update(mse_corrupted=mse(noisy), mse_restored=mse(restored))
+        click.echo(json.dumps(report), err=str(out) == "-")
         return
-    done(f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f} "
-         f"(effective sample size: median {np.median(diag['ess']):.0f} of {samples}) -> {out}", out)
+    what = (f"MSE to clean: corrupted {mse(noisy):.4f}, restored {mse(restored):.4f}" if demo
+            else f"{n} image{'s' if n != 1 else ''} restored")
+    done(f"{what} (effective sample size: median {np.median(diag['ess']):.0f} of {samples}) -> {out}", out)
 
 
 @click.command()
