@@ -7,10 +7,11 @@ MNIST test set against the fp32 graphs.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,7 @@ from vae_edge.runtime.bundle import (
 )
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, psnr
 
+logger = logging.getLogger(__name__)
 MODES = ("auto", "dynamic", "static", "fp16")
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
@@ -178,8 +180,13 @@ def has_conv(path: Path) -> bool:
 
 def _static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclude: list[str]) -> None:
     reader.rewind()
-    with contextlib.redirect_stdout(sys.stderr):  # the histogram calibrators print progress
+    # onnxruntime's histogram calibrators print their progress ("Percentile : (0.001, 99.999)"):
+    # kept out of the user's terminal, logged at debug level instead
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
         _quantize_static(src, dst, reader, qc, exclude)
+    for line in buf.getvalue().splitlines():
+        logger.debug("onnxruntime calibration: %s", line)
 
 
 def _quantize_static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclude: list[str]) -> None:

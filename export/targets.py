@@ -14,6 +14,19 @@ TARGETS: dict[str, dict] = {
         "why": "U8S8 is onnxruntime's x86 default and its fastest int8 GEMM; ConvInteger (dynamic conv) ran 4-5x "
                "slower than fp32 here, so conv graphs are quantized statically (benchmarks/results/decoder_ops.md).",
     },
+    "x86-vnni": {
+        "settings": {"activation_type": "uint8", "weight_type": "int8", "per_channel": True},
+        "isa": "x86",
+        "why": "CPUs with AVX-512 VNNI or AVX-VNNI compute u8 x s8 products exactly (VPDPBUSD), so per-channel "
+               "weight scales, which track each output channel's range, are exact there too "
+               "(docs/results.md: x86 CPU families).",
+    },
+    "x86-avx2": {
+        "settings": {"activation_type": "uint8", "weight_type": "int8", "per_channel": False, "reduce_range": True},
+        "isa": "x86",
+        "why": "Without VNNI, onnxruntime's u8 x s8 kernel (VPMADDUBSW) saturates pairwise sums at 16 bits; 7-bit "
+               "weights (reduce_range) keep them in range, as onnxruntime's quantization guide advises.",
+    },
     "arm64": {
         "settings": {"activation_type": "uint8", "weight_type": "uint8", "per_channel": False},
         "only_for": ("dynamic",),
@@ -43,3 +56,10 @@ def target_settings(target: str, methods: set[str]) -> dict:
 
 def differs_from_x86(target: str, methods: set[str]) -> bool:
     return target != "x86" and target_settings(target, methods) != TARGETS["x86"]["settings"]
+
+
+def detected() -> str:
+    """The target of this machine's CPU family: x86-vnni, x86-avx2 or arm64."""
+    from vae_edge.runtime.sysinfo import current_targets
+
+    return current_targets()[0]

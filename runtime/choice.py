@@ -1,4 +1,9 @@
-"""Which tuned variant a bundle may run here: the tuning record, checked before it steers anything.
+"""Which variant runs here: the one module that decides (`--variant auto`, `info`, `tune`, `web`).
+
+The order for `--variant auto`: the tuned choice for this CPU, then the variant the bundle records
+for this machine's target (`quantize --target`), then the other int8 variants made for this kind
+of CPU, fp32 last. Never fp16 on a CPU (it is no faster there than fp32) and never a variant made
+for another target (int8-dynamic-arm64 on x86).
 
 `vae-edge tune` writes its choice into an unsigned bundle's manifest, or, for a shipped or signed
 bundle it must not change, into the user cache (keyed by the manifest's content, so unauthenticated).
@@ -9,9 +14,54 @@ against the bundle and this machine, and a bad record is ignored with one note.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.bundle import tuning, user_tuning_file
+
+
+def made_for_here(entry: dict) -> bool:
+    """A variant made for every target (fp32) or for one that fits this machine (x86 fits every
+    x86 CPU, x86-vnni only those with VNNI)."""
+    from vae_edge.runtime.sysinfo import current_targets
+
+    return (entry or {}).get("target") in (None, *current_targets())
+
+
+def target_variant(manifest: dict) -> str | None:
+    """The variant a bundle records for this machine's target (what `--variant auto` loads when
+    the bundle was never tuned), or None: the most specific record first (x86-vnni before x86);
+    never fp16 (bundles quantized before fp16 was kept out
+    of the CPU targets may still name it)."""
+    from vae_edge.runtime.sysinfo import current_targets
+
+    for target in current_targets():  # this CPU family's record first, then its instruction set's
+        variant = ((manifest.get("targets") or {}).get(target) or {}).get("variant")
+        entry = (manifest.get("variants") or {}).get(variant) or {}
+        if entry and entry.get("dtype") != "float16" and made_for_here(entry):
+            return variant
+    return None
+
+
+def auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tuple[list[str], object, object]:
+    """The variants to try for --variant auto, best first, and the providers and threads the
+    tuned choice asks for (where the caller gave none)."""
+    choice = tuned_choice(manifest, warn) or {}
+    target = target_variant(manifest)
+    first = [v for v in (choice.get("variant"), target) if v in manifest["variants"]]
+    if not first:
+        name = path.name if path.name != "bundle" else path.parent.name
+        warn(f"note: --variant auto: {name} was never tuned, so fp32 is used "
+             "(run `vae-edge tune` to choose by speed and accuracy)")
+        first = ["fp32"]
+    if choice and providers is None and choice.get("provider"):
+        providers = [choice["provider"]]
+    if choice and threads is None and choice.get("threads"):
+        threads = choice["threads"]
+    rest = [v for v, e in manifest["variants"].items() if v not in first and v != "fp32"
+            and e.get("dtype") != "float16" and made_for_here(e)]
+    order = list(dict.fromkeys(first + rest + ["fp32"]))
+    return [v for v in order if v in manifest["variants"]], providers, threads
 
 
 def choice_problem(choice: object, manifest: dict, section: str = "choice") -> str | None:
@@ -24,9 +74,8 @@ def choice_problem(choice: object, manifest: dict, section: str = "choice") -> s
     variant = choice.get("variant")
     if not isinstance(variant, str) or variant not in variants:
         return f"variant {str(variant)[:40]!r} is not in the bundle"
-    target = (variants[variant] or {}).get("target")
-    if section == "choice" and target not in (None, current_target()):
-        return f"variant {variant} was made for {target}, not for this {current_target()} CPU"
+    if section == "choice" and not made_for_here(variants[variant]):
+        return f"variant {variant} was made for {variants[variant].get('target')}, not for this CPU ({current_target()})"
     if section != "choice":
         return None
     provider = choice.get("provider")

@@ -38,18 +38,23 @@ def is_arm64() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64")
 
 
+def x86_family(flags: set[str] | None = None) -> str:
+    """x86-vnni where the CPU has AVX-512 VNNI or AVX-VNNI (u8 x s8 products exact and fast),
+    else x86-avx2 (onnxruntime's u8 x s8 kernel saturates pairwise sums at 16 bits there)."""
+    flags = _cpuinfo()[1] if flags is None else flags
+    return "x86-vnni" if {"avx512_vnni", "avx512vnni", "avx_vnni"} & flags else "x86-avx2"
+
+
+def current_targets() -> list[str]:
+    """The targets whose settings fit this machine, most specific first: [x86-vnni, x86] or
+    [x86-avx2, x86] on x86, [arm64] on ARM64."""
+    isa = current_target()
+    return [x86_family(), isa] if isa == "x86" else [isa]
+
+
 def current_target() -> str:
     """The target name bundles record settings under: arm64 or x86."""
     return "arm64" if is_arm64() else "x86"
-
-
-def target_variant(manifest: dict) -> str | None:
-    """The variant a bundle records for this machine's target (what `--variant auto` loads when
-    the bundle was never tuned), or None."""
-    variant = ((manifest.get("targets") or {}).get(current_target()) or {}).get("variant")
-    entry = (manifest.get("variants") or {}).get(variant) or {}
-    # fp16 never: bundles quantized before it was kept out of the CPU targets may still name it
-    return variant if entry and entry.get("dtype") != "float16" else None
 
 
 def _arm_features(flags: set[str]) -> dict[str, bool]:
@@ -83,7 +88,7 @@ def cpu() -> dict:
             "amx_int8": "amx_int8" in flags,
         }
     return {"model": model, "arch": platform.machine(), "cores": os.cpu_count(), "int8_features": feats,
-            "target": current_target()}
+            "target": current_target(), "targets": current_targets()}
 
 
 def int8_features_text(cpu_info: dict, none: str = "none") -> str:
@@ -108,7 +113,7 @@ def environment() -> dict:
 def bundle_summary(bundle=None, trusted_key=None, warn=None) -> dict:
     from vae_edge.runtime import trust
     from vae_edge.runtime.bundle import open_bundle
-    from vae_edge.runtime.choice import tuned_choice
+    from vae_edge.runtime.choice import target_variant, tuned_choice
     from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
 
     path = resolve_bundle(bundle)

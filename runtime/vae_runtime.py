@@ -17,6 +17,7 @@ from vae_edge.runtime import providers as prov
 from vae_edge.runtime import selfcheck, trust
 from vae_edge.runtime.bundle import VARIANTS, Bundle, BundleError, open_bundle
 from vae_edge.runtime.calls import GraphCall
+from vae_edge.runtime.choice import auto_candidates
 from vae_edge.runtime.denoise import noise_loglik, parse_noise  # noqa: F401  (re-exported)
 from vae_edge.runtime.graphcheck import GraphError, check_io
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_ndtr, log_normal, logsumexp  # noqa: F401
@@ -45,32 +46,6 @@ def default_bundle(name: str = DEFAULT_MODEL) -> Path:
     if name not in bundles:
         raise VaeEdgeError(f"no shipped model {name!r} (shipped: {', '.join(bundles) or 'none'}); pass --bundle")
     return bundles[name]
-
-
-def _auto_candidates(manifest: dict, providers, threads, warn, path: Path) -> tuple[list[str], object, object]:
-    """The variants to try for --variant auto, best first: the tuned choice, the choice recorded
-    for this device's target, then the others (fp32 last)."""
-    from vae_edge.runtime.choice import tuned_choice
-    from vae_edge.runtime.sysinfo import current_target, target_variant
-
-    choice = tuned_choice(manifest, warn) or {}
-    target = target_variant(manifest)
-    first = [v for v in (choice.get("variant"), target) if v in manifest["variants"]]
-    if not first:
-        name = path.name if path.name != "bundle" else path.parent.name
-        warn(f"note: --variant auto: {name} was never tuned, so fp32 is used "
-             "(run `vae-edge tune` to choose by speed and accuracy)")
-        first = ["fp32"]
-    if choice and providers is None and choice.get("provider"):
-        providers = [choice["provider"]]
-    if choice and threads is None and choice.get("threads"):
-        threads = choice["threads"]
-    # fallbacks: the int8 variants made for this kind of CPU (never one made for another target,
-    # never fp16, which no CPU runs faster than fp32), then fp32
-    rest = [v for v, e in manifest["variants"].items() if v not in first and v != "fp32"
-            and e.get("dtype") != "float16" and e.get("target") in (None, current_target())]
-    order = list(dict.fromkeys(first + rest + ["fp32"]))
-    return [v for v in order if v in manifest["variants"]], providers, threads
 
 
 def is_shipped(path: Path) -> bool:
@@ -148,7 +123,7 @@ class VAERuntime:
         manifest = opened.manifest
         auto = variant == "auto"
         if auto:
-            candidates, providers, threads = _auto_candidates(manifest, providers, threads, warn, path)
+            candidates, providers, threads = auto_candidates(manifest, providers, threads, warn, path)
         elif variant not in VARIANTS and variant not in manifest["variants"]:
             raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
         elif variant not in manifest["variants"] and shipped:

@@ -163,3 +163,30 @@ def test_denoise_restores_noisy_files_as_they_are(runner, tmp_path, mnist_dir):
 def test_sample_writes_npy(runner, tmp_path):
     res = runner.invoke(cli, ["sample", "-n", "3", "-o", str(tmp_path / "s.npy")])
     assert res.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (3, 1, 28, 28)
+
+
+# --- x86 CPU families as targets --------------------------------------------------------------------
+
+def test_x86_families_are_targets_chosen_from_the_cpu(tmp_path, bundles, mnist_dir, monkeypatch):
+    from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
+    from vae_edge.runtime import sysinfo
+    from vae_edge.runtime.choice import auto_candidates, made_for_here
+
+    family_of = sysinfo.x86_family
+    assert family_of({"avx2", "avx512_vnni"}) == "x86-vnni" and family_of({"avx2", "avx_vnni"}) == "x86-vnni"
+    assert family_of({"avx2", "fma"}) == "x86-avx2"
+    b = tmp_path / "conv"
+    shutil.copytree(bundles["conv"], b)
+    v, entry = quantize_bundle(b, QuantizeConfig(mode="static", eval_size=100, calibration_size=64, target="x86-vnni"),
+                               data_dir=mnist_dir)
+    assert v == "int8-static-x86-vnni" and entry["quantization"]["config"]["per_channel"] is True
+    v2, entry2 = quantize_bundle(b, QuantizeConfig(mode="static", eval_size=100, calibration_size=64,
+                                                   target="x86-avx2"), data_dir=mnist_dir)
+    assert v2 == "int8-static-x86-avx2" and entry2["quantization"]["config"]["reduce_range"] is True
+    m = json.loads((b / "manifest.json").read_text())
+    for family, mine, other in (("x86-vnni", v, v2), ("x86-avx2", v2, v)):
+        monkeypatch.setattr(sysinfo, "x86_family", lambda flags=None, f=family: f)
+        monkeypatch.setattr(sysinfo, "current_target", lambda: "x86")
+        assert made_for_here(m["variants"][mine]) and not made_for_here(m["variants"][other])
+        order, _, _ = auto_candidates(m, None, None, lambda s: None, b)
+        assert order[0] == mine and other not in order

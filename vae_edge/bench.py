@@ -499,11 +499,11 @@ def tune(
     threads = tuple(threads or sorted({1, os.cpu_count() or 1}))
     rng = np.random.default_rng(0)
 
-    from vae_edge.runtime.sysinfo import current_target
+    from vae_edge.runtime.choice import made_for_here
 
     candidates_all = []
     for v, entry in manifest.get("variants", {}).items():
-        if entry.get("target") not in (None, current_target()):
+        if not made_for_here(entry):
             continue  # made for another kind of device (int8-dynamic-arm64 on x86): never chosen here
         delta = 0.0 if v == "fp32" else (entry.get("accuracy") or {}).get("neg_elbo_delta")
         ok = delta is not None and abs(delta) <= max_elbo_delta

@@ -139,6 +139,11 @@ def seed_option(f):
                         help="Seed of the sampled noise, >= 0 (same seed, same result).")(f)
 
 
+def digit_option(help: str = "Digit of the images, for conditional models (dataset slices carry their own; "
+                               "image files and .npy arrays need it)."):
+    return click.option("--digit", type=click.IntRange(0, 9), default=None, help=help)
+
+
 def done(message: str, out) -> None:
     """The closing line of a command that wrote `out`: on stderr when the output went to stdout."""
     click.echo(message, err=str(out) == "-")

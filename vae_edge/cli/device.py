@@ -11,6 +11,7 @@ from vae_edge import VaeEdgeError
 from vae_edge.cli.base import (
     _labels_for,
     data_dir_option,
+    digit_option,
     done,
     expect_option,
     json_option,
@@ -25,7 +26,7 @@ from vae_edge.cli.base import (
 
 @click.command()
 @click.option("-n", "n", type=int, default=64, show_default=True, help="How many images.")
-@click.option("--digit", type=int, default=None, help="Which digit (conditional models only).")
+@digit_option("Which digit to draw (conditional models only; default: 0-9 in turn).")
 @seed_option
 @click.option("-o", "--output", required=True, type=click.Path(), help="PNG grid (or .npy of images).")
 @with_runtime
@@ -63,7 +64,7 @@ def sample(rt, n, digit, seed, output) -> None:
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg, ...): a grid.")
-@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
+@digit_option()
 @data_dir_option
 @with_runtime
 def reconstruct(rt, inputs, output, digit, data_dir) -> None:
@@ -142,7 +143,7 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
 @click.option("--rounds", type=int, default=2, show_default=True, callback=positive("rounds"),
               help="Metropolis moves per temperature step.")
 @seed_option
-@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models, image files).")
+@digit_option()
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="PNG (labelled rows) or .npy (the restored images, [N, 1, 28, 28]).")
 @data_dir_option
@@ -213,7 +214,7 @@ def denoise(rt, inputs, noise, demo, samples, rounds, seed, digit, output, data_
               help="Also the complexity-corrected score: -log p(x) of the binarized image minus its compressed "
                    "length (nats); unlike likelihood, it rates blank and trivial images as unusual.")
 @seed_option
-@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
+@digit_option()
 @data_dir_option
 @json_option
 @with_runtime
@@ -275,7 +276,7 @@ def load_inputs_with_names(inputs, data_dir):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help=".npy file: mu [N, latent] (and logvar with --with-logvar).")
 @click.option("--with-logvar", is_flag=True, help="Save [2, N, latent]: mu and logvar.")
-@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
+@digit_option()
 @data_dir_option
 @with_runtime
 def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
@@ -299,7 +300,7 @@ def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
 @click.command()
 @click.argument("latents", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg, ...): a grid.")
-@click.option("--digit", type=int, default=None, help="Digit of the images (conditional models; dataset slices carry theirs).")
+@digit_option()
 @with_runtime
 def decode(rt, latents, output, digit) -> None:
     """Decode latent vectors from a .npy file into an image grid.

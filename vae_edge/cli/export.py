@@ -59,9 +59,11 @@ def export(checkpoint, out, opset, ort_format, release, data_dir) -> None:
               help="Static mode: quantize the output layers too (by default the last weight layer before each "
                    "output and what follows it stay float, so logits and latents never pass through 8 bits).")
 @click.option("--eval-size", type=int, default=10000, show_default=True, help="Test images for the accuracy record.")
-@click.option("--target", type=click.Choice(["x86", "arm64", "wasm"]), default="x86", show_default=True,
+@click.option("--target", type=click.Choice(["x86", "x86-vnni", "x86-avx2", "arm64", "wasm", "here"]), default="x86",
+              show_default=True,
               help="Device family whose settings apply (export/targets.py); recorded in the manifest, and "
-                   "`--variant auto` on such a device uses it.")
+                   "`--variant auto` on such a device uses it. x86 suits every x86 CPU; x86-vnni and x86-avx2 "
+                   "tune for those families; here: this machine's family.")
 @json_option
 @click.pass_context
 def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel, reduce_range, activation_type,
@@ -73,16 +75,21 @@ def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel,
              vae-edge quantize bundles/conv --mode static --per-channel
              vae-edge quantize bundles/conv --mode static --reduce-range   # x86 without VNNI
              vae-edge quantize bundles/mlp --mode dynamic --target arm64   # -> int8-dynamic-arm64
+             vae-edge quantize bundles/conv --target here   # this CPU family's settings (x86-vnni, ...)
     """
     from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
+    from vae_edge.export.targets import detected
 
+    if target == "here":
+        target = detected()
+        click.echo(f"target: {target} (this CPU)", err=True)
     if calibration_size <= 0:
         raise VaeEdgeError(f"--calibration-size must be positive, got {calibration_size}")
     qc = QuantizeConfig(mode=mode, method=method, activation_type=activation_type, weight_type=weight_type,
                         per_channel=per_channel, reduce_range=reduce_range, calibration_size=calibration_size,
                         eval_size=eval_size, float_outputs=not quantize_outputs,
                         target=target)
-    explicit = {name for name in ("activation_type", "weight_type", "per_channel")
+    explicit = {name for name in ("activation_type", "weight_type", "per_channel", "reduce_range")
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
     variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=lambda s: click.echo(s, err=True),
                                      explicit=explicit)

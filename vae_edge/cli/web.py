@@ -36,7 +36,7 @@ def web(bundle, variants, out, data_dir, force, serve, host, port, trusted_key) 
     res = site.build_site(bundle, tuple(variants), out, data_dir=data_dir, force=force, trusted_key=trusted_key,
                           log=lambda s: click.echo(s, err=True))
     click.echo(f"site: {res['out']}  ({res['bytes'] / 1e6:.1f} MB; variants {', '.join(res['variants'])}; "
-               f"default {res['default_variant']}: {res['why']})")
+               f"shown first: {res['default_variant']}, {res['why']})")
     if serve:
         server = site.serve(out, host, port)
         h, p = server.server_address[:2]

@@ -134,7 +134,7 @@ def choose_variants(manifest: dict, requested: tuple[str, ...]) -> tuple[list[st
                 why = "chosen in the browser by `vae-edge tune --target web`"
             else:
                 chosen.append("fp32")
-                why = "fp32: the bundle was never tuned for the browser (`vae-edge tune --target web`)"
+                why = "the bundle was never tuned for the browser (`vae-edge tune --target web`)"
         elif r in have:
             chosen.append(r)
         else:
