@@ -266,7 +266,6 @@ def export_bundle(
     out: str | os.PathLike,
     opset: int = DEFAULT_OPSET,
     ort_format: bool = False,
-    force: bool = False,
     data_dir: str | os.PathLike | None = None,
     log=lambda s: None,
     release: int = 1,
@@ -277,11 +276,10 @@ def export_bundle(
                            f"opset {MIN_OPSET}'s): use {MIN_OPSET} or newer")
     out = Path(out)
     # An existing bundle is replaced (the old one goes only once the new one is complete); any
-    # other file or non-empty folder is never deleted, whatever `force` says.
+    # other file or non-empty folder is never deleted.
     if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
         raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out "
                            "or remove it yourself")
-    del force  # kept for callers of the old signature
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     half = fp16_weights(ckpt)  # weights that are fp16 values are stored so in the graphs too

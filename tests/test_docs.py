@@ -85,3 +85,23 @@ def test_every_page_is_in_the_nav_and_links_resolve(site):
         assert (site / ("" if page.stem == "index" else page.stem) / "index.html").is_file()
     for link in re.findall(r"\]\((docs/[^)#]+)", (ROOT / "README.md").read_text()):
         assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+def test_shipped_and_exported_manifests_follow_the_published_schema(bundles):
+    """docs/bundle.schema.json is the format's contract for readers in other languages: what vae-edge
+    writes must validate, and what its reader refuses, the schema refuses too."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "docs" / "bundle.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    from vae_edge.runtime import shipped_bundles
+
+    for path in [*shipped_bundles().values(), *bundles.values()]:
+        jsonschema.validate(json.loads((Path(path) / "manifest.json").read_text()), schema)
+    bad = json.loads((Path(bundles["mlp"]) / "manifest.json").read_text())
+    for name in ("../decoder.onnx", "/etc/passwd", "sub/x.onnx", ".."):
+        bad["variants"]["fp32"]["files"]["decoder"] = name
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)

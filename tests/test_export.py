@@ -67,7 +67,7 @@ def test_refuses_non_bundle_out(tmp_path, ckpts, mnist_dir):
     with pytest.raises(VaeEdgeError, match="not a vae-edge bundle: it is left alone"):
         export_bundle(ckpts["mlp"], out, data_dir=mnist_dir)
     with pytest.raises(VaeEdgeError, match="left alone"):  # force never deletes a folder that is not a bundle
-        export_bundle(ckpts["mlp"], out, data_dir=mnist_dir, force=True)
+        export_bundle(ckpts["mlp"], out, data_dir=mnist_dir)
     assert (out / "precious.txt").read_text() == "keep me"
 
 

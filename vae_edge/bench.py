@@ -399,12 +399,12 @@ def ratios(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, title: bool = True) -> str:
+    """The report as Markdown; title=False leaves out its heading (to sit inside another report)."""
     env = report["environment"]
     cpu = env["cpu"]
     lines = [
-        f"# vae-edge benchmark: {report['model']}",
-        "",
+        *([f"# vae-edge benchmark: {report['model']}", ""] if title else []),
         f"Made {report['created']} on **{cpu['model']}** ({cpu['cores']} cores, {cpu['arch']}; int8 features: "
         f"{int8_features_text(cpu)}), {env['os']}, "
         f"Python {env['python']}, onnxruntime {env['onnxruntime']}, numpy {env['numpy']}"

@@ -67,7 +67,7 @@ def _run(out: Path, checkpoint: Path, data_dir, min_time: float, batch_sizes, lo
             log(f"[{len(timings) + 1}/{total}] {name}")
 
     step("export encoder and decoder to ONNX, validate against PyTorch")
-    bundle = export_bundle(checkpoint, out / "bundle", data_dir=data_dir, force=True, log=lambda s: log("      " + s))
+    bundle = export_bundle(checkpoint, out / "bundle", data_dir=data_dir, log=lambda s: log("      " + s))
     step("quantize: int8 dynamic and int8 static (MNIST calibration)")
     quant = {}
     for mode in ("dynamic", "static"):
@@ -138,5 +138,5 @@ def _report_md(report: dict, quant: dict, checkpoint: Path, demo_variant: str, m
     md += ["", "![decoder latency by batch size](bench/latency_decoder.png)", "",
            "Columns below: p50 etc. are per-call latencies in ms; *runtime* rows go through `VAERuntime`, *ort* rows "
            "call the onnxruntime session directly (runtime overhead = runtime / ort), *eager* rows are PyTorch.", "",
-           markdown(report).split("\n", 2)[2]]
+           markdown(report, title=False)]
     return md
