@@ -30,6 +30,7 @@ SOURCES = {
     "candidates": "candidates.md",
     "conditional": "conditional.md",
     "mlp_widths": "mlp_widths.md",
+    "x86_targets": "x86_targets.md",
 }
 
 

@@ -332,8 +332,8 @@ def save_image(img: Image.Image, path: str | os.PathLike, fmt: str | None = None
     return atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
 
 
-def save_gif(frames: np.ndarray, path: str | os.PathLike, scale: int = 4, duration_ms: int = 120) -> Path:
-    """[T, 1, 28, 28] -> an animated GIF that plays forward then back."""
+def save_gif(frames: np.ndarray, path: str | os.PathLike, scale: int = 8, duration_ms: int = 120) -> Path:
+    """[T, 1, 28, 28] -> an animated GIF (224 px a side: 8x) that plays forward then back."""
     pics = [grid(f[None], ncol=1, pad=0, scale=scale) for f in frames]
     seq = pics + pics[-2:0:-1]
     return atomic_write(

@@ -190,3 +190,13 @@ def test_x86_families_are_targets_chosen_from_the_cpu(tmp_path, bundles, mnist_d
         assert made_for_here(m["variants"][mine]) and not made_for_here(m["variants"][other])
         order, _, _ = auto_candidates(m, None, None, lambda s: None, b)
         assert order[0] == mine and other not in order
+
+
+def test_the_interpolation_gif_is_large_enough_to_see(runner, tmp_path, mnist_dir):
+    from PIL import Image
+
+    res = runner.invoke(cli, ["interpolate", "mnist:test[0:1]", "mnist:test[1:2]", "--steps", "4", "--data-dir",
+                              str(mnist_dir), "-o", str(tmp_path / "m.gif")])
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "m.gif") as im:
+        assert im.size == (224, 224) and im.n_frames == 6  # forward, then back
