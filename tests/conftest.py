@@ -118,3 +118,28 @@ def bundle_copy(tmp_path, quantized) -> Path:
     dest = tmp_path / "bundle"
     shutil.copytree(quantized, dest)
     return dest
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, Path]:
+    """Two ECDSA P-256 key pairs (vae-edge keygen's): the signer's, and another's."""
+    from vae_edge.runtime.trust import keygen
+
+    root = tmp_path_factory.mktemp("keys")
+    a_priv, a_pub = keygen(root / "a.priv.pem", root / "a.pub.pem")
+    b_priv, b_pub = keygen(root / "b.priv.pem", root / "b.pub.pem")
+    assert oct(a_priv.stat().st_mode & 0o777) == "0o600"
+    return {"priv": a_priv, "pub": a_pub, "other_priv": b_priv, "other_pub": b_pub}
+
+
+@pytest.fixture
+def signed(tmp_path, quantized, keys) -> Path:
+    """A copy of the quantized bundle, signed with keys["priv"]."""
+    import shutil
+
+    from vae_edge.runtime.trust import sign_bundle
+
+    b = tmp_path / "signed"
+    shutil.copytree(quantized, b)
+    sign_bundle(b, keys["priv"])
+    return b

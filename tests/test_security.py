@@ -29,21 +29,6 @@ from vae_edge.runtime.files import locked
 from vae_edge.runtime.trust import keygen, project_key, sign_bundle, sign_digests
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("seckeys")
-    priv, pub = keygen(root / "a.priv.pem", root / "a.pub.pem")
-    return {"priv": priv, "pub": pub}
-
-
-@pytest.fixture
-def signed(tmp_path, quantized, keys) -> Path:
-    b = tmp_path / "signed"
-    shutil.copytree(quantized, b)
-    sign_bundle(b, keys["priv"])
-    return b
-
-
 def _rehash(bundle: Path, *names: str) -> None:
     m = json.loads((bundle / "manifest.json").read_text())
     for name in names:

@@ -21,24 +21,7 @@ from vae_edge.cli import cli
 from vae_edge.runtime import VAERuntime
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.bundle import SIGNATURE, open_bundle, write_json_atomic
-from vae_edge.runtime.trust import keygen, project_key, sign_bundle
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("keys")
-    a_priv, a_pub = keygen(root / "a.priv.pem", root / "a.pub.pem")
-    b_priv, b_pub = keygen(root / "b.priv.pem", root / "b.pub.pem")
-    assert oct(a_priv.stat().st_mode & 0o777) == "0o600"
-    return {"priv": a_priv, "pub": a_pub, "other_priv": b_priv, "other_pub": b_pub}
-
-
-@pytest.fixture
-def signed(tmp_path, quantized, keys) -> Path:
-    b = tmp_path / "signed"
-    shutil.copytree(quantized, b)
-    sign_bundle(b, keys["priv"])
-    return b
+from vae_edge.runtime.trust import project_key, sign_bundle
 
 
 def _rehash(bundle: Path, name: str) -> None:
