@@ -27,6 +27,7 @@ from pathlib import Path
 from vae_edge import VaeEdgeError
 from vae_edge.runtime.files import (  # noqa: F401  (re-exported: the writers import them from here)
     fsync_dir,
+    kind_of,
     locked,
     sha256_bytes,
     sha256_file,
@@ -113,7 +114,7 @@ def _open(bundle: Path, name: str, max_bytes: int, size: int | None) -> tuple[in
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BundleError(f"{bundle}: {name} is not a regular file ({_kind(st.st_mode)}): refused")
+            raise BundleError(f"{bundle}: {name} is not a regular file ({kind_of(st.st_mode)}): refused")
         if st.st_size > max_bytes:
             raise BundleError(f"{bundle}: {name} is {st.st_size:,} bytes, over the {max_bytes:,} limit: refused")
         if size is not None and st.st_size != size:
@@ -123,14 +124,6 @@ def _open(bundle: Path, name: str, max_bytes: int, size: int | None) -> tuple[in
         os.close(fd)
         raise
     return fd, st.st_size
-
-
-def _kind(mode: int) -> str:
-    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link")):
-        if test(mode):
-            return what
-    return "not a regular file"
 
 
 def read_file(bundle: Path, name: str, max_bytes: int = MAX_FILE_BYTES, size: int | None = None) -> bytes:
@@ -169,7 +162,7 @@ def list_folder(bundle: Path) -> dict[str, int]:
                 raise BundleError(f"{bundle} holds more than {MAX_FILES} entries: not a bundle (refused)")
             st = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
-                raise BundleError(f"{bundle}: {entry.name} is {_kind(st.st_mode)}; a signed bundle holds regular "
+                raise BundleError(f"{bundle}: {entry.name} is {kind_of(st.st_mode)}; a signed bundle holds regular "
                                   "files only (refused)")
             if st.st_size > MAX_FILE_BYTES:
                 raise BundleError(f"{bundle}: {entry.name} is {st.st_size:,} bytes, over the {MAX_FILE_BYTES:,} "

@@ -76,6 +76,16 @@ def is_stdout(path: str | os.PathLike) -> bool:
     return str(path) == STDOUT
 
 
+def kind_of(mode: int) -> str:
+    """What a file of this st_mode is, in words ('a FIFO', 'a folder', ...)."""
+    for test, what in ((stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def existing_kind(path: Path) -> str | None:
     """None (nothing there), 'file', 'through' (a character device or FIFO: written through),
     or what it is that cannot be written ('a folder', 'a block device', 'a socket')."""
@@ -85,18 +95,11 @@ def existing_kind(path: Path) -> str | None:
         return None
     except OSError as e:
         raise VaeEdgeError(f"cannot write output {path}: {e.strerror or e}") from None
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(st.st_mode):
         return "file"
-    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
         return "through"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
+    return kind_of(st.st_mode)
 
 
 def check_output_path(path: Path) -> None:

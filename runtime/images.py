@@ -217,11 +217,12 @@ def images_from_npy(path: str | os.PathLike, shape=(1, 28, 28)) -> np.ndarray:
     """A .npy array of images -> [N, C, H, W] float32 in [0, 1]: float in [0, 1], or uint8 (/255);
     [N, H, W] and [H, W] are taken for one channel."""
     a = load_npy(path, "image array")
-    if a.ndim == len(shape) - 1 and shape[0] == 1:
-        a = a[None]
-    if a.ndim == len(shape) and a.shape[1:] != tuple(shape):
-        a = a[:, None] if a.shape[1:] == tuple(shape[1:]) else a
-    if a.ndim == len(shape):
+    grey = shape[0] == 1
+    if grey and a.ndim == len(shape) - 1:  # [H, W]: one grey image
+        a = a[None, None]
+    elif grey and a.ndim == len(shape) and a.shape[1:] == tuple(shape[1:]):  # [N, H, W]: grey images
+        a = a[:, None]
+    elif a.ndim == len(shape):  # [C, H, W]: one image
         a = a[None]
     if a.ndim != len(shape) + 1 or a.shape[1:] != tuple(shape):
         raise VaeEdgeError(f"{path} holds an array of shape {list(a.shape)}; images must be [N, {', '.join(map(str, shape))}]")

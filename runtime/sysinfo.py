@@ -110,15 +110,11 @@ def environment() -> dict:
     return env
 
 
-def bundle_summary(bundle=None, trusted_key=None, warn=None) -> dict:
-    from vae_edge.runtime import trust
-    from vae_edge.runtime.bundle import open_bundle
+def bundle_summary(opened, warn=None) -> dict:
+    """What `info` shows of an opened bundle (vae_edge.runtime.bundle.Bundle)."""
     from vae_edge.runtime.choice import target_variant, tuned_choice
-    from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
 
-    path = resolve_bundle(bundle)
-    key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
-    opened = open_bundle(path, key, key_label=label)
+    path = opened.path
     m = opened.manifest
     signature = {"verified": f"valid, signed by {opened.key}",
                  "unchecked": "signed, NOT checked (pass --trusted-key PUBLIC.pem)",

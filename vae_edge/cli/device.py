@@ -336,8 +336,7 @@ def info(bundle, variant, trusted_key, expect, as_json) -> None:
 
     env = environment()
     warn = warner()
-    trust_first(bundle, trusted_key, expect)
-    summary = bundle_summary(bundle, trusted_key, warn)
+    summary = bundle_summary(trust_first(bundle, trusted_key, expect), warn)  # the signature checked once
     if variant is not None:
         from vae_edge.runtime import VAERuntime
 
