@@ -80,6 +80,8 @@ class QuantizeConfig:
     # Static mode: the graph's outputs (logits, probs, mu, logvar) never pass through 8 bits: the
     # last weight layer before each output and the ops after it stay float (output_tail). With 8-bit
     # logits and latents, conv-mnist's int8 variant lost 0.56 nats of -ELBO; without, 0.17.
+    # Those layers' MatMul/Gemm still store int8 weights (dynamic int8: the input quantized at run
+    # time, the output float): in float they kept an MLP's static variant at 86-98% of fp32's size.
     float_outputs: bool = True
     target: str = "x86"  # whose settings apply (export/targets.py), recorded in the manifest
 
@@ -199,17 +201,34 @@ def _quantize_static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConf
     )
 
 
-def _dynamic(src: Path, dst: Path, qc: QuantizeConfig, exclude: list[str]) -> list[str]:
-    # ConvInteger (dynamic Conv) ran 4x slower than fp32 here: only MatMul/Gemm are quantized.
-    # onnxruntime splits each Gemm into <name>_MatMul + Add before it reads nodes_to_exclude, so a
-    # Gemm kept in float is named both ways (by its own name alone it would be quantized anyway).
-    exclude = [*exclude, *(f"{n}_MatMul" for n in exclude)]
-    quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=qc.per_channel,
-        reduce_range=qc.reduce_range,
-        weight_type=QTYPES["int8" if qc.weight_type == "int8" else "uint8"], nodes_to_exclude=exclude or None,
-    )
-    return ["MatMul", "Gemm"]
+DYNAMIC_OPS = ("MatMul", "Gemm")  # ConvInteger (dynamic Conv) ran 4x slower than fp32 here
+
+
+def _dynamic(src: Path, dst: Path, qc: QuantizeConfig, exclude: list[str], only: list[str] | None = None) -> list[str]:
+    """Dynamic int8 of the graph's MatMul/Gemm nodes (`only` those named, when given) but those in
+    `exclude`. onnxruntime splits each Gemm into <name>_MatMul + Add before it reads the node
+    lists, so each Gemm is named both ways (by its own name alone it would be quantized anyway)."""
+    def both(names):
+        return [*names, *(f"{n}_MatMul" for n in names)]
+
+    root = logging.getLogger()  # "Please check if the model is already quantized": on a QDQ graph, by design
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(
+            str(src), str(dst), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=qc.per_channel,
+            reduce_range=qc.reduce_range, weight_type=QTYPES["int8" if qc.weight_type == "int8" else "uint8"],
+            nodes_to_exclude=both(exclude) or None, nodes_to_quantize=both(only) if only else None,
+        )
+    finally:
+        root.setLevel(level)
+    return list(DYNAMIC_OPS)
+
+
+def _output_matmuls(path: Path, tail: list[str]) -> list[str]:
+    """The MatMul/Gemm nodes of an output tail: those whose weights can be int8 with a float output."""
+    ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    return [n for n in tail if ops.get(n) in DYNAMIC_OPS]
 
 
 def _fp16(src: Path, dst: Path) -> None:
@@ -354,23 +373,25 @@ def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) 
             log(f"calibrating on {qc.calibration_size} MNIST training images ({qc.method})")
             calib = calibration_batches(manifest, bundle / ref["encoder"], qc, data_dir)
         details = {}
-        excluded = {g: list(qc.exclude.get(g, [])) for g in GRAPHS}
-        for g in GRAPHS:
-            if methods[g] == "static" and qc.float_outputs:
-                excluded[g] = sorted(set(excluded[g]) | set(output_tail(pre[g])))
+        excluded = {g: list(qc.exclude.get(g, [])) for g in GRAPHS}  # float, weights included
+        tails = {g: output_tail(pre[g]) if methods[g] == "static" and qc.float_outputs else [] for g in GRAPHS}
 
         def build(g: str) -> None:
             out[g] = tmp / variant_filename(g, variant)
             if methods[g] == "static":
-                _static(pre[g], out[g], ArrayReader(calib[g]), qc, excluded[g])
+                _static(pre[g], out[g], ArrayReader(calib[g]), qc, sorted(set(excluded[g]) | set(tails[g])))
                 details[g] = {"method": "static", "format": "QDQ"}
+                hybrid = [n for n in _output_matmuls(pre[g], tails[g]) if n not in excluded[g]]
+                if hybrid:
+                    _dynamic(out[g], out[g], qc, [], only=hybrid)
+                details[g]["float_output_int8_weights"] = hybrid
             elif methods[g] == "dynamic":
                 ops = _dynamic(pre[g], out[g], qc, excluded[g])
                 details[g] = {"method": "dynamic", "op_types": ops}
             else:
                 _fp16(src[g], out[g])
                 details[g] = {"method": "fp16", "io_types": "float32"}
-            details[g]["kept_in_float"] = list(excluded[g])
+            details[g]["kept_in_float"] = sorted((set(excluded[g]) | set(tails[g])) - set(details[g].get("float_output_int8_weights", [])))
             if methods[g] != "fp16" and src[g] != bundle / ref[g]:
                 # The fp32 graph stores fp16 values: the layers kept in float keep that storage
                 # (lossless, and onnxruntime folds the Casts at load), else they would double in size.
@@ -386,16 +407,22 @@ def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) 
         # calibration); the accuracy recorded is measured on the test set only at the end.
         select = selection_set(manifest, data_dir, min(SELECTION_SIZE, qc.eval_size))
         acc = measure_accuracy(bundle, manifest, out, select)
+        log(f"  -ELBO delta {acc['neg_elbo_delta']:+.3f}, PSNR {acc['decoder_psnr_db']:.1f} dB "
+            f"on {len(select['x'])} held-out training images")
         # Where the budget is missed, keep the most costly weight layer (last, then first) in float.
         if methods != dict.fromkeys(GRAPHS, "fp16") and not within_budget(acc):
             for g in ("decoder", "encoder"):
                 if methods[g] == "fp16" or within_budget(acc):
                     continue
                 nodes = weight_nodes(pre[g])
+                in_float = set(excluded[g]) | (set(tails[g]) - set(_output_matmuls(pre[g], tails[g])))
+                tried = []
                 for trial in ([nodes[-1]], [nodes[0]], [nodes[0], nodes[-1]]):
-                    if set(trial) <= set(excluded[g]) or set(nodes) <= set(excluded[g]) | set(trial):
-                        continue  # already float (the output layer), or nothing would be left in int8
                     saved = list(excluded[g])
+                    floats = in_float | set(saved) | set(trial)
+                    if floats == in_float | set(saved) or set(nodes) <= floats or floats in tried:
+                        continue  # already float (a conv output layer), nothing left in int8, or tried
+                    tried.append(floats)
                     excluded[g] = sorted(set(saved) | set(trial))
                     build(g)
                     trial_acc = measure_accuracy(bundle, manifest, out, select)

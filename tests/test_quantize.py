@@ -27,10 +27,16 @@ def test_every_mode_recorded(quantized):
         e = m["variants"][v]
         size = sum(m["files"][n]["size"] for n in e["files"].values())
         assert e["size_ratio_to_fp32"] == pytest.approx(size / fp32_size, abs=1e-4)
-        kept = sum(len(g["kept_in_float"]) for g in e["quantization"]["graphs"].values())
-        # int8 weights, unless kept in float (static: the output layers, the MLP's largest, stay float)
-        assert e["size_ratio_to_fp32"] <= (0.3 if kept == 0 else 0.99)
+        kept = 0  # weight layers kept in float (a Gemm as onnxruntime's MatMul + Add split)
+        for g, d in e["quantization"]["graphs"].items():
+            ops = {n.name: n.op_type for n in onnx.load(str(quantized / e["files"][g])).graph.node}
+            kept += sum(ops.get(k, ops.get(f"{k}_MatMul")) in ("Gemm", "MatMul", "Conv") for k in d["kept_in_float"])
+        # int8 weights, unless the budget kept a layer in float. The output layers' weights are int8
+        # in the static variant too (dynamic int8, float output): in float they held most of an MLP
+        assert e["size_ratio_to_fp32"] <= (0.3 if kept == 0 else 0.99), (v, kept, e["size_ratio_to_fp32"])
         assert "held out" in e["quantization"]["float_layer_selection"]
+    static = m["variants"]["int8-static"]["quantization"]["graphs"]
+    assert all(static[g]["float_output_int8_weights"] for g in static)
     assert m["variants"]["int8-static"]["quantization"]["calibration"]["encoder"].startswith("128 MNIST")
 
 
@@ -123,11 +129,18 @@ def test_budget_miss_keeps_costly_layer_in_float(tmp_path, bundles, mnist_dir, m
     b = tmp_path / "b"
     shutil.copytree(bundles["mlp"], b)
     monkeypatch.setattr(q, "MIN_PSNR", 1e9)  # no variant can meet this: every fallback is tried
-    v, e = quantize_bundle(b, QuantizeConfig(mode="static", calibration_size=64, eval_size=200), data_dir=mnist_dir)
+    lines = []
+    v, e = quantize_bundle(b, QuantizeConfig(mode="static", calibration_size=64, eval_size=200), data_dir=mnist_dir,
+                           log=lines.append)
     assert e["within_budget"] is False
+    trials = [s for s in lines if " in float: " in s]
+    assert trials and len(set(trials)) == len(trials), lines  # each set of float layers tried once
     kept = e["quantization"]["graphs"]["decoder"]["kept_in_float"]
     names = {n.name for n in onnx.load(str(b / "decoder.int8-static.onnx")).graph.node}
-    assert all(k in names for k in kept)  # a node kept in float is still there, unquantized
+    # a node kept in float is still there, unquantized (a Gemm as onnxruntime's MatMul + Add split)
+    assert all(k in names or f"{k}_MatMul" in names for k in kept), (kept, sorted(names))
+    ops = {n.name: n.op_type for n in onnx.load(str(b / "decoder.int8-static.onnx")).graph.node}
+    assert all(ops.get(k, ops.get(f"{k}_MatMul")) not in ("MatMulInteger", "QLinearMatMul") for k in kept)
     verify_files(b, load_manifest(b))
 
 
