@@ -70,6 +70,10 @@ def test_benchmark_and_reports(tmp_path, quantized, ckpts):
     assert rep["environment"]["cpu"]["cores"] >= 1 and "onnxruntime" in rep["environment"]
     # fp32 efficiency: each bare fp32 row's GFLOP/s over the peak measured in the same run
     assert rep["peak"]["gflops"] > 1 and len(rep["efficiency"]) == 2 * 2
+    # the peak is the fastest of several engines (numpy alone under-measured it: "105% of peak")
+    engines = rep["peak"]["engines_gflops"]
+    assert {k.split()[0] for k in engines} == {"numpy", "onnxruntime", "torch"}
+    assert rep["peak"]["gflops"] == pytest.approx(max(engines.values()), abs=0.01)
     for e in rep["efficiency"]:
         row = next(r for r in rep["rows"] if r["graph"] == e["graph"] and r["batch"] == e["batch"]
                    and r["variant"] == "fp32" and r["kind"] == "ort")
