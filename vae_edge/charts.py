@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -10,11 +11,38 @@ from PIL import Image, ImageDraw, ImageFont
 from vae_edge.runtime.images import save_image
 
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (127, 127, 127)]
-W, H, L, R, T, B = 760, 480, 80, 170, 50, 60
+W, H, L, R, T, B = 800, 480, 80, 200, 50, 60
 
 
+# A TrueType font where one is found (DejaVu Sans ships with most Linux systems), else pillow's
+# own at a size where its spaces show: at its default size words ran together ("speed-upover").
+_FONTS = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "Arial.ttf", "Helvetica.ttc")
+FONT_SIZE = 13
+
+
+@functools.lru_cache(maxsize=1)
 def _font():
-    return ImageFont.load_default()
+    for name in _FONTS:
+        try:
+            return ImageFont.truetype(name, FONT_SIZE)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
+def _marker(d: ImageDraw.ImageDraw, i: int, x: float, y: float, c) -> None:
+    """Series i's marker: a circle, square, triangle or diamond, so that lines that overlap are
+    still told apart."""
+    r = 4
+    shape = i % 4
+    if shape == 0:
+        d.ellipse([x - r, y - r, x + r, y + r], fill=c)
+    elif shape == 1:
+        d.rectangle([x - r, y - r, x + r, y + r], fill=c)
+    elif shape == 2:
+        d.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=c)
+    else:
+        d.polygon([(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)], fill=c)
 
 
 def _frame(title: str, xlabel: str, ylabel: str) -> tuple[Image.Image, ImageDraw.ImageDraw]:
@@ -22,7 +50,7 @@ def _frame(title: str, xlabel: str, ylabel: str) -> tuple[Image.Image, ImageDraw
     d = ImageDraw.Draw(img)
     d.text((L, 15), title, fill="black", font=_font())
     d.rectangle([L, T, W - R, H - B], outline="black")
-    d.text(((L + W - R) // 2 - 40, H - 25), xlabel, fill="black", font=_font())
+    d.text(((L + W - R) // 2, H - 12), xlabel, fill="black", font=_font(), anchor="mm")
     d.text((5, T - 20), ylabel, fill="black", font=_font())
     return img, d
 
@@ -57,17 +85,21 @@ def latency_chart(report: dict, graph: str, path: str | Path) -> None:
     py = lambda y: H - B - (math.log10(y) - y0) / max(y1 - y0, 1e-9) * (H - B - T)  # noqa: E731
     for v in _log_ticks(10**y0, 10**y1):
         d.line([L, py(v), W - R, py(v)], fill=(225, 225, 225))
-        d.text((L - 55, py(v) - 6), f"{v:g}", fill="black", font=_font())
+        d.text((L - 55, py(v) - 7), f"{v:g}", fill="black", font=_font())
     for b in sorted(set(xs)):
         d.text((px(b) - 8, H - B + 6), str(b), fill="black", font=_font())
-    for i, (name, pts) in enumerate(sorted(series.items())):
+    ordered = sorted(series.items())
+    for i, (name, pts) in enumerate(ordered):
         c = COLORS[i % len(COLORS)]
         pts = sorted(pts)
-        d.line([(px(b), py(v)) for b, v in pts], fill=c, width=2)
+        # earlier lines wider: a line drawn over another of the same values leaves its edges showing
+        width = 2 + 2 * (len(ordered) - 1 - i)
+        d.line([(px(b), py(v)) for b, v in pts], fill=c, width=min(width, 8))
         for b, v in pts:
-            d.ellipse([px(b) - 3, py(v) - 3, px(b) + 3, py(v) + 3], fill=c)
+            _marker(d, i, px(b), py(v), c)
         d.line([W - R + 10, T + 10 + 18 * i, W - R + 30, T + 10 + 18 * i], fill=c, width=3)
-        d.text((W - R + 35, T + 4 + 18 * i), name, fill="black", font=_font())
+        _marker(d, i, W - R + 20, T + 10 + 18 * i, c)
+        d.text((W - R + 35, T + 3 + 18 * i), name, fill="black", font=_font())
     save_image(img, path)
 
 
@@ -76,7 +108,7 @@ def speedup_chart(report: dict, path: str | Path) -> None:
     rows = [r for r in report["ratios"] if r["speedup_vs_torch"] and r["threads"] == min(report["config"]["threads"])]
     groups = sorted({(r["graph"], r["batch"]) for r in rows})
     variants = sorted({r["variant"] for r in rows})
-    img, d = _frame(f"{report['model']}: speed-up over PyTorch eager (p50, same run)", "graph / batch", "x faster")
+    img, d = _frame(f"{report['model']}: speed-up over PyTorch eager (p50, same run)", "batch size, by graph", "times faster")
     if not rows:
         save_image(img, path)
         return
@@ -90,13 +122,18 @@ def speedup_chart(report: dict, path: str | Path) -> None:
     gw = (W - R - L) / len(groups)
     bw = gw * 0.8 / max(1, len(variants))
     for gi, (g, b) in enumerate(groups):
-        d.text((L + gi * gw + 4, H - B + 6), f"{g[:3]} {b}", fill="black", font=_font())
+        d.text((L + gi * gw + gw / 2, H - B + 12), str(b), fill="black", font=_font(), anchor="mm")
         for vi, v in enumerate(variants):
             r = next((r for r in rows if r["graph"] == g and r["batch"] == b and r["variant"] == v), None)
             if r is None:
                 continue
             x = L + gi * gw + gw * 0.1 + vi * bw
             d.rectangle([x, py(r["speedup_vs_torch"]), x + bw - 2, py(0)], fill=COLORS[vi % len(COLORS)])
+    for g in dict.fromkeys(g for g, _ in groups):  # each graph's name centred under its batch sizes
+        idx = [i for i, (gg, _) in enumerate(groups) if gg == g]
+        x0, x1 = L + idx[0] * gw + 4, L + (idx[-1] + 1) * gw - 4
+        d.line([x0, H - B + 22, x1, H - B + 22], fill=(120, 120, 120))
+        d.text(((x0 + x1) / 2, H - B + 32), g, fill="black", font=_font(), anchor="mm")
     for vi, v in enumerate(variants):
         d.rectangle([W - R + 10, T + 6 + 18 * vi, W - R + 28, T + 16 + 18 * vi], fill=COLORS[vi % len(COLORS)])
         d.text((W - R + 35, T + 4 + 18 * vi), v, fill="black", font=_font())
