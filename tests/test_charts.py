@@ -10,9 +10,9 @@ from vae_edge import charts
 
 def _report(p50: dict[str, list[float]], batches=(1, 8, 64)) -> dict:
     rows = [{"graph": "decoder", "kind": "eager" if v == "torch" else "runtime", "variant": v,
-             "threads": 1, "batch": b, "p50_ms": ms} for v, values in p50.items() for b, ms in zip(batches, values)]
+             "threads": 1, "batch": b, "p50_ms": ms} for v, values in p50.items() for b, ms in zip(batches, values, strict=True)]
     ratios = [{"graph": "decoder", "variant": v, "threads": 1, "batch": b, "speedup_vs_torch": p50["torch"][i] / ms}
-              for v, values in p50.items() if v != "torch" for i, (b, ms) in enumerate(zip(batches, values))]
+              for v, values in p50.items() if v != "torch" for i, (b, ms) in enumerate(zip(batches, values, strict=True))]
     return {"model": "m", "config": {"threads": [1]}, "rows": rows, "ratios": ratios}
 
 
