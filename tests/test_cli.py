@@ -456,3 +456,18 @@ def test_every_option_has_help_text():
 
     walk(cli, ["vae-edge"])
     assert not missing, missing
+
+
+def test_evaluate_time_estimate_skips_the_warm_up_batch(capsys):
+    """The first batch is warm-up: 10 s, then 1 s for each of the 10 batches after it. The
+    estimate is 20 s in all (from the first batch alone it said 100 s)."""
+    from vae_edge.cli.train import _EvalProgress
+
+    now = [0.0]
+    progress = _EvalProgress(5000, clock=lambda: now[0])
+    for i in range(11):
+        now[0] += 10.0 if i == 0 else 1.0
+        progress((i + 1) * 10, 110)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "about 20 s in all" in err and err.count("IW estimate") == 1, err
