@@ -216,7 +216,8 @@ def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=lam
             warn("skipping the PyTorch baseline: torch is not installed")
             ckpt = None
         if ckpt is None and torch_version:
-            warn("skipping the PyTorch baseline: no checkpoint (pass --checkpoint)")
+            warn("skipping the PyTorch baseline: no checkpoint beside the bundle (pass --checkpoint; a wheel "
+                 "install leaves the shipped models' out, torch-only)")
         elif ckpt is not None:
             tmodel = torch_model(ckpt)
 

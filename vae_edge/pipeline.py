@@ -20,7 +20,8 @@ def shipped_checkpoint(name: str = "mlp-mnist") -> Path:
 
     path = Path(str(resources.files("vae_edge") / "pretrained" / name / "model.pt"))
     if not path.is_file():
-        raise VaeEdgeError(f"no shipped checkpoint {name!r}: pass --checkpoint")
+        raise VaeEdgeError(f"no PyTorch checkpoint of {name} here (a wheel install leaves them out: torch-only): "
+                           "pass --checkpoint, or install from a source checkout")
     return path
 
 
