@@ -34,6 +34,68 @@ _CPUINFO_ARM = {"neon": "asimd", "dotprod": "asimddp", "sve": "sve", "sve2": "sv
                 "i8mm": "i8mm", "bf16": "bf16", "sme": "sme", "sme2": "sme2"}
 
 
+# x86-64 System V: cpuid(leaf=edi, subleaf=esi) -> out[4] = eax, ebx, ecx, edx (rdx: out).
+_CPUID_CODE = bytes([
+    0x53,                    # push rbx
+    0x49, 0x89, 0xD0,        # mov r8, rdx
+    0x89, 0xF8,              # mov eax, edi
+    0x89, 0xF1,              # mov ecx, esi
+    0x0F, 0xA2,              # cpuid
+    0x41, 0x89, 0x00,        # mov [r8], eax
+    0x41, 0x89, 0x58, 0x04,  # mov [r8+4], ebx
+    0x41, 0x89, 0x48, 0x08,  # mov [r8+8], ecx
+    0x41, 0x89, 0x50, 0x0C,  # mov [r8+12], edx
+    0x5B,                    # pop rbx
+    0xC3,                    # ret
+])
+# (leaf, subleaf, register, bit) of each int8-relevant feature (Intel SDM vol. 2, CPUID)
+_CPUID_BITS = {"avx2": (7, 0, 1, 5), "avx512f": (7, 0, 1, 16), "avx512_vnni": (7, 0, 2, 11),
+               "avx_vnni": (7, 1, 0, 4), "amx_int8": (7, 0, 3, 25)}
+
+
+def _x86_cpuid() -> dict[str, bool] | None:
+    """The x86 features CPUID reports to this process: what onnxruntime's kernels dispatch on.
+    /proc/cpuinfo is the host's under an emulator (qemu-user -cpu Haswell on an AVX-512 host: the
+    process has no AVX-512, its /proc/cpuinfo says it has). None where CPUID cannot be run here
+    (not Linux x86-64, or no executable memory)."""
+    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        import ctypes
+        import mmap
+
+        buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, ValueError, AttributeError):
+        return None
+    view = ctypes.c_char.from_buffer(buf)
+    try:
+        buf.write(_CPUID_CODE)
+        fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(
+            ctypes.addressof(view))
+        regs = (ctypes.c_uint32 * 4)()
+        leaves = {}
+        for leaf, sub in ((0, 0), (7, 0), (7, 1)):
+            fn(leaf, sub, regs)
+            leaves[(leaf, sub)] = list(regs)
+        if leaves[(0, 0)][0] < 7:  # no leaf 7: none of these features
+            return dict.fromkeys(_CPUID_BITS, False)
+        if leaves[(7, 0)][0] < 1:  # no sub-leaf 1
+            leaves[(7, 1)] = [0] * 4
+        return {k: bool(leaves[(leaf, sub)][reg] >> bit & 1) for k, (leaf, sub, reg, bit) in _CPUID_BITS.items()}
+    finally:
+        del view
+        buf.close()
+
+
+def _x86_features(flags: set[str]) -> dict[str, bool]:
+    found = _x86_cpuid()
+    if found is not None:
+        return found
+    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "avx512_vnni": "avx512_vnni" in flags or "avx512vnni" in flags,
+            "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags}
+
+
 def is_arm64() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64")
 
@@ -41,8 +103,10 @@ def is_arm64() -> bool:
 def x86_family(flags: set[str] | None = None) -> str:
     """x86-vnni where the CPU has AVX-512 VNNI or AVX-VNNI (u8 x s8 products exact and fast),
     else x86-avx2 (onnxruntime's u8 x s8 kernel saturates pairwise sums at 16 bits there)."""
-    flags = _cpuinfo()[1] if flags is None else flags
-    return "x86-vnni" if {"avx512_vnni", "avx512vnni", "avx_vnni"} & flags else "x86-avx2"
+    if flags is not None:
+        return "x86-vnni" if {"avx512_vnni", "avx512vnni", "avx_vnni"} & flags else "x86-avx2"
+    feats = _x86_features(_cpuinfo()[1])
+    return "x86-vnni" if feats["avx512_vnni"] or feats["avx_vnni"] else "x86-avx2"
 
 
 def current_targets() -> list[str]:
@@ -77,16 +141,7 @@ def _arm_features(flags: set[str]) -> dict[str, bool]:
 
 def cpu() -> dict:
     model, flags = _cpuinfo()
-    if is_arm64():
-        feats = _arm_features(flags)
-    else:
-        feats = {
-            "avx2": "avx2" in flags,
-            "avx512f": "avx512f" in flags,
-            "avx512_vnni": "avx512_vnni" in flags or "avx512vnni" in flags,
-            "avx_vnni": "avx_vnni" in flags,
-            "amx_int8": "amx_int8" in flags,
-        }
+    feats = _arm_features(flags) if is_arm64() else _x86_features(flags)
     return {"model": model, "arch": platform.machine(), "cores": os.cpu_count(), "int8_features": feats,
             "target": current_target(), "targets": current_targets()}
 

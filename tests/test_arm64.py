@@ -34,7 +34,7 @@ def arm(tmp_path_factory):
         pytest.fail(f"the emulated ARM64 environment could not be set up: {e}")
     root = tmp_path_factory.mktemp("arm64")
     stage = arm64_env.stage_project(root)
-    shutil.copy(HERE / "arm64_probe.py", root / "arm64_probe.py")
+    shutil.copy(HERE / "runtime_probe.py", root / "runtime_probe.py")
     return env, stage, root
 
 
@@ -57,7 +57,7 @@ def spec(arm, quantized, mnist_dir):
     path = root / "spec.json"
     path.write_text(json.dumps({"images": str(root / "x.npy"), "bundles": bundles, "variants": variants}))
     # the x86 reference: the same script, this machine's Python and onnxruntime, the staged code
-    res = subprocess.run([sys.executable, str(root / "arm64_probe.py"), str(path), str(root / "x86.npz")],
+    res = subprocess.run([sys.executable, str(root / "runtime_probe.py"), str(path), str(root / "x86.npz")],
                          capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(stage), "PATH": "/usr/bin"})
     assert res.returncode == 0, res.stderr
     from vae_edge.runtime.sysinfo import cpu
@@ -90,7 +90,7 @@ def _tolerance(bundle: str, variant: str) -> float:
 def test_api_on_arm64_matches_x86(arm, spec, cpu):
     env, stage, root = arm
     t0 = time.perf_counter()
-    res = env.run([str(root / "arm64_probe.py"), str(spec["path"]), str(root / f"{cpu}.npz")], cpu, stage)
+    res = env.run([str(root / "runtime_probe.py"), str(spec["path"]), str(root / f"{cpu}.npz")], cpu, stage)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
     got = dict(np.load(root / f"{cpu}.npz"))

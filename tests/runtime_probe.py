@@ -1,7 +1,8 @@
-"""Run on the emulated ARM64 Python by tests/test_arm64.py (and on x86 for the reference): load
-each bundle's variants (self-check on), and record what sample / reconstruct / score return.
+"""Run on an emulated CPU by tests/test_arm64.py (ARM64) and tests/test_x86_avx2.py (an AVX2-only
+x86), and natively for the reference: load each bundle's variants (self-check on), and record what
+sample / reconstruct / score return.
 
-    python arm64_probe.py SPEC.json OUT.npz
+    python runtime_probe.py SPEC.json OUT.npz
 """
 
 from __future__ import annotations
