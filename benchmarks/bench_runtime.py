@@ -36,7 +36,7 @@ def main() -> None:
     batches = tuple(int(b) for b in args.batch_sizes.split(","))
     keys = ("p50_ms", "speedup_vs_torch", "runtime_overhead")
     tables = {k: [] for k in keys}
-    eff_lines, spread = [], []
+    eff_lines, spread, peaks, how = [], [], [], "?"
     for name, bundle in shipped_bundles().items():
         reps = []
         for _ in range(args.repeats):
@@ -60,7 +60,8 @@ def main() -> None:
                 tables["p50_ms"].append(f"| {name} | {graph} | {v} | " + " | ".join(fmt(c, "") if c is None else f"{c:.4f}" for c in cells["p50_ms"]) + " |")
                 tables["speedup_vs_torch"].append(f"| {name} | {graph} | {v} | " + " | ".join(fmt(c) for c in cells["speedup_vs_torch"]) + " |")
                 tables["runtime_overhead"].append(f"| {name} | {graph} | {v} | " + " | ".join(fmt(c) for c in cells["runtime_overhead"]) + " |")
-        peaks = [rep["peak"]["gflops"] for rep in reps if "gflops" in rep.get("peak", {})]
+        peaks += [rep["peak"]["gflops"] for rep in reps if "gflops" in rep.get("peak", {})]
+        how = next((rep["peak"]["how"] for rep in reps if "how" in rep.get("peak", {})), how)
         effs: dict = {}
         for rep in reps:
             for e in rep.get("efficiency", []):
@@ -71,7 +72,7 @@ def main() -> None:
                 es = effs.get((graph, b), [])
                 row.append("-" if not es else f"{np.median([e['gflops'] for e in es]):.1f} ({np.median([e['fraction_of_peak'] for e in es]):.0%})")
             eff_lines.append(f"| {name} | {graph} | " + " | ".join(row) + " |")
-        peak = float(np.median(peaks)) if peaks else float("nan")
+    peak = float(np.median(peaks)) if peaks else float("nan")
     env = reps[-1]["environment"]
     head = "| model | graph | variant | " + " | ".join(f"batch {b}" for b in batches) + " |"
     rule = "|---|---|---|" + "---:|" * len(batches)
@@ -84,9 +85,9 @@ def main() -> None:
           *tables["speedup_vs_torch"], "",
           "**Runtime overhead** (runtime call / the fastest bare call on the same session, an IOBinding with "
           "inputs and outputs bound once: input checks, label feeds, copies in and out, output allocation)", "", head, rule, *tables["runtime_overhead"], "",
-          f"**fp32 GFLOP/s and fraction of this machine's measured single-core peak** ({peak:.1f} GFLOP/s: the best "
-          "of repeated 1536^3 numpy sgemms with one BLAS thread, measured in the same run; FLOPs are the graph's "
-          "Gemm/MatMul/Conv multiply-adds, bias and activations excluded)", "",
+          f"**fp32 GFLOP/s and fraction of this machine's measured single-core peak** (median {peak:.1f} GFLOP/s "
+          f"over {len(peaks)} measurements, each in the same pass as the row it divides: {how}; FLOPs are the "
+          "graph's Gemm/MatMul/Conv multiply-adds, bias and activations excluded)", "",
           "| model | graph | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|---|" + "---:|" * len(batches),
           *eff_lines]
     (RESULTS / "runtime_summary.md").write_text("\n".join(md) + "\n")

@@ -19,8 +19,8 @@ TARGETS: dict[str, dict] = {
         "isa": "x86",
         "why": "CPUs with AVX-512 VNNI or AVX-VNNI compute u8 x s8 products exactly (VPDPBUSD); per-channel weight "
                "scales, which track each output channel's range, then cut the -ELBO cost of int8 (on a Xeon with "
-               "VNNI: 0.25 -> 0.20 nats for conv-mnist, 0.34 -> 0.18 for mlp-mnist) for a decoder 10-12% slower "
-               "at batch 1 (docs/results.md: x86 CPU families).",
+               "VNNI: 0.38 -> 0.31 nats for conv-mnist, 0.34 -> 0.18 for mlp-mnist; docs/results.md: x86 CPU "
+               "families).",
     },
     "x86-avx2": {
         "settings": {"activation_type": "uint8", "weight_type": "int8", "per_channel": False, "reduce_range": True},
