@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -346,6 +347,28 @@ def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None
         return _quantize_bundle(Path(bundle), qc, data_dir, log, explicit)
 
 
+@dataclass
+class _Job:
+    """One quantization run, phase to phase (the way Optimum's ORTQuantizer goes fit ->
+    compute ranges -> quantize): prepare, calibrate, build each graph, choose the layers kept in
+    float, record."""
+    bundle: Path
+    manifest: dict
+    qc: QuantizeConfig
+    methods: dict[str, str]
+    variant: str
+    tmp: Path
+    log: Callable[[str], None]
+    ref: dict = field(default_factory=dict)  # graph -> fp32 file name
+    src: dict = field(default_factory=dict)  # graph -> the fp32 graph quantizers start from
+    pre: dict = field(default_factory=dict)  # graph -> pre-processed graph
+    out: dict = field(default_factory=dict)  # graph -> the quantized graph
+    calib: dict | None = None
+    excluded: dict = field(default_factory=dict)  # graph -> layers in float, weights included
+    tails: dict = field(default_factory=dict)  # graph -> output tail (static, float outputs)
+    details: dict = field(default_factory=dict)
+
+
 def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) -> tuple[str, dict]:
     manifest = load_manifest(bundle)
     remove_orphans(bundle, manifest, log)
@@ -353,130 +376,152 @@ def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) 
     verify_files(bundle, manifest, list(ref.values()))
     methods = plan(manifest, bundle, qc)
     qc = qc.for_target(set(methods.values()), explicit)
-    variant = variant_name(methods, qc.target)
-    data = eval_set(manifest, data_dir, qc.eval_size)
     tmp = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=f".{bundle.name}.quantize-"))  # outside the bundle
+    job = _Job(bundle, manifest, qc, methods, variant_name(methods, qc.target), tmp, log, ref=ref)
     try:
-        pre, out, src = {}, {}, {}
-        for g in GRAPHS:
-            src[g] = fp32_source(bundle / ref[g], tmp / f"{g}.fp32.onnx")
-            if methods[g] != "fp16":  # fp16 converts the original graph
-                pre[g] = tmp / f"{g}.pre.onnx"
-                try:  # in the temp folder: a failing symbolic inference saves its model to the cwd
-                    with contextlib.chdir(tmp):
-                        quant_pre_process(str(src[g].resolve()), str(pre[g].resolve()), skip_symbolic_shape=False)
-                except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs
-                    # (the one-hot planes of --cond-planes): ONNX's own shape inference suffices
-                    quant_pre_process(str(src[g]), str(pre[g]), skip_symbolic_shape=True)
-        calib = None
-        if "static" in methods.values():
-            log(f"calibrating on {qc.calibration_size} MNIST training images ({qc.method})")
-            calib = calibration_batches(manifest, bundle / ref["encoder"], qc, data_dir)
-        details = {}
-        excluded = {g: list(qc.exclude.get(g, [])) for g in GRAPHS}  # float, weights included
-        tails = {g: output_tail(pre[g]) if methods[g] == "static" and qc.float_outputs else [] for g in GRAPHS}
-
-        def build(g: str) -> None:
-            out[g] = tmp / variant_filename(g, variant)
-            if methods[g] == "static":
-                _static(pre[g], out[g], ArrayReader(calib[g]), qc, sorted(set(excluded[g]) | set(tails[g])))
-                details[g] = {"method": "static", "format": "QDQ"}
-                hybrid = [n for n in _output_matmuls(pre[g], tails[g]) if n not in excluded[g]]
-                if hybrid:
-                    _dynamic(out[g], out[g], qc, [], only=hybrid)
-                details[g]["float_output_int8_weights"] = hybrid
-            elif methods[g] == "dynamic":
-                ops = _dynamic(pre[g], out[g], qc, excluded[g])
-                details[g] = {"method": "dynamic", "op_types": ops}
-            else:
-                _fp16(src[g], out[g])
-                details[g] = {"method": "fp16", "io_types": "float32"}
-            details[g]["kept_in_float"] = sorted((set(excluded[g]) | set(tails[g])) - set(details[g].get("float_output_int8_weights", [])))
-            if methods[g] != "fp16" and src[g] != bundle / ref[g]:
-                # The fp32 graph stores fp16 values: the layers kept in float keep that storage
-                # (lossless, and onnxruntime folds the Casts at load), else they would double in size.
-                m = weights_as_fp16(onnx.load(str(out[g])))  # int8 weights, scales, int32 biases: untouched
-                if has_fp16_weights(m):
-                    onnx.save_model(m, str(out[g]), save_as_external_data=False)
-                    details[g]["float_weights_storage"] = "float16"
-
+        _prepare(job)
+        _calibrate(job, data_dir)
         for g in GRAPHS:
             log(f"quantizing {g}: {methods[g]}")
-            build(g)
+            _build(job, g)
         # Which layers stay in float is decided on held-out training images (never used for
         # calibration); the accuracy recorded is measured on the test set only at the end.
         select = selection_set(manifest, data_dir, min(SELECTION_SIZE, qc.eval_size))
-        acc = measure_accuracy(bundle, manifest, out, select)
-        log(f"  -ELBO delta {acc['neg_elbo_delta']:+.3f}, PSNR {acc['decoder_psnr_db']:.1f} dB "
-            f"on {len(select['x'])} held-out training images")
-        # Where the budget is missed, keep the most costly weight layer (last, then first) in float.
-        if methods != dict.fromkeys(GRAPHS, "fp16") and not within_budget(acc):
-            for g in ("decoder", "encoder"):
-                if methods[g] == "fp16" or within_budget(acc):
-                    continue
-                nodes = weight_nodes(pre[g])
-                in_float = set(excluded[g]) | (set(tails[g]) - set(_output_matmuls(pre[g], tails[g])))
-                tried = []
-                for trial in ([nodes[-1]], [nodes[0]], [nodes[0], nodes[-1]]):
-                    saved = list(excluded[g])
-                    floats = in_float | set(saved) | set(trial)
-                    if floats == in_float | set(saved) or set(nodes) <= floats or floats in tried:
-                        continue  # already float (a conv output layer), nothing left in int8, or tried
-                    tried.append(floats)
-                    excluded[g] = sorted(set(saved) | set(trial))
-                    build(g)
-                    trial_acc = measure_accuracy(bundle, manifest, out, select)
-                    log(f"  {g} with {excluded[g]} in float: -ELBO delta {trial_acc['neg_elbo_delta']:+.3f}, "
-                        f"PSNR {trial_acc['decoder_psnr_db']:.1f} dB")
-                    if within_budget(trial_acc) or _better(trial_acc, acc):
-                        acc = trial_acc
-                        if within_budget(acc):
-                            break
-                    else:
-                        excluded[g] = saved
-                        build(g)
-        acc = measure_accuracy(bundle, manifest, out, data)  # the record: test set
-        # New files go in beside the old ones (under fresh names when a variant is re-made), the
-        # manifest is written last, and only then are files no variant uses removed: a crash at
-        # any point leaves a bundle whose manifest matches its files.
-        names = {g: fresh_name(bundle, out[g].name, sha256_file(out[g])) for g in GRAPHS}
-        sizes = {g: out[g].stat().st_size for g in GRAPHS}
-        fp32_sizes = {g: (bundle / ref[g]).stat().st_size for g in GRAPHS}
-        entry = {
-            "files": names,
-            "dtype": "float16" if variant == "fp16" else "int8",
-            "quantization": {
-                "config": {k: v for k, v in asdict(qc).items() if k not in ("exclude", "eval_size")},
-                "graphs": details,
-                "preprocess": "onnxruntime quant_pre_process (symbolic shape inference + basic optimization)",
-                "float_layer_selection": f"on the last {len(select['x'])} training images (held out from calibration); "
-                                         "accuracy below is on the test set",
-                "calibration": None if calib is None else {
-                    "encoder": f"{qc.calibration_size} MNIST training images",
-                    "decoder": "latents q(z|x) of those images (half) and draws from the N(0, I) prior (half)",
-                },
-            },
-            "accuracy": acc,
-            "within_budget": within_budget(acc),
-            "size_bytes": sizes,
-            "size_ratio_to_fp32": round(sum(sizes.values()) / sum(fp32_sizes.values()), 4),
-        }
-        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(dict(out)))
-        entry["target"] = qc.target
-        if variant != "fp16":  # fp16 is for GPUs: on a CPU it is no faster than fp32, never a CPU target's choice
-            manifest.setdefault("targets", {})[qc.target] = {
-                "variant": variant, "settings": target_settings(qc.target, set(methods.values())),
-                "why": TARGETS[qc.target]["why"]}
-        if note := portability_note(qc, entry):
-            log(note)
-        json.dumps(entry)  # fail before anything in the bundle changes
-        for g in GRAPHS:
-            os.replace(out[g], bundle / names[g])
-        fsync_dir(bundle)
-        add_variant(bundle, manifest, variant, entry, log=log)
+        _choose_float_layers(job, select)
+        acc = measure_accuracy(bundle, manifest, job.out, eval_set(manifest, data_dir, qc.eval_size))
+        entry = _record(job, acc, len(select["x"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return variant, entry
+    return job.variant, entry
+
+
+def _prepare(job: _Job) -> None:
+    """Each graph's fp32 source and, for int8, onnxruntime's pre-processing of it."""
+    for g in GRAPHS:
+        job.src[g] = fp32_source(job.bundle / job.ref[g], job.tmp / f"{g}.fp32.onnx")
+        if job.methods[g] == "fp16":  # fp16 converts the original graph
+            continue
+        job.pre[g] = job.tmp / f"{g}.pre.onnx"
+        try:  # in the temp folder: a failing symbolic inference saves its model to the cwd
+            with contextlib.chdir(job.tmp):
+                quant_pre_process(str(job.src[g].resolve()), str(job.pre[g].resolve()), skip_symbolic_shape=False)
+        except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs
+            # (the one-hot planes of --cond-planes): ONNX's own shape inference suffices
+            quant_pre_process(str(job.src[g]), str(job.pre[g]), skip_symbolic_shape=True)
+    qc = job.qc
+    job.excluded = {g: list(qc.exclude.get(g, [])) for g in GRAPHS}
+    job.tails = {g: output_tail(job.pre[g]) if job.methods[g] == "static" and qc.float_outputs else []
+                 for g in GRAPHS}
+
+
+def _calibrate(job: _Job, data_dir) -> None:
+    if "static" in job.methods.values():
+        job.log(f"calibrating on {job.qc.calibration_size} MNIST training images ({job.qc.method})")
+        job.calib = calibration_batches(job.manifest, job.bundle / job.ref["encoder"], job.qc, data_dir)
+
+
+def _build(job: _Job, g: str) -> None:
+    """Quantize graph g with the current choice of float layers."""
+    qc, method, pre = job.qc, job.methods[g], job.pre.get(g)
+    out = job.out[g] = job.tmp / variant_filename(g, job.variant)
+    excluded = job.excluded[g]
+    if method == "static":
+        _static(pre, out, ArrayReader(job.calib[g]), qc, sorted(set(excluded) | set(job.tails[g])))
+        hybrid = [n for n in _output_matmuls(pre, job.tails[g]) if n not in excluded]
+        if hybrid:
+            _dynamic(out, out, qc, [], only=hybrid)
+        d = {"method": "static", "format": "QDQ", "float_output_int8_weights": hybrid}
+    elif method == "dynamic":
+        d = {"method": "dynamic", "op_types": _dynamic(pre, out, qc, excluded)}
+    else:
+        _fp16(job.src[g], out)
+        d = {"method": "fp16", "io_types": "float32"}
+    d["kept_in_float"] = sorted((set(excluded) | set(job.tails[g])) - set(d.get("float_output_int8_weights", [])))
+    if method != "fp16" and job.src[g] != job.bundle / job.ref[g]:
+        # The fp32 graph stores fp16 values: the layers kept in float keep that storage
+        # (lossless, and onnxruntime folds the Casts at load), else they would double in size.
+        m = weights_as_fp16(onnx.load(str(out)))  # int8 weights, scales, int32 biases: untouched
+        if has_fp16_weights(m):
+            onnx.save_model(m, str(out), save_as_external_data=False)
+            d["float_weights_storage"] = "float16"
+    job.details[g] = d
+
+
+def _choose_float_layers(job: _Job, select: dict) -> None:
+    """Where the accuracy budget is missed, keep the most costly weight layer (last, then first)
+    in float, graph by graph, each set of layers tried once."""
+    acc = measure_accuracy(job.bundle, job.manifest, job.out, select)
+    job.log(f"  -ELBO delta {acc['neg_elbo_delta']:+.3f}, PSNR {acc['decoder_psnr_db']:.1f} dB "
+            f"on {len(select['x'])} held-out training images")
+    if set(job.methods.values()) == {"fp16"} or within_budget(acc):
+        return
+    for g in ("decoder", "encoder"):
+        if job.methods[g] == "fp16" or within_budget(acc):
+            continue
+        nodes = weight_nodes(job.pre[g])
+        in_float = set(job.excluded[g]) | (set(job.tails[g]) - set(_output_matmuls(job.pre[g], job.tails[g])))
+        tried = []
+        for trial in ([nodes[-1]], [nodes[0]], [nodes[0], nodes[-1]]):
+            saved = list(job.excluded[g])
+            floats = in_float | set(saved) | set(trial)
+            if floats == in_float | set(saved) or set(nodes) <= floats or floats in tried:
+                continue  # already float (a conv output layer), nothing left in int8, or tried
+            tried.append(floats)
+            job.excluded[g] = sorted(set(saved) | set(trial))
+            _build(job, g)
+            trial_acc = measure_accuracy(job.bundle, job.manifest, job.out, select)
+            job.log(f"  {g} with {job.excluded[g]} in float: -ELBO delta {trial_acc['neg_elbo_delta']:+.3f}, "
+                    f"PSNR {trial_acc['decoder_psnr_db']:.1f} dB")
+            if within_budget(trial_acc) or _better(trial_acc, acc):
+                acc = trial_acc
+                if within_budget(acc):
+                    break
+            else:
+                job.excluded[g] = saved
+                _build(job, g)
+
+
+def _record(job: _Job, acc: dict, n_select: int) -> dict:
+    """The variant's manifest entry; its files moved in beside the old ones (under fresh names
+    when a variant is re-made) and the manifest written last, and only then are files no variant
+    uses removed: a crash at any point leaves a bundle whose manifest matches its files."""
+    bundle, qc, out = job.bundle, job.qc, job.out
+    names = {g: fresh_name(bundle, out[g].name, sha256_file(out[g])) for g in GRAPHS}
+    sizes = {g: out[g].stat().st_size for g in GRAPHS}
+    fp32_sizes = {g: (bundle / job.ref[g]).stat().st_size for g in GRAPHS}
+    entry = {
+        "files": names,
+        "dtype": "float16" if job.variant == "fp16" else "int8",
+        "quantization": {
+            "config": {k: v for k, v in asdict(qc).items() if k not in ("exclude", "eval_size")},
+            "graphs": job.details,
+            "preprocess": "onnxruntime quant_pre_process (symbolic shape inference + basic optimization)",
+            "float_layer_selection": f"on the last {n_select} training images (held out from calibration); "
+                                     "accuracy below is on the test set",
+            "calibration": None if job.calib is None else {
+                "encoder": f"{qc.calibration_size} MNIST training images",
+                "decoder": "latents q(z|x) of those images (half) and draws from the N(0, I) prior (half)",
+            },
+        },
+        "accuracy": acc,
+        "within_budget": within_budget(acc),
+        "size_bytes": sizes,
+        "size_ratio_to_fp32": round(sum(sizes.values()) / sum(fp32_sizes.values()), 4),
+    }
+    entry["golden"] = selfcheck.record(job.manifest, entry, selfcheck.session_runner(dict(out)))
+    entry["target"] = qc.target
+    if job.variant != "fp16":  # fp16 is for GPUs: on a CPU it is no faster than fp32, never a CPU target's choice
+        job.manifest.setdefault("targets", {})[qc.target] = {
+            "variant": job.variant, "settings": target_settings(qc.target, set(job.methods.values())),
+            "why": TARGETS[qc.target]["why"]}
+    if note := portability_note(qc, entry):
+        job.log(note)
+    json.dumps(entry)  # fail before anything in the bundle changes
+    for g in GRAPHS:
+        os.replace(out[g], bundle / names[g])
+    fsync_dir(bundle)
+    add_variant(bundle, job.manifest, job.variant, entry, log=job.log)
+    return entry
 
 
 def portability_note(qc: QuantizeConfig, entry: dict) -> str | None:

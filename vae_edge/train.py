@@ -178,6 +178,26 @@ def iwae_loss(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, kl_w:
     return loss, rec.mean(0).sum().detach(), kl.mean(0).sum().detach()
 
 
+@dataclass
+class _Run:
+    """What one training run carries from phase to phase."""
+    cfg: VAEConfig
+    tc: TrainConfig
+    dev: torch.device
+    model: VAE
+    opt: torch.optim.Optimizer
+    sched: object
+    gen: torch.Generator
+    x_all: torch.Tensor
+    y_all: torch.Tensor
+    steps_per_epoch: int
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0
+    perm: torch.Tensor | None = None
+    metrics: dict = field(default_factory=dict)
+
+
 def train(
     model_cfg: VAEConfig,
     tc: TrainConfig,
@@ -195,14 +215,32 @@ def train(
     fresh optimizer, schedule and KL warm-up: fine-tuning, e.g. on the IWAE bound (--iw-k) after an
     ELBO run. The architecture is the checkpoint's; model_cfg is not used. The parent's path, hash
     and step count are recorded in the run's train config.
+
+    Phases: where to start (_starting_point), the run's state (_new_run, _restore), then epochs
+    (_train_epoch), each followed by a checkpoint (_save).
     """
     out = Path(out)
     if not out.parent.is_dir():
         raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
     log = log or (lambda s: print(s, file=sys.stderr))
     dev = pick_device(device)
-    ckpt_path = out / CHECKPOINT_NAME
-    state = None
+    model_cfg, tc, state, parent = _starting_point(model_cfg, tc, out / CHECKPOINT_NAME, resume, init_from, dev)
+    run = _new_run(model_cfg, tc, dev, data_dir)
+    _restore(run, state, parent)
+    out.mkdir(exist_ok=True)
+    run.model.train()
+    stopped = False
+    while run.epoch < tc.epochs and not stopped:
+        row, stopped = _train_epoch(run, progress)
+        _save(run, row, out)
+        log(f"epoch {row['epoch']:.2f}  loss {row['train_loss']:.2f}  rec {row['train_rec']:.2f}  "
+            f"kl {row['train_kl']:.2f}  {row['images_per_s'] or 0:.0f} img/s")
+    return run.metrics
+
+
+def _starting_point(model_cfg: VAEConfig, tc: TrainConfig, ckpt_path: Path, resume: bool, init_from, dev):
+    """(model config, train config, the checkpoint resumed or None, the parent fine-tuned or None)."""
+    state = parent = None
     if resume:
         state = load_checkpoint(ckpt_path, map_location=dev)
         if "optimizer" not in state:
@@ -214,7 +252,6 @@ def train(
         tc = TrainConfig(**saved_tc)
     elif ckpt_path.exists():
         raise VaeEdgeError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
-    parent = None
     if init_from is not None and not resume:  # a resumed fine-tune already holds its weights
         parent_path = Path(init_from)
         if parent_path.is_dir():
@@ -224,122 +261,134 @@ def train(
         tc = replace(tc, extra={**tc.extra, "init_from": {
             "path": str(parent_path), "sha256": sha256_file(parent_path), "step": parent.get("step"),
             "train_config": parent.get("train_config")}})
+    return model_cfg, tc, state, parent
 
+
+def _new_run(model_cfg: VAEConfig, tc: TrainConfig, dev: torch.device, data_dir) -> _Run:
     torch.manual_seed(tc.seed)
     model = VAE(model_cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     x_all, y_all = load_train_tensors(tc.dataset, data_dir, dev)
-    n = len(x_all)
-    steps_per_epoch = math.ceil(n / tc.batch_size)
+    steps_per_epoch = math.ceil(len(x_all) / tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
-    gen = torch.Generator(device=dev).manual_seed(tc.seed)
-    epoch, step_in_epoch, step, perm = 0, 0, 0, None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        gen.set_state(state["rng"].cpu() if dev.type == "cpu" else state["rng"])
-        epoch, step_in_epoch, step = state["epoch"], state["step_in_epoch"], state["step"]
-        perm = state["perm"].to(dev) if step_in_epoch else None
-    elif parent is not None:
-        model.load_state_dict(parent["model"])  # as model_from_checkpoint: fp16 weights upcast on load
     sched = None
     if tc.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
         )
+    gen = torch.Generator(device=dev).manual_seed(tc.seed)
+    return _Run(model_cfg, tc, dev, model, opt, sched, gen, x_all, y_all, steps_per_epoch)
+
+
+def _restore(run: _Run, state: dict | None, parent: dict | None) -> None:
+    """Resume a checkpoint's weights, counters and random state, or start from a parent's weights."""
     if state is not None:
+        run.model.load_state_dict(state["model"])
+        run.gen.set_state(state["rng"].cpu() if run.dev.type == "cpu" else state["rng"])
+        run.epoch, run.step_in_epoch, run.step = state["epoch"], state["step_in_epoch"], state["step"]
+        run.perm = state["perm"].to(run.dev) if run.step_in_epoch else None
         # The optimizer's state goes in after the scheduler is made: making a LambdaLR sets every
         # group's lr to lambda(0), which would silently train the first resumed step at the wrong
         # learning rate (resumed runs then drift from uninterrupted ones).
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
+        run.opt.load_state_dict(state["optimizer"])
+        if run.sched is not None and state.get("scheduler"):
+            run.sched.load_state_dict(state["scheduler"])
+        run.metrics = dict(state.get("metrics", {}))
+    elif parent is not None:
+        run.model.load_state_dict(parent["model"])  # as model_from_checkpoint: fp16 weights upcast on load
 
-    metrics: dict = dict(state.get("metrics", {})) if state else {}
-    out.mkdir(exist_ok=True)
-    model.train()
-    stopped = False
-    while epoch < tc.epochs and not stopped:
-        if perm is None:
-            perm = torch.randperm(n, generator=gen, device=dev)
-        t0 = time.perf_counter()
-        sums = torch.zeros(3, device=dev)  # loss, rec, kl summed over images; read once per epoch
-        seen = 0
-        batches = range(step_in_epoch, steps_per_epoch)
-        bar = _progress(batches, progress, f"epoch {epoch + 1}/{tc.epochs}")
-        with bar as it:
-            for b in it:
-                idx = perm[b * tc.batch_size : (b + 1) * tc.batch_size]
-                x, y = x_all[idx], y_all[idx]
-                if tc.binarize == "dynamic":
-                    x = torch.bernoulli(x, generator=gen)
-                w = kl_weight(tc, epoch + b / steps_per_epoch)
-                bs = len(idx)
-                yc = y if model_cfg.conditional else None
-                if tc.iw_k == 1:
-                    logits, mu, logvar = model(x, yc, generator=gen)
-                    rec, kl = elbo_terms(x, logits, mu, logvar, reduction="sum")
-                    loss = (rec + w * kl) / bs
-                else:
-                    loss, rec, kl = iwae_loss(model, x, yc, tc.iw_k, w, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                step += 1
-                step_in_epoch = b + 1
-                seen += bs
-                with torch.no_grad():
-                    sums += torch.stack([rec + w * kl, rec, kl])
-                if progress and step % 10 == 0:  # the bar's running loss: one sync every 10 steps
-                    it.running_loss = float(sums[0]) / seen
-                if tc.max_steps is not None and step >= tc.max_steps:
-                    stopped = True
-                    break
-        sum_loss, sum_rec, sum_kl = (float(v) for v in sums)
-        seconds = time.perf_counter() - t0
-        finished_epoch = step_in_epoch == steps_per_epoch
-        row = {
-            "epoch": epoch + (1 if finished_epoch else step_in_epoch / steps_per_epoch),
-            "step": step,
-            "train_loss": sum_loss / max(seen, 1),
-            "train_rec": sum_rec / max(seen, 1),
-            "train_kl": sum_kl / max(seen, 1),
-            "kl_weight": kl_weight(tc, epoch + step_in_epoch / steps_per_epoch),
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": seconds,
-            "images_per_s": seen / seconds if seconds > 0 else None,
-            "device": dev.type,
-        }
-        if finished_epoch:
-            epoch, step_in_epoch = epoch + 1, 0
-        metrics = row
-        ckpt = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "config": model_cfg.to_dict(),
-            "train_config": asdict(tc),
-            "dataset": tc.dataset,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "rng": gen.get_state(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "step": step,
-            "perm": perm.cpu(),
-            "metrics": metrics,
-        }
-        atomic_torch_save(ckpt, ckpt_path)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        log(
-            f"epoch {row['epoch']:.2f}  loss {row['train_loss']:.2f}  rec {row['train_rec']:.2f}  "
-            f"kl {row['train_kl']:.2f}  {row['images_per_s'] or 0:.0f} img/s"
-        )
-        if finished_epoch:
-            perm = None
-    return metrics
+
+def _train_step(run: _Run, idx: torch.Tensor, b: int) -> tuple[torch.Tensor, int]:
+    """One optimizer step on the images at idx; returns [loss, rec, kl] summed over them, and their count."""
+    tc, model = run.tc, run.model
+    x, y = run.x_all[idx], run.y_all[idx]
+    if tc.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=run.gen)
+    w = kl_weight(tc, run.epoch + b / run.steps_per_epoch)
+    bs = len(idx)
+    yc = y if run.cfg.conditional else None
+    if tc.iw_k == 1:
+        logits, mu, logvar = model(x, yc, generator=run.gen)
+        rec, kl = elbo_terms(x, logits, mu, logvar, reduction="sum")
+        loss = (rec + w * kl) / bs
+    else:
+        loss, rec, kl = iwae_loss(model, x, yc, tc.iw_k, w, run.gen)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    if run.sched is not None:
+        run.sched.step()
+    with torch.no_grad():
+        return torch.stack([rec + w * kl, rec, kl]), bs
+
+
+def _train_epoch(run: _Run, progress: bool) -> tuple[dict, bool]:
+    """The rest of the current epoch (or up to max_steps); returns its metrics row and whether
+    max_steps stopped it."""
+    tc = run.tc
+    if run.perm is None:
+        run.perm = torch.randperm(len(run.x_all), generator=run.gen, device=run.dev)
+    t0 = time.perf_counter()
+    sums = torch.zeros(3, device=run.dev)  # loss, rec, kl summed over images; read once per epoch
+    seen, stopped = 0, False
+    with _progress(range(run.step_in_epoch, run.steps_per_epoch), progress,
+                   f"epoch {run.epoch + 1}/{tc.epochs}") as it:
+        for b in it:
+            terms, bs = _train_step(run, run.perm[b * tc.batch_size : (b + 1) * tc.batch_size], b)
+            run.step += 1
+            run.step_in_epoch = b + 1
+            seen += bs
+            sums += terms
+            if progress and run.step % 10 == 0:  # the bar's running loss: one sync every 10 steps
+                it.running_loss = float(sums[0]) / seen
+            if tc.max_steps is not None and run.step >= tc.max_steps:
+                stopped = True
+                break
+    sum_loss, sum_rec, sum_kl = (float(v) for v in sums)
+    seconds = time.perf_counter() - t0
+    spe = run.steps_per_epoch
+    finished_epoch = run.step_in_epoch == spe
+    row = {
+        "epoch": run.epoch + (1 if finished_epoch else run.step_in_epoch / spe),
+        "step": run.step,
+        "train_loss": sum_loss / max(seen, 1),
+        "train_rec": sum_rec / max(seen, 1),
+        "train_kl": sum_kl / max(seen, 1),
+        "kl_weight": kl_weight(tc, run.epoch + run.step_in_epoch / spe),
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": seconds,
+        "images_per_s": seen / seconds if seconds > 0 else None,
+        "device": run.dev.type,
+    }
+    if finished_epoch:
+        run.epoch, run.step_in_epoch = run.epoch + 1, 0
+    run.metrics = row
+    return row, stopped
+
+
+def _save(run: _Run, row: dict, out: Path) -> None:
+    """The checkpoint (atomically: everything a resume needs) and the metrics row."""
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": run.cfg.to_dict(),
+        "train_config": asdict(run.tc),
+        "dataset": run.tc.dataset,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict() if run.sched is not None else None,
+        "rng": run.gen.get_state(),
+        "epoch": run.epoch,
+        "step_in_epoch": run.step_in_epoch,
+        "step": run.step,
+        "perm": run.perm.cpu(),
+        "metrics": run.metrics,
+    }
+    atomic_torch_save(ckpt, out / CHECKPOINT_NAME)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if run.step_in_epoch == 0:  # the epoch finished: the next one draws a new order
+        run.perm = None
 
 
 class _Bar:
