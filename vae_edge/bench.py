@@ -187,15 +187,45 @@ def find_checkpoint(bundle: Path) -> Path | None:
 
 
 def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=lambda s: print(s, file=sys.stderr)) -> dict:
-    """Measure every (variant, graph, provider, threads, batch) of a bundle; returns the report."""
-    from vae_edge.runtime.calls import bare_call
-    from vae_edge.runtime.vae_runtime import VAERuntime, resolve_bundle
+    """Measure every (variant, graph, provider, threads, batch) of a bundle; returns the report.
+    Phases: what to time (_providers, _torch_baseline), for each provider and thread count the
+    variants loaded (_load_variants) and each graph and batch timed (_time_setting), then the
+    report (_report, with the fp32 efficiency against this machine's peak)."""
+    from vae_edge.runtime.vae_runtime import resolve_bundle
 
     bundle = resolve_bundle(bundle)
     manifest = load_manifest(bundle)
     variants = list(cfg.variants) or list(manifest.get("variants", {}))
     for v in variants:
         variant_files(manifest, v)  # a clear error for a variant the bundle lacks
+    providers = _providers(cfg, warn)
+    tmodel, torch_version = _torch_baseline(cfg, bundle, checkpoint, warn)
+    rng = np.random.default_rng(0)
+    rows, cold = [], []
+    total = len(providers) * len(cfg.threads) * (len(cfg.graphs) * len(cfg.batch_sizes) + len(variants))
+    done = 0
+    flops = _FlopCounter(bundle, manifest)
+    for p in providers:
+        for t in cfg.threads:
+            runtimes = {}
+            for v, rt, cold_row in _load_variants(bundle, variants, p, t, warn):
+                runtimes[v] = rt
+                cold.append(cold_row)
+                done += 1
+                if progress:
+                    progress(done, total)
+            for g in cfg.graphs:
+                for b in cfg.batch_sizes:
+                    feeds = _inputs(manifest, g, b, rng)
+                    torch_here = tmodel if p == "cpu" else None
+                    rows += _time_setting(runtimes, torch_here, cfg, p, t, g, b, feeds, flops)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+    return _report(bundle, manifest, cfg, variants, providers, torch_version, rows, cold)
+
+
+def _providers(cfg: BenchConfig, warn) -> list[str]:
     providers = []
     for p in cfg.providers:
         if prov.PROVIDERS[p][0] in prov.available() or p in prov.available():
@@ -204,80 +234,88 @@ def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=lam
             warn(f"skipping provider {p}: not in this onnxruntime build (install {prov.PROVIDERS[p][1]})")
     if not providers:
         raise VaeEdgeError("none of the providers asked for is available here")
+    return providers
 
-    tmodel = None
-    torch_version = None
-    if cfg.baseline_torch:
-        ckpt = Path(checkpoint) if checkpoint else find_checkpoint(bundle)
-        try:
-            import torch
-            torch_version = torch.__version__
-        except ImportError:
-            warn("skipping the PyTorch baseline: torch is not installed")
-            ckpt = None
-        if ckpt is None and torch_version:
-            warn("skipping the PyTorch baseline: no checkpoint beside the bundle (pass --checkpoint; a wheel "
-                 "install leaves the shipped models' out, torch-only)")
-        elif ckpt is not None:
-            tmodel = torch_model(ckpt)
 
-    rng = np.random.default_rng(0)
-    rows, cold = [], []
-    settings = [(p, t, g, b) for p in providers for t in cfg.threads for g in cfg.graphs for b in cfg.batch_sizes]
-    total = len(settings) + len(providers) * len(cfg.threads) * len(variants)
-    done = 0
-    flops_cache: dict[tuple[str, str], float] = {}
-    for p in providers:
-        for t in cfg.threads:
-            runtimes = {}
-            for v in variants:
-                runtimes[v] = rt = VAERuntime.load(bundle, variant=v, providers=[p], threads=t, warn=warn)
-                # cold start and memory in a fresh process each: in this one they would depend on
-                # which variant loaded first, and freed pages make later deltas read zero
-                cold.append({"variant": v, "provider": p, "threads": t, **cold_start_fresh(bundle, v, p, t),
-                             "providers_used": rt.providers_used})
-                done += 1
-                if progress:
-                    progress(done, total)
-            for g in cfg.graphs:
-                for b in cfg.batch_sizes:
-                    feeds = _inputs(manifest, g, b, rng)
-                    contenders: dict[str, Callable[[], object]] = {}
-                    for v, rt in runtimes.items():
-                        # "ort" is the fastest bare call from Python: an IOBinding with inputs and
-                        # outputs bound once (no checks, copies or allocations per call); the
-                        # runtime's overhead is measured against it
-                        sess = rt.encoder if g == "encoder" else rt.decoder
-                        if g == "decoder":
-                            contenders[f"{v}/runtime"] = lambda rt=rt, f=feeds: rt.decode(f["z"], f.get("y"))
-                            contenders[f"{v}/ort"] = bare_call(sess, ["probs"], feeds)
-                        else:
-                            contenders[f"{v}/runtime"] = lambda rt=rt, f=feeds: rt.encode(f["x"], f.get("y"))
-                            contenders[f"{v}/ort"] = bare_call(sess, ["mu", "logvar"], feeds)
-                    if tmodel is not None and p == "cpu":
-                        contenders["torch/eager"] = _torch_call(tmodel, g, feeds, t)
-                    times = run_blocks(contenders, cfg.warmup, cfg.min_time)
-                    if "torch/eager" in contenders:
-                        import torch
-                        torch.set_num_threads(os.cpu_count() or 1)
-                    for name, ts in times.items():
-                        v, kind = name.split("/")
-                        st = stats(ts)
-                        fkey = (v if v != "torch" else "fp32", g)
-                        if fkey not in flops_cache:
-                            files = variant_files(manifest, fkey[0])
-                            try:  # counting FLOPs reads the graph with onnx, absent on the base install
-                                flops_cache[fkey] = graph_flops(bundle / files[g], 1)
-                            except ImportError:
-                                flops_cache[fkey] = None
-                        gflops = (None if flops_cache[fkey] is None
-                                  else flops_cache[fkey] * b / (st["p50_ms"] / 1e3) / 1e9)
-                        rows.append({"provider": p, "threads": t, "graph": g, "batch": b, "variant": v,
-                                     "kind": kind, **st, "images_per_s": b / (st["p50_ms"] / 1e3),
-                                     "gflops": gflops})
-                    done += 1
-                    if progress:
-                        progress(done, total)
+def _torch_baseline(cfg: BenchConfig, bundle: Path, checkpoint, warn) -> tuple[object, str | None]:
+    """(the PyTorch model on the same weights, torch's version), or None where there is none."""
+    if not cfg.baseline_torch:
+        return None, None
+    ckpt = Path(checkpoint) if checkpoint else find_checkpoint(bundle)
+    try:
+        import torch
+    except ImportError:
+        warn("skipping the PyTorch baseline: torch is not installed")
+        return None, None
+    if ckpt is None:
+        warn("skipping the PyTorch baseline: no checkpoint beside the bundle (pass --checkpoint; a wheel "
+             "install leaves the shipped models' out, torch-only)")
+        return None, torch.__version__
+    return torch_model(ckpt), torch.__version__
+
+
+def _load_variants(bundle: Path, variants: list[str], provider: str, threads: int, warn):
+    """Each variant's runtime, with its cold start and memory measured in a fresh process (in this
+    one they would depend on which variant loaded first, and freed pages make later deltas read 0)."""
+    from vae_edge.runtime.vae_runtime import VAERuntime
+
+    for v in variants:
+        rt = VAERuntime.load(bundle, variant=v, providers=[provider], threads=threads, warn=warn)
+        yield v, rt, {"variant": v, "provider": provider, "threads": threads,
+                      **cold_start_fresh(bundle, v, provider, threads), "providers_used": rt.providers_used}
+
+
+class _FlopCounter:
+    """A graph's Gemm/MatMul/Conv FLOPs per image, counted once (None on the base install: counting
+    reads the graph with onnx)."""
+
+    def __init__(self, bundle: Path, manifest: dict):
+        self.bundle, self.manifest, self.cache = bundle, manifest, {}
+
+    def __call__(self, variant: str, graph: str) -> float | None:
+        key = (variant, graph)
+        if key not in self.cache:
+            try:
+                self.cache[key] = graph_flops(self.bundle / variant_files(self.manifest, variant)[graph], 1)
+            except ImportError:
+                self.cache[key] = None
+        return self.cache[key]
+
+
+def _time_setting(runtimes: dict, tmodel, cfg: BenchConfig, p: str, t: int, g: str, b: int, feeds: dict,
+                  flops: _FlopCounter) -> list[dict]:
+    """One (provider, threads, graph, batch): every variant through the runtime and through the
+    fastest bare call from Python (an IOBinding with inputs and outputs bound once: no checks,
+    copies or allocations per call; the runtime's overhead is measured against it), and PyTorch
+    eager, alternating in blocks. One row per contender."""
+    from vae_edge.runtime.calls import bare_call
+
+    contenders: dict[str, Callable[[], object]] = {}
+    for v, rt in runtimes.items():
+        if g == "decoder":
+            contenders[f"{v}/runtime"] = lambda rt=rt, f=feeds: rt.decode(f["z"], f.get("y"))
+            contenders[f"{v}/ort"] = bare_call(rt.decoder, ["probs"], feeds)
+        else:
+            contenders[f"{v}/runtime"] = lambda rt=rt, f=feeds: rt.encode(f["x"], f.get("y"))
+            contenders[f"{v}/ort"] = bare_call(rt.encoder, ["mu", "logvar"], feeds)
+    if tmodel is not None:
+        contenders["torch/eager"] = _torch_call(tmodel, g, feeds, t)
+    times = run_blocks(contenders, cfg.warmup, cfg.min_time)
+    if tmodel is not None:
+        import torch
+        torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    for name, ts in times.items():
+        v, kind = name.split("/")
+        st = stats(ts)
+        f = flops(v if v != "torch" else "fp32", g)
+        rows.append({"provider": p, "threads": t, "graph": g, "batch": b, "variant": v, "kind": kind, **st,
+                     "images_per_s": b / (st["p50_ms"] / 1e3),
+                     "gflops": None if f is None else f * b / (st["p50_ms"] / 1e3) / 1e9})
+    return rows
+
+
+def _report(bundle: Path, manifest: dict, cfg: BenchConfig, variants, providers, torch_version, rows, cold) -> dict:
     report = {
         "schema": "vae-edge-bench", "schema_version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
