@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -130,3 +131,18 @@ def test_tune_picks_fastest_within_budget(bundle_copy):
     from vae_edge.runtime import VAERuntime
 
     assert VAERuntime.load(bundle_copy, variant="auto").variant == res["choice"]["variant"]
+
+
+def test_tune_says_once_why_a_variant_is_skipped(bundle_copy):
+    """A variant that fails its self-check here is skipped with one line (it was said twice: when
+    loading it and again when its time was looked up), and the others are still timed."""
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    out = m["variants"]["int8-static"]["golden"]["outputs"]["decoder"]
+    out["b64"] = base64.b64encode(np.full(out["shape"], 0.5, np.float32).tobytes()).decode()
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    notes = []
+    res = tune(bundle_copy, max_elbo_delta=10.0, threads=(1,), min_time=0.02, warn=notes.append)
+    skipped = [n for n in notes if n.startswith("skipping int8-static")]
+    assert len(skipped) == 1 and "self-check" in skipped[0], notes
+    assert {r["variant"] for r in res["table"]} >= {"fp32", "int8-dynamic"}
+    assert "int8-static" not in {r["variant"] for r in res["table"]}

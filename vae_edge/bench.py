@@ -482,6 +482,9 @@ def write_report(report: dict, directory: str | os.PathLike) -> dict[str, Path]:
 TUNING_TARGETS = ("web",)  # tuning records kept beside the CPU's
 
 
+TUNABLE_PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack", "qnn", "dml", "acl")
+
+
 def tune(
     bundle,
     max_elbo_delta: float = 0.5,
@@ -493,56 +496,22 @@ def tune(
 ) -> dict:
     """Try variants x available providers x threads at one batch size on the decoder and
     encoder together; keep those within the accuracy budget; record the fastest in the manifest."""
-    from vae_edge.runtime.vae_runtime import VAERuntime, resolve_bundle
+    from vae_edge.runtime.vae_runtime import resolve_bundle
 
     if batch_size <= 0:
         raise VaeEdgeError(f"batch size must be positive, got {batch_size}")
     bundle = resolve_bundle(bundle)
     manifest = load_manifest(bundle)
     threads = tuple(threads or sorted({1, os.cpu_count() or 1}))
-    rng = np.random.default_rng(0)
-
-    from vae_edge.runtime.choice import made_for_here
-
-    candidates_all = []
-    for v, entry in manifest.get("variants", {}).items():
-        if not made_for_here(entry):
-            continue  # made for another kind of device (int8-dynamic-arm64 on x86): never chosen here
-        delta = 0.0 if v == "fp32" else (entry.get("accuracy") or {}).get("neg_elbo_delta")
-        ok = delta is not None and abs(delta) <= max_elbo_delta
-        for p in prov.available():
-            if p not in ("cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack", "qnn", "dml", "acl"):
-                continue
-            for t in threads:
-                candidates_all.append((v, p, t, delta, ok))
-
+    candidates_all = _tune_candidates(manifest, max_elbo_delta, threads)
     if measure is None:
-        # every candidate loaded first, then timed in alternating blocks (run_blocks): a slow
-        # spell of the machine falls on all of them, not on whichever ran then
-        enc, dec = _inputs(manifest, "encoder", batch_size, rng), _inputs(manifest, "decoder", batch_size, rng)
-        calls, runtimes = {}, []
-        for v, p, t, _, _ in candidates_all:
-            try:
-                rt = VAERuntime.load(bundle, variant=v, providers=[p], threads=t, strict=True, warn=warn)
-            except VaeEdgeError as e:
-                warn(f"skipping {v} on {p}: {e}")
-                continue
-            runtimes.append(rt)
-            calls[(v, p, t)] = lambda rt=rt: (rt.encode(enc["x"], enc.get("y")), rt.decode(dec["z"], dec.get("y")))
-        times = run_blocks({"/".join(map(str, k)): fn for k, fn in calls.items()}, warmup=5, min_time=min_time)
-        for rt in runtimes:
-            rt.close()
-        timed = {k: stats(times["/".join(map(str, k))])["p50_ms"] for k in calls}
-
-        def measure(v: str, p: str, t: int) -> float:
-            if (v, p, t) not in timed:
-                raise VaeEdgeError("could not be loaded")
-            return timed[(v, p, t)]
-
+        measure = _measured(bundle, manifest, candidates_all, batch_size, min_time, warn)
     table = []
     for v, p, t, delta, ok in candidates_all:
         try:
             ms = measure(v, p, t)
+        except _NotLoaded:
+            continue  # said when it was loaded
         except VaeEdgeError as e:
             warn(f"skipping {v} on {p}: {e}")
             continue
@@ -560,6 +529,54 @@ def tune(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return save_tuning(bundle, manifest, None, record)
+
+
+class _NotLoaded(VaeEdgeError):
+    """A tuning candidate that could not be loaded (already said)."""
+
+
+def _tune_candidates(manifest: dict, max_elbo_delta: float, threads: tuple[int, ...]) -> list[tuple]:
+    """(variant, provider, threads, -ELBO delta, within budget) for every variant made for this
+    machine (never int8-dynamic-arm64 on x86) and every available provider."""
+    from vae_edge.runtime.choice import made_for_here
+
+    out = []
+    for v, entry in manifest.get("variants", {}).items():
+        if not made_for_here(entry):
+            continue
+        delta = 0.0 if v == "fp32" else (entry.get("accuracy") or {}).get("neg_elbo_delta")
+        ok = delta is not None and abs(delta) <= max_elbo_delta
+        out += [(v, p, t, delta, ok) for p in prov.available() if p in TUNABLE_PROVIDERS for t in threads]
+    return out
+
+
+def _measured(bundle: Path, manifest: dict, candidates: list[tuple], batch_size: int, min_time: float, warn):
+    """Every candidate loaded first, then timed in alternating blocks (run_blocks): a slow spell of
+    the machine falls on all of them, not on whichever ran then. Returns measure(v, p, t) -> ms."""
+    from vae_edge.runtime.vae_runtime import VAERuntime
+
+    rng = np.random.default_rng(0)
+    enc, dec = _inputs(manifest, "encoder", batch_size, rng), _inputs(manifest, "decoder", batch_size, rng)
+    calls, runtimes = {}, []
+    for v, p, t, _, _ in candidates:
+        try:
+            rt = VAERuntime.load(bundle, variant=v, providers=[p], threads=t, strict=True, warn=warn)
+        except VaeEdgeError as e:
+            warn(f"skipping {v} on {p}: {e}")
+            continue
+        runtimes.append(rt)
+        calls[(v, p, t)] = lambda rt=rt: (rt.encode(enc["x"], enc.get("y")), rt.decode(dec["z"], dec.get("y")))
+    times = run_blocks({"/".join(map(str, k)): fn for k, fn in calls.items()}, warmup=5, min_time=min_time)
+    for rt in runtimes:
+        rt.close()
+    timed = {k: stats(times["/".join(map(str, k))])["p50_ms"] for k in calls}
+
+    def measure(v: str, p: str, t: int) -> float:
+        if (v, p, t) not in timed:
+            raise _NotLoaded("could not be loaded")
+        return timed[(v, p, t)]
+
+    return measure
 
 
 def save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) -> dict:
