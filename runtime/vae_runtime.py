@@ -64,6 +64,20 @@ def resolve_bundle(bundle: str | os.PathLike | None) -> Path:
     return Path(bundle)
 
 
+def _named_variant(variant: str, manifest: dict, path: Path, shipped: bool) -> str:
+    """The variant asked for by name, or one line on what to do instead."""
+    if variant not in VARIANTS and variant not in manifest["variants"]:
+        raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
+    if variant not in manifest["variants"] and shipped:
+        name = path.parent.name
+        raise VaeEdgeError(
+            f"the shipped {name} has no {variant!r} variant (it has: {', '.join(manifest['variants'])}); shipped "
+            f"bundles are read-only: copy it (cp -r {path} my-{name}) and run `vae-edge quantize my-{name} "
+            f"--mode {variant.split('-')[-1] if variant.startswith('int8') else variant}` "
+            "(needs pip install 'vae-edge[export]')")
+    return variant
+
+
 class VAERuntime:
     """The two graphs of a bundle in onnxruntime sessions, with the VAE's operations around them."""
 
@@ -124,29 +138,14 @@ class VAERuntime:
         auto = variant == "auto"
         if auto:
             candidates, providers, threads = auto_candidates(manifest, providers, threads, warn, path)
-        elif variant not in VARIANTS and variant not in manifest["variants"]:
-            raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
-        elif variant not in manifest["variants"] and shipped:
-            name = path.parent.name
-            raise VaeEdgeError(
-                f"the shipped {name} has no {variant!r} variant (it has: {', '.join(manifest['variants'])}); shipped "
-                f"bundles are read-only: copy it (cp -r {path} my-{name}) and run `vae-edge quantize my-{name} "
-                f"--mode {variant.split('-')[-1] if variant.startswith('int8') else variant}` "
-                "(needs pip install 'vae-edge[export]')")
         else:
-            candidates = [variant]
+            candidates = [_named_variant(variant, manifest, path, shipped)]
         plist = prov.resolve(providers, provider_options, strict=strict, warn=warn)
         so = prov.session_options(threads, opt_level)
         failures = []
         for v in candidates:
             try:
-                graphs = opened.variant_bytes(v)
-                files = manifest["variants"][v]["files"]
-                sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
-                            for g, data in graphs.items()}
-                for g, sess in sessions.items():
-                    check_io(sess, (manifest.get("graphs") or {}).get(g), path / files[g], g)
-                rt = cls(opened, v, sessions, list(providers or ["cpu"]), threads)
+                rt = cls._open_variant(opened, v, plist, so, strict, warn, list(providers or ["cpu"]), threads)
                 if self_check:
                     rt.self_check_diffs = rt.self_check()
             except (selfcheck.SelfCheckFailed, BundleError, GraphError) as e:
@@ -158,6 +157,19 @@ class VAERuntime:
                 warn(f"note: --variant auto: {'; '.join(failures)}; using {v}, which passes")
             return rt
         raise VaeEdgeError("no variant of this bundle can run correctly here: " + "; ".join(failures))
+
+    @classmethod
+    def _open_variant(cls, opened, v: str, plist, so, strict: bool, warn, providers: list[str], threads) -> VAERuntime:
+        """Sessions on the verified bytes of variant v's graphs, their inputs and outputs checked
+        against the manifest."""
+        manifest, path = opened.manifest, opened.path
+        graphs = opened.variant_bytes(v)  # first: a clear error for a variant the bundle lacks
+        files = manifest["variants"][v]["files"]
+        sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
+                    for g, data in graphs.items()}
+        for g, sess in sessions.items():
+            check_io(sess, (manifest.get("graphs") or {}).get(g), path / files[g], g)
+        return cls(opened, v, sessions, providers, threads)
 
     def self_check(self) -> dict[str, float] | None:
         """Run the variant's golden vectors (one small batch per graph); raise SelfCheckFailed if
