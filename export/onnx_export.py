@@ -261,6 +261,41 @@ def write_ort(path: Path, ort_path: Path) -> None:
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def _export_graphs(model, specs: dict, tmp: Path, name: str, half: bool, feeds: dict, opset: int, log):
+    """Each graph exported into tmp and validated against PyTorch: (file names, max |diff|s)."""
+    validation, files = {}, {}
+    for g, spec in specs.items():
+        fname = variant_filename(g, "fp32")
+        log(f"exporting {g} (opset {opset})")
+        export_graph(model, spec, tmp / fname, name, fp16_weights=half)
+        validation[g] = validate_graph(tmp / fname, spec, model, feeds[g])
+        log(f"  validated {g} against PyTorch at batch {', '.join(map(str, VALIDATION_BATCH_SIZES))}: "
+            + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
+        files[g] = fname
+    return files, validation
+
+
+def _new_manifest(ckpt: dict, name: str, release: int, dataset: str, specs: dict) -> dict:
+    """A bundle's manifest before any variant is added (docs/bundle.md)."""
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "release": int(release),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "producer": {"vae_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "model": ckpt["config"],
+        "dataset": dataset,
+        "training": {"train_config": ckpt.get("train_config"), "epoch": ckpt.get("epoch"),
+                     "step": ckpt.get("step"), "metrics": ckpt.get("metrics")},
+        "evaluation": ckpt.get("evaluation"),
+        "preprocessing": PREPROCESSING,
+        "graphs": {g: s.to_dict() for g, s in specs.items()},
+        "variants": {},
+        "files": {},
+    }
+
+
 def export_bundle(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -294,33 +329,8 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(0o755)
     try:
-        validation = {}
-        files = {}
-        for g, spec in specs.items():
-            fname = variant_filename(g, "fp32")
-            log(f"exporting {g} (opset {opset})")
-            export_graph(model, spec, tmp / fname, name, fp16_weights=half)
-            validation[g] = validate_graph(tmp / fname, spec, model, feeds[g])
-            log(f"  validated {g} against PyTorch at batch {', '.join(map(str, VALIDATION_BATCH_SIZES))}: "
-                + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
-            files[g] = fname
-        manifest = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "name": name,
-            "release": int(release),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "producer": {"vae_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "model": ckpt["config"],
-            "dataset": dataset,
-            "training": {"train_config": ckpt.get("train_config"), "epoch": ckpt.get("epoch"),
-                         "step": ckpt.get("step"), "metrics": ckpt.get("metrics")},
-            "evaluation": ckpt.get("evaluation"),
-            "preprocessing": PREPROCESSING,
-            "graphs": {g: s.to_dict() for g, s in specs.items()},
-            "variants": {},
-            "files": {},
-        }
+        files, validation = _export_graphs(model, specs, tmp, name, half, feeds, opset, log)
+        manifest = _new_manifest(ckpt, name, release, dataset, specs)
         entry = {"files": files, "dtype": "float32", "quantization": None,
                  "weights_storage": "float16" if half else "float32",
                  "validation": {"against": "pytorch", "batch_sizes": list(VALIDATION_BATCH_SIZES),
