@@ -161,6 +161,40 @@ def masked_loglik(mask: np.ndarray):
 # Sequential Monte Carlo
 # ---------------------------------------------------------------------------------------------
 
+def _metropolis(state: tuple, beta: np.ndarray, rounds: int, evaluate, log_q, rng) -> tuple[tuple, int]:
+    """`rounds` random-walk Metropolis moves of every particle at temperature beta (per image),
+    the step scaled to the particles' spread; returns the new (z, log target, log proposal,
+    logits) and how many moves were accepted."""
+    z, lp, lq, logits = state
+    n, k, d = z.shape
+    extra = [1] * (logits.ndim - 2)
+    step = 2.38 / np.sqrt(d) * np.maximum(z.std(1, keepdims=True), 1e-3)
+    accepted = 0
+    for _ in range(rounds):
+        z_new = z + step * rng.standard_normal(z.shape)
+        lp_new, logits_new = evaluate(z_new)
+        lq_new = log_q(z_new)
+        b = beta[:, None]
+        log_ratio = ((1 - b) * lq_new + b * lp_new) - ((1 - b) * lq + b * lp)
+        ok = np.log(rng.random((n, k))) < log_ratio
+        z = np.where(ok[..., None], z_new, z)
+        lp, lq = np.where(ok, lp_new, lp), np.where(ok, lq_new, lq)
+        logits = np.where(ok.reshape(n, k, *extra), logits_new, logits)
+        accepted += int(ok.sum())
+    return (z, lp, lq, logits), accepted
+
+
+def _weighted_mean(w: np.ndarray, logits: np.ndarray, x: np.ndarray, clean_mean) -> np.ndarray:
+    """sum_k w_k E[clean | y, z_k] per image (the decoder's mean where clean_mean is None)."""
+    est = np.zeros(x.shape, np.float64)
+    for i in range(len(x)):  # one image at a time: [k, C, H, W] float64 temporaries, not [n, k, ...]
+        pix = sigmoid(logits[i].astype(np.float64))
+        if clean_mean is not None:
+            pix = clean_mean(pix, x[i].astype(np.float64))
+        est[i] = np.tensordot(w[i], pix, axes=1)
+    return est
+
+
 def posterior_mean(decode_logits: Callable, encode: Callable, x: np.ndarray, loglik, clean_mean, labels,
                    samples: int, rounds: int, rng: np.random.Generator, start: np.ndarray, latent_dim: int,
                    info: dict | None) -> np.ndarray:
@@ -202,25 +236,10 @@ def posterior_mean(decode_logits: Callable, encode: Callable, x: np.ndarray, log
         idx = np.stack([_systematic(w[i], rng) for i in range(n)])
         z, lp, lq, logits = (_take(a, idx) for a in (z, lp, lq, logits))
         logw = np.zeros((n, k))
-        step = 2.38 / np.sqrt(d) * np.maximum(z.std(1, keepdims=True), 1e-3)
-        for _ in range(rounds):
-            z_new = z + step * rng.standard_normal(z.shape)
-            lp_new, logits_new = evaluate(z_new)
-            lq_new = log_q(z_new)
-            b = beta[:, None]
-            log_ratio = ((1 - b) * lq_new + b * lp_new) - ((1 - b) * lq + b * lp)
-            ok = np.log(rng.random((n, k))) < log_ratio
-            z = np.where(ok[..., None], z_new, z)
-            lp, lq = np.where(ok, lp_new, lp), np.where(ok, lq_new, lq)
-            logits = np.where(ok.reshape(n, k, *([1] * len(shape))), logits_new, logits)
-            accepted, proposed = accepted + int(ok.sum()), proposed + ok.size
+        (z, lp, lq, logits), ok = _metropolis((z, lp, lq, logits), beta, rounds, evaluate, log_q, rng)
+        accepted, proposed = accepted + ok, proposed + rounds * n * k
     w = _normalized(logw)
-    est = np.zeros(x.shape, np.float64)
-    for i in range(n):  # one image at a time: [k, C, H, W] float64 temporaries, not [n, k, ...]
-        pix = sigmoid(logits[i].astype(np.float64))
-        if clean_mean is not None:
-            pix = clean_mean(pix, x[i].astype(np.float64))
-        est[i] = np.tensordot(w[i], pix, axes=1)
+    est = _weighted_mean(w, logits, x, clean_mean)
     if info is not None:
         info.update({
             "ess": (1.0 / np.sum(w**2, 1)).tolist(), "particles": k,
