@@ -166,22 +166,7 @@ def score_range(bundle: Path, variant: str, data_dir=None, warn=lambda s: None) 
             "percentiles": {str(p): round(float(v), 3) for p, v in zip((1, 5, 25, 50, 75, 95, 99), q, strict=True)}}
 
 
-def build_site(
-    bundle=None,
-    variants: tuple[str, ...] = ("auto",),
-    out: str | os.PathLike = "site",
-    data_dir=None,
-    force: bool = False,
-    trusted_key=None,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-    with_score_range: bool = True,
-) -> dict:
-    """Write the static site to `out` (atomically: a finished folder replaces the old one)."""
-    from vae_edge.runtime import trust
-    from vae_edge.runtime.bundle import open_bundle, replace_dir
-    from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
-
-    out = Path(out)
+def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise VaeEdgeError(f"--out {out} is a file")
     if not out.parent.is_dir():
@@ -191,18 +176,12 @@ def build_site(
             raise VaeEdgeError(f"--out {out} holds other files: choose an empty or new folder")
         if not force:
             raise VaeEdgeError(f"--out {out} holds a site built before: pass --force to replace it")
-    path = resolve_bundle(bundle)
-    key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
-    opened = open_bundle(path, key, warn=log, key_label=label)
-    manifest = opened.manifest
+
+
+def _site_config(manifest: dict, path: Path, chosen, default: str, why: str, rng: dict, signature: str) -> dict:
+    """config.json: what the page reads (its variants, the score draws and range, the pad)."""
     model = manifest["model"]
-    if model.get("conditional"):
-        raise VaeEdgeError("the page supports unconditional models only (this bundle is conditional)")
-    chosen, default, why = choose_variants(manifest, tuple(variants))
-    graphs = {v: opened.variant_bytes(v) for v in chosen}  # checked (and signature-verified) bytes
-    ort_dir = ort_web_dir(log)
-    rng = score_range(path, default, data_dir, warn=log) if with_score_range else {}
-    config = {
+    return {
         "schema": "vae-edge-site", "schema_version": 1,
         "name": manifest.get("name", path.name),
         "model": {k: model[k] for k in ("arch", "latent_dim") if k in model},
@@ -214,9 +193,15 @@ def build_site(
         "score": {"draws": score_draws(int(model["latent_dim"])).tolist(), "range": rng},
         "pad": {"size": PAD_SIZE, "stroke": PAD_STROKE},
         "onnxruntime_web": ORT_WEB_VERSION,
-        "signature": opened.signature,
+        "signature": signature,
         "evaluation": manifest.get("evaluation"),
     }
+
+
+def _write_site(out: Path, manifest: dict, chosen, graphs: dict, ort_dir: Path, config: dict, path: Path) -> None:
+    """Everything into a fresh folder beside `out`, which then replaces it."""
+    from vae_edge.runtime.bundle import replace_dir
+
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         os.chmod(tmp, 0o755)  # a web root: readable by the server's user (mkdtemp makes it private)
@@ -237,6 +222,38 @@ def build_site(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def build_site(
+    bundle=None,
+    variants: tuple[str, ...] = ("auto",),
+    out: str | os.PathLike = "site",
+    data_dir=None,
+    force: bool = False,
+    trusted_key=None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    with_score_range: bool = True,
+) -> dict:
+    """Write the static site to `out` (atomically: a finished folder replaces the old one)."""
+    from vae_edge.runtime import trust
+    from vae_edge.runtime.bundle import open_bundle
+    from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
+
+    out = Path(out)
+    _check_out(out, force)
+    path = resolve_bundle(bundle)
+    key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
+    opened = open_bundle(path, key, warn=log, key_label=label)
+    manifest = opened.manifest
+    model = manifest["model"]
+    if model.get("conditional"):
+        raise VaeEdgeError("the page supports unconditional models only (this bundle is conditional)")
+    chosen, default, why = choose_variants(manifest, tuple(variants))
+    graphs = {v: opened.variant_bytes(v) for v in chosen}  # checked (and signature-verified) bytes
+    ort_dir = ort_web_dir(log)
+    rng = score_range(path, default, data_dir, warn=log) if with_score_range else {}
+    config = _site_config(manifest, path, chosen, default, why, rng, opened.signature)
+    _write_site(out, manifest, chosen, graphs, ort_dir, config, path)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"out": str(out), "variants": chosen, "default_variant": default, "why": why,
             "bytes": size, "score_range": rng}
