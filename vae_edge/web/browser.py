@@ -82,6 +82,43 @@ def open_page(url: str, browser=None, viewport: tuple[int, int] = (1100, 900),
 # Timing in the browser: `vae-edge bench --target web`, `vae-edge tune --target web`
 # ---------------------------------------------------------------------------------------------
 
+def _time_in_blocks(page, runtimes: dict, chosen, graph: str, batch: int, x, z, min_time: float,
+                    rounds: int) -> list[dict]:
+    """One graph and batch size: each variant on the page and through the Python runtime, in
+    `rounds` alternating blocks of calls sized to min_time / rounds each; one row per contender."""
+    import time
+
+    import numpy as np
+
+    def web_block(v, calls):
+        return page.evaluate("(o) => window.vaeEdge.bench(o)",
+                             {"variant": v, "graph": graph, "batch": batch, "calls": calls})
+
+    def native_block(v, calls):
+        rt = runtimes[v]
+        fn = (lambda: rt.encode(x)) if graph == "encoder" else (lambda: rt.decode(z))
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) / calls * 1e3
+
+    contenders = {("web", v): web_block for v in chosen}
+    contenders.update({("python", v): native_block for v in runtimes})
+    calls = {}
+    for key, fn in contenders.items():  # warm up, then size blocks to min_time / rounds
+        fn(key[1], 5)
+        per = max(fn(key[1], 5), 1e-3)
+        calls[key] = max(3, int(min_time / rounds * 1e3 / per))
+    blocks = {key: [] for key in contenders}
+    for _ in range(rounds):
+        for key, fn in contenders.items():
+            blocks[key].append(fn(key[1], calls[key]))
+    return [{"runtime": "onnxruntime-web (wasm)" if where == "web" else "onnxruntime (python)",
+             "where": where, "variant": v, "graph": graph, "batch": batch,
+             "ms_per_call": float(np.median(ms)), "ms_min": float(np.min(ms)),
+             "blocks": len(ms), "calls_per_block": calls[(where, v)]} for (where, v), ms in blocks.items()]
+
+
 def bench_web(
     bundle=None,
     variants: tuple[str, ...] = ("all",),
@@ -101,7 +138,6 @@ def bench_web(
     are timed, not single calls); the median block is reported. browser: a Playwright Browser to
     use (one per thread at a time: pass the one already open there), else one is started."""
     import tempfile
-    import time
 
     import numpy as np
 
@@ -124,35 +160,7 @@ def bench_web(
                 for batch in batch_sizes:
                     x = rng.random((batch, 1, 28, 28), dtype=np.float32)
                     z = rng.standard_normal((batch, d), dtype=np.float32)
-
-                    def web_block(v, calls, graph=graph, batch=batch):
-                        return page.evaluate("(o) => window.vaeEdge.bench(o)",
-                                             {"variant": v, "graph": graph, "batch": batch, "calls": calls})
-
-                    def native_block(v, calls, graph=graph, x=x, z=z):
-                        rt = runtimes[v]
-                        fn = (lambda: rt.encode(x)) if graph == "encoder" else (lambda: rt.decode(z))
-                        t0 = time.perf_counter()
-                        for _ in range(calls):
-                            fn()
-                        return (time.perf_counter() - t0) / calls * 1e3
-
-                    contenders = {("web", v): web_block for v in chosen}
-                    contenders.update({("python", v): native_block for v in runtimes})
-                    calls = {}
-                    for key, fn in contenders.items():  # warm up, then size blocks to min_time / rounds
-                        fn(key[1], 5)
-                        per = max(fn(key[1], 5), 1e-3)
-                        calls[key] = max(3, int(min_time / rounds * 1e3 / per))
-                    blocks = {key: [] for key in contenders}
-                    for _ in range(rounds):
-                        for key, fn in contenders.items():
-                            blocks[key].append(fn(key[1], calls[key]))
-                    for (where, v), ms in blocks.items():
-                        rows.append({"runtime": "onnxruntime-web (wasm)" if where == "web" else "onnxruntime (python)",
-                                     "where": where, "variant": v, "graph": graph, "batch": batch,
-                                     "ms_per_call": float(np.median(ms)), "ms_min": float(np.min(ms)),
-                                     "blocks": len(ms), "calls_per_block": calls[(where, v)]})
+                    rows += _time_in_blocks(page, runtimes, chosen, graph, batch, x, z, min_time, rounds)
                     done += 1
                     if progress:
                         progress(done, todo)
