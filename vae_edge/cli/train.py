@@ -20,7 +20,40 @@ from vae_edge.cli.base import (
 # train / evaluate (torch)
 # --------------------------------------------------------------------------------------------
 
+def _apply_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--recipe NAME[:STAGE]: that stage's options become the defaults (what the command line
+    gives still wins). Eager: it runs before the options it sets are read."""
+    if value is None:
+        return None
+    from vae_edge import recipes
+
+    name, _, stage = value.partition(":")
+    try:
+        recipe = recipes.load(name)
+        index = int(stage or 1) - 1
+        if not 0 <= index < len(recipe.stages):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{name} has stages 1 to {len(recipe.stages)}, not {stage!r}") from None
+    except VaeEdgeError as e:
+        raise click.BadParameter(str(e)) from None
+    options = dict(recipe.stages[index])
+    if options.get("init_from") == recipes.PREVIOUS:
+        options.pop("init_from")
+        ctx.meta["recipe_needs_init_from"] = f"{name} stage {index + 1} fine-tunes the stage before it"
+    unknown = set(options) - {p.name for p in ctx.command.params}
+    if unknown:
+        raise click.BadParameter(f"{name}: unknown train options {', '.join(sorted(unknown))}")
+    ctx.default_map = {**(ctx.default_map or {}), **options}
+    return value
+
+
 @click.command()
+@click.option("--recipe", default=None, is_eager=True, expose_value=False, callback=_apply_recipe,
+              metavar="NAME[:STAGE]",
+              help="Start from a recipe's options (vae_edge/recipes/NAME.toml; the shipped models' are mlp-mnist, "
+                   "conv-mnist, conv-cond-mnist): options given here override it. STAGE: which training stage "
+                   "(default 1).")
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True, help="mlp (fully connected) or conv (convolutional).")
 @click.option("--latent-dim", type=int, default=20, show_default=True, callback=positive("latent dim"), help="Size of the latent space z.")
 @click.option("--hidden", type=int, default=400, show_default=True, callback=positive("hidden"), help="MLP hidden width.")
@@ -65,10 +98,14 @@ def train(arch, latent_dim, hidden, dec_hidden, depth, activation, channels, res
 
     \b
     Example: vae-edge train --arch mlp --epochs 10 --out runs/mlp
-             vae-edge train --arch conv --binarize dynamic --epochs 30 --out runs/conv
-             vae-edge train --init-from runs/conv --iw-k 5 --lr 3e-4 --epochs 10 --out runs/conv-iw5
+             vae-edge train --recipe conv-mnist --out runs/conv       # the shipped conv-mnist's first stage
+             vae-edge train --recipe conv-mnist:2 --init-from runs/conv --out runs/conv-iw5
     """
     from vae_edge.model import VAEConfig
+
+    needs = click.get_current_context().meta.get("recipe_needs_init_from")
+    if needs and not init_from:
+        raise click.UsageError(f"{needs}: pass --init-from RUN (that stage's run folder)")
     from vae_edge.train import TrainConfig
     from vae_edge.train import train as run_train
 

@@ -16,74 +16,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vae_edge import recipes  # the recipes are data: vae_edge/recipes/<name>.toml
+
 HERE = Path(__file__).resolve().parent
-PREVIOUS = "@previous-stage"  # in `--init-from @previous-stage`: the run folder of the stage before
-MODELS = {
-    # name: (train stages (arguments of `vae-edge train`; a later stage resumes the run with
-    #        `--resume` or fine-tunes it with `--init-from @previous-stage`), quantize (mode, target)
-    #        pairs, IW samples, IW test images (None: all 10,000), weights dtype of the shipped files)
-    #
-    # The IWAE paper's MLP (two tanh layers, latent 50, dynamically binarized digits) trained on the
-    # IWAE bound with k=5, 240 epochs of cosine decay. The encoder is 384 wide; the decoder (what
-    # runs on the device to sample) 300, so that its int8 graph runs in about 13 us at batch 1
-    # here (a 500-wide one takes 20: benchmarks/results/models.md). Weights shipped as fp16 values.
-    # The IW-NLL comes from the exported fp32 graphs (benchmarks/iw_nll_onnx.py, all 10,000 test
-    # images): the torch evaluator would take hours.
-    "mlp-mnist": ([["--arch", "mlp", "--hidden", "384", "--dec-hidden", "300", "--depth", "2", "--activation", "tanh",
-                    "--latent-dim", "50", "--binarize", "dynamic", "--iw-k", "5", "--epochs", "240",
-                    "--lr-schedule", "cosine", "--kl-warmup", "10"]],
-                  [("dynamic", "x86"), ("dynamic", "arm64")], 0, None, "float16"),
-    # The conv model: channels 32,64, one residual block at 7x7 in the encoder and in the decoder,
-    # latent 32, 52 epochs of cosine decay on dynamically binarized digits (ELBO), KL warm-up 10;
-    # then fine-tuned on the IWAE bound (k=5) for 13 epochs from those weights (lr 3e-4, cosine).
-    # The ELBO stage was chosen against the same model without the residual block trained 90
-    # epochs in the same wall time (both 80 min on one core, `--threads 1`), by the final training
-    # loss (-ELBO 90.17 against 92.41: benchmarks/results/training_logs/conv-plain-mnist.jsonl);
-    # the fine-tune against k=10 for 5 epochs (73 and 57 min on one core): IW-NLL (K=500) on the
-    # last 1,000 training images 84.98 against 84.96, a tie; k=5 keeps the better ELBO (91.25
-    # against 92.06) and ships. Its int8 decoder stays in the 150 us budget at batch 1. Weights
-    # shipped as fp16 values; the IW-NLL comes from the exported graphs (benchmarks/iw_nll_onnx.py).
-    "conv-mnist": ([["--arch", "conv", "--latent-dim", "32", "--res-blocks", "1", "--binarize", "dynamic",
-                     "--epochs", "52", "--lr-schedule", "cosine", "--kl-warmup", "10"],
-                    ["--init-from", PREVIOUS, "--iw-k", "5", "--lr", "3e-4", "--lr-schedule", "cosine",
-                     "--binarize", "dynamic", "--epochs", "13", "--seed", "1"]],
-                   [("static", "x86")], 0, None, "float16"),
-    # The conditional conv model: the digit as one-hot planes and a 4-d latent (the style), 24
-    # epochs: 97% of its samples are classified as the digit asked for (benchmarks/results/
-    # conditional.md, where the latent sizes and the flat-only conditioning it was chosen against
-    # are measured). No IW-NLL: it would be -log p(x|y), not comparable.
-    "conv-cond-mnist": ([["--arch", "conv", "--conditional", "--cond-planes", "--latent-dim", "4",
-                          "--binarize", "dynamic", "--epochs", "24", "--lr-schedule", "cosine", "--kl-warmup", "2"]],
-                        [("static", "x86")], 0, None, "float16"),
-}
-EXPERIMENTS = {
-    # The fine-tune it was chosen against: k=10 for 5 epochs (57 min on one core; k=5 for 13: 73).
-    "conv-iw10-mnist": ([["--arch", "conv", "--latent-dim", "32", "--res-blocks", "1", "--binarize", "dynamic",
-                          "--epochs", "52", "--lr-schedule", "cosine", "--kl-warmup", "10"],
-                         ["--init-from", PREVIOUS, "--iw-k", "10", "--lr", "3e-4", "--lr-schedule", "cosine",
-                          "--binarize", "dynamic", "--epochs", "5", "--seed", "1"]],
-                        [("static", "x86")], 0, None, "float16"),
-    # The conv model it was chosen against: no residual block, 90 epochs (the same wall time).
-    "conv-plain-mnist": ([["--arch", "conv", "--latent-dim", "32", "--binarize", "dynamic", "--epochs", "90",
-                           "--lr-schedule", "cosine", "--kl-warmup", "10"]], [("static", "x86")], 0, None, "float16"),
-    # The conv model shipped before it: latent 20, 20 epochs, KL warm-up 2 (IW-NLL 90.91 nats).
-    "conv-mnist-v1": ([["--arch", "conv", "--binarize", "dynamic", "--epochs", "20", "--lr-schedule", "cosine",
-                        "--kl-warmup", "2"]], [("static", "x86")], 5000, 1000, "float32"),
-    # The pytorch/examples recipe (784-400-20 ReLU, greyscale targets, 10 epochs): shipped as
-    # mlp-mnist until the model above replaced it. IW-NLL 96.15 nats (K=5000, all 10,000 test
-    # images; not comparable with the others: trained on greyscale targets).
-    "mlp-examples": ([["--arch", "mlp", "--epochs", "10"]],
-                     [("dynamic", "x86"), ("static", "x86"), ("dynamic", "arm64")], 5000, None, "float32"),
-    # The first candidate to replace it (benchmarks/results/candidates.md): 2x500 tanh on both
-    # sides, trained on the ELBO for 200 epochs: IW-NLL 85.94, but its int8 decoder takes 20-30 us
-    # at batch 1 and its files 13.8 MB.
-    "mlp-iwae-mnist": ([["--arch", "mlp", "--hidden", "500", "--depth", "2", "--activation", "tanh", "--latent-dim", "50",
-                    "--binarize", "dynamic", "--epochs", "250", "--lr-schedule", "cosine", "--kl-warmup", "10",
-                    "--max-steps", str(107 * 469)],
-                   ["--resume", "--epochs", "200"]],
-                  [("dynamic", "x86"), ("dynamic", "arm64")], 0, None, "float32"),
-}
-# IW samples 0: no IW-NLL from the torch evaluator here (see above).
+PREVIOUS = recipes.PREVIOUS  # in `--init-from @previous-stage`: the run folder of the stage before
+
+
+def _table(shipped: bool) -> dict:
+    """name: (train stages as `vae-edge train` arguments, quantize (mode, target) pairs, IW samples,
+    IW test images (None: all 10,000), weights dtype of the shipped files), from the recipes; why
+    each is what it is: the recipe's `why`."""
+    out = {}
+    for name in recipes.names():
+        r = recipes.load(name)
+        if r.shipped == shipped:
+            out[name] = ([recipes.stage_argv(st) for st in r.stages], list(r.quantize), r.iw_samples, r.iw_images,
+                         r.weights_dtype)
+    return out
+
+
+MODELS = _table(shipped=True)  # the shipped models
+EXPERIMENTS = _table(shipped=False)  # what they were chosen against
 
 
 def _last_per_stage(rows: list[dict]) -> list[dict]:
