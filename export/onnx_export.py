@@ -39,6 +39,8 @@ from vae_edge.runtime.bundle import (
 )
 from vae_edge.train import fp16_weights, load_checkpoint, model_from_checkpoint
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the graphs use Split with num_outputs, which opset 18 introduced
 VALIDATION_BATCH_SIZES = (1, 7, 256)
@@ -302,10 +304,11 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     ort_format: bool = False,
     data_dir: str | os.PathLike | None = None,
-    log=lambda s: None,
+    log=None,
     release: int = 1,
 ) -> Path:
     """Checkpoint -> validated bundle folder (encoder.onnx, decoder.onnx, manifest.json)."""
+    log = log or logger.info
     if opset < MIN_OPSET:
         raise VaeEdgeError(f"opset {opset} is too old for these graphs (they use Split with num_outputs, "
                            f"opset {MIN_OPSET}'s): use {MIN_OPSET} or newer")

@@ -338,13 +338,13 @@ def variant_name(methods: dict[str, str], target: str = "x86") -> str:
     return f"{base}-{target}" if differs_from_x86(target, kinds) else base
 
 
-def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None, log=lambda s: None,
+def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None, log=None,
                     explicit: set[str] = frozenset()) -> tuple[str, dict]:
     """Add one quantized variant to a bundle; returns (variant name, its manifest entry).
     qc.target's settings apply to the fields not named in `explicit` (those the user set).
     The bundle is locked throughout: a second writer fails at once instead of losing an update."""
     with locked(bundle, "quantize"):
-        return _quantize_bundle(Path(bundle), qc, data_dir, log, explicit)
+        return _quantize_bundle(Path(bundle), qc, data_dir, log or logger.info, explicit)
 
 
 @dataclass

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 
 import onnxruntime as ort
 
 from vae_edge import VaeEdgeError
+
+logger = logging.getLogger(__name__)
 
 # short name -> (onnxruntime provider, the package whose build has it)
 PROVIDERS: dict[str, tuple[str, str]] = {
@@ -113,7 +115,7 @@ def make_session(
     providers: list,
     so: ort.SessionOptions,
     strict: bool = False,
-    warn=lambda s: print(s, file=sys.stderr),
+    warn=None,
     name: str | None = None,
 ) -> ort.InferenceSession:
     """Create a session (from a path, or from bytes already checked) and compare the providers it
@@ -134,5 +136,5 @@ def make_session(
                f"for {os.path.basename(str(path))}")
         if strict:
             raise ProviderUnavailable(msg + " (--strict)")
-        warn("warning: " + msg)
+        (warn or logger.warning)("warning: " + msg)
     return sess

@@ -3,9 +3,9 @@ ONNX graphs of a bundle. numpy + onnxruntime only; sampling happens here, with a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from vae_edge.runtime.choice import auto_candidates
 from vae_edge.runtime.denoise import noise_loglik, parse_noise  # noqa: F401  (re-exported)
 from vae_edge.runtime.graphcheck import GraphError, check_io
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_ndtr, log_normal, logsumexp  # noqa: F401
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mlp-mnist"
 MAX_BATCH = 100_000  # a larger n is refused (memory)
@@ -111,7 +113,7 @@ class VAERuntime:
         provider_options: dict[str, str] | None = None,
         strict: bool = False,
         opt_level: str = "all",
-        warn=lambda s: print(s, file=sys.stderr),
+        warn=None,
         trusted_key: str | os.PathLike | None = None,
         self_check: bool = True,
         expect: str | None = None,
@@ -129,6 +131,7 @@ class VAERuntime:
         expect: NAME or NAME@RELEASE: refuse any bundle but that model at that release or newer
         (needs a verified signature; a signed older release is a rollback).
         """
+        warn = warn or logger.warning
         path = resolve_bundle(bundle)
         shipped = is_shipped(path)
         key, label = trust.resolve_key(trusted_key, shipped=shipped)

@@ -436,10 +436,11 @@ def test_source_tree_shadowing_the_install_is_explained(tmp_path):
 
 
 def test_evaluate_says_how_long_it_will_take(runner, ckpts, mnist_dir):
-    r = runner.invoke(cli, ["evaluate", str(ckpts["mlp"]), "--iw-samples", "20", "--limit", "300",
+    # K=200: batches of 163 images, two of them (the estimate comes after the first, the warm-up)
+    r = runner.invoke(cli, ["evaluate", str(ckpts["mlp"]), "--iw-samples", "200", "--limit", "300",
                             "--data-dir", str(mnist_dir), "--json"])
     assert r.exit_code == 0, r.output
-    assert "IW estimate with K=20 on 300 images: about" in r.output
+    assert "IW estimate with K=200 on 300 images: about" in r.output
     assert json.loads(r.output.strip().splitlines()[-1])["images"] == 300
 
 
@@ -471,3 +472,27 @@ def test_evaluate_time_estimate_skips_the_warm_up_batch(capsys):
     progress.close()
     err = capsys.readouterr().err
     assert "about 20 s in all" in err and err.count("IW estimate") == 1, err
+
+
+def test_verbosity_options_set_what_reaches_stderr(runner, tmp_path, bundles, mnist_dir):
+    """Library modules log; the CLI sets the level: progress by default, nothing but warnings
+    with -q, debug (onnxruntime's calibration output) with -v. The result line is on stdout."""
+    import shutil
+
+    def quantize(*flags):  # percentile calibration: onnxruntime prints its progress (kept at debug)
+        b = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(bundles["conv"], b)
+        r = runner.invoke(cli, [*flags, "quantize", str(b), "--mode", "static", "--method", "percentile",
+                                "--calibration-size", "32", "--eval-size", "100", "--data-dir", str(mnist_dir)])
+        assert r.exit_code == 0, r.output
+        return r.stdout, r.stderr
+
+    out, err = quantize()
+    assert "quantizing encoder: static" in err and "onnxruntime calibration" not in err
+    assert out.startswith("int8-static: -ELBO")
+    out_q, err_q = quantize("-q")
+    assert "quantizing" not in err_q and out_q.startswith("int8-static: -ELBO")
+    _, err_v = quantize("-v")
+    assert "quantizing encoder: static" in err_v and "onnxruntime calibration" in err_v
+    r = runner.invoke(cli, ["-v", "-q", "info"])
+    assert r.exit_code == 2 and "choose one" in r.output

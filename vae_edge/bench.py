@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.bundle import GRAPHS, load_manifest, variant_files, write_json_atomic
 from vae_edge.runtime.sysinfo import environment, int8_features_text
+
+logger = logging.getLogger(__name__)
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -186,13 +189,14 @@ def find_checkpoint(bundle: Path) -> Path | None:
     return None
 
 
-def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=lambda s: print(s, file=sys.stderr)) -> dict:
+def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=None) -> dict:
     """Measure every (variant, graph, provider, threads, batch) of a bundle; returns the report.
     Phases: what to time (_providers, _torch_baseline), for each provider and thread count the
     variants loaded (_load_variants) and each graph and batch timed (_time_setting), then the
     report (_report, with the fp32 efficiency against this machine's peak)."""
     from vae_edge.runtime.vae_runtime import resolve_bundle
 
+    warn = warn or logger.warning
     bundle = resolve_bundle(bundle)
     manifest = load_manifest(bundle)
     variants = list(cfg.variants) or list(manifest.get("variants", {}))
@@ -492,12 +496,13 @@ def tune(
     threads: tuple[int, ...] | None = None,
     min_time: float = 0.3,
     measure: Callable[[str, str, int], float] | None = None,
-    warn=lambda s: print(s, file=sys.stderr),
+    warn=None,
 ) -> dict:
     """Try variants x available providers x threads at one batch size on the decoder and
     encoder together; keep those within the accuracy budget; record the fastest in the manifest."""
     from vae_edge.runtime.vae_runtime import resolve_bundle
 
+    warn = warn or logger.warning
     if batch_size <= 0:
         raise VaeEdgeError(f"batch size must be positive, got {batch_size}")
     bundle = resolve_bundle(bundle)

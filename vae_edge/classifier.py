@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae_edge.data import load_split, resolve_data_dir, to_float
+
+logger = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).resolve().parent / "pretrained" / "classifier"
 FEATURES = 128
@@ -47,7 +50,8 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return pad[:, :, dy : dy + 28, dx : dx + 28]
 
 
-def train_classifier(data_dir=None, epochs: int = 4, seed: int = 0, log=print) -> tuple[Classifier, dict]:
+def train_classifier(data_dir=None, epochs: int = 4, seed: int = 0, log=None) -> tuple[Classifier, dict]:
+    log = log or logger.info
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     d = resolve_data_dir("mnist", data_dir)
@@ -138,6 +142,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(SHIPPED))
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the epochs, on stderr
     if args.threads:
         torch.set_num_threads(args.threads)
     model, info = train_classifier(args.data_dir, args.epochs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -11,6 +12,8 @@ import numpy as np
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime.bundle import write_bytes_atomic, write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 MARKER = ".vae-edge-pipeline"  # written first: a re-run recognizes an interrupted run as its own
 
@@ -26,8 +29,8 @@ def shipped_checkpoint(name: str = "mlp-mnist") -> Path:
 
 
 def run_pipeline(out: str | os.PathLike, checkpoint=None, data_dir=None, min_time: float = 0.2,
-                 batch_sizes=(1, 64, 1024), force: bool = False, log=print) -> dict:
-
+                 batch_sizes=(1, 64, 1024), force: bool = False, log=None) -> dict:
+    log = log or logger.info
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VaeEdgeError(f"--out {out} is a file")

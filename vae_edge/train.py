@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -20,6 +21,8 @@ from vae_edge import VaeEdgeError
 from vae_edge.data import get_spec, load_split, resolve_data_dir
 from vae_edge.model import VAE, VAEConfig, elbo_terms
 from vae_edge.runtime.bundle import fsync_dir, sha256_file
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "vae-edge-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -222,7 +225,7 @@ def train(
     out = Path(out)
     if not out.parent.is_dir():
         raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
-    log = log or (lambda s: print(s, file=sys.stderr))
+    log = log or logger.info
     dev = pick_device(device)
     model_cfg, tc, state, parent = _starting_point(model_cfg, tc, out / CHECKPOINT_NAME, resume, init_from, dev)
     run = _new_run(model_cfg, tc, dev, data_dir)

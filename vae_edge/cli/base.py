@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 
@@ -73,19 +74,52 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
+class _Notes(logging.Handler):
+    """The library's log records (logging.getLogger("vae_edge...")) as plain lines on stderr, each
+    distinct line once per command (a note repeated by every variant loaded is said once)."""
+
+    def __init__(self, level: int):
+        super().__init__(level)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            click.echo(message, err=True)
+
+
+def setup_logging(verbosity: int) -> None:
+    """-q: warnings and notes only; default: progress too; -v: debug (onnxruntime's calibration
+    output, every file hashed...). Handlers are the CLI's: library modules only log."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    log = logging.getLogger("vae_edge")
+    for h in [h for h in log.handlers if isinstance(h, _Notes)]:
+        log.removeHandler(h)
+    log.addHandler(_Notes(level))
+    log.setLevel(level)
+    log.propagate = False
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vae-edge")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Also debug messages (on stderr).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr, no progress messages.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: bool, quiet: bool) -> None:
     """vae-edge: train a VAE on MNIST, export it to ONNX, quantize it, run it on the edge.
 
     \b
     Main job on the shipped model:   vae-edge pipeline --out pipeline-out
     Generate digits, no torch needed: vae-edge sample -n 64 -o samples.png
+    Less or more on stderr:           vae-edge -q quantize ...   /   vae-edge -v quantize ...
     """
+    if verbose and quiet:
+        raise click.UsageError("-v and -q: choose one")
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    setup_logging(1 if verbose else -1 if quiet else 0)
 
 
 def _shadowing_source_tree(missing: str):
@@ -150,14 +184,14 @@ def done(message: str, out) -> None:
 
 
 def warner():
-    """A warn() for library calls: each distinct note is printed once per command, on stderr."""
-    seen: set[str] = set()
+    """A warn() for library calls: a warning of the vae_edge logger (each distinct note printed
+    once per command, on stderr, by the CLI's handler)."""
+    return logging.getLogger("vae_edge.cli").warning
 
-    def warn(message: str) -> None:
-        if message not in seen:
-            seen.add(message)
-            click.echo(message, err=True)
-    return warn
+
+def progress_log():
+    """A log() for library calls: progress at info level (silenced by -q)."""
+    return logging.getLogger("vae_edge.cli").info
 
 
 def json_option(f):

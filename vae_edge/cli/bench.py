@@ -14,6 +14,7 @@ from vae_edge.cli.base import (
     data_dir_option,
     json_option,
     positive,
+    progress_log,
     trust_first,
     trusted_key_option,
     warner,
@@ -162,4 +163,4 @@ def pipeline(out, checkpoint, data_dir, min_time, force) -> None:
     from vae_edge.pipeline import run_pipeline
 
     run_pipeline(out, checkpoint=checkpoint, data_dir=data_dir, min_time=min_time, force=force,
-                 log=lambda s: click.echo(s, err=True))
+                 log=progress_log())

@@ -10,6 +10,7 @@ from vae_edge import VaeEdgeError
 from vae_edge.cli.base import (
     data_dir_option,
     json_option,
+    progress_log,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -38,7 +39,7 @@ def export(checkpoint, out, opset, ort_format, release, data_dir) -> None:
     from vae_edge.export.onnx_export import export_bundle
 
     path = export_bundle(checkpoint, out, opset=opset, ort_format=ort_format, release=release,
-                         data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+                         data_dir=data_dir, log=progress_log())
     click.echo(f"bundle: {path}")
 
 
@@ -91,7 +92,7 @@ def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel,
                         target=target)
     explicit = {name for name in ("activation_type", "weight_type", "per_channel", "reduce_range")
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=lambda s: click.echo(s, err=True),
+    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=progress_log(),
                                      explicit=explicit)
     if as_json:
         click.echo(json.dumps({"variant": variant, **entry}))

@@ -14,6 +14,7 @@ from vae_edge.cli.base import (
     dataset_option,
     json_option,
     positive,
+    warner,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def _sample_quality(bundle, variants, samples, seed, data_dir, threads, as_json)
     from vae_edge.sample_quality import sample_quality
 
     res = sample_quality(bundle, tuple(variants), samples=samples, seed=seed, data_dir=data_dir, threads=threads,
-                         warn=lambda s: click.echo(s, err=True))
+                         warn=warner())
     if as_json:
         click.echo(json.dumps(res))
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vae_edge.cli.base import expect_option, json_option, trusted_key_option
+from vae_edge.cli.base import expect_option, json_option, progress_log, trusted_key_option
 
 
 @click.command()
@@ -79,7 +79,7 @@ def verify(bundle, trusted_key, expect, record, as_json) -> None:
 
     path = resolve_bundle(bundle)
     if record:
-        done = selfcheck.record_bundle(path, log=lambda s: click.echo(s, err=True))
+        done = selfcheck.record_bundle(path, log=progress_log())
         click.echo(f"recorded golden vectors for: {', '.join(done) or 'none needed'}", err=True)
     key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
     b = open_bundle(path, key, key_label=label, expect=expect)

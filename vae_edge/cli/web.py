@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vae_edge.cli.base import data_dir_option, trusted_key_option
+from vae_edge.cli.base import data_dir_option, progress_log, trusted_key_option
 
 
 @click.command()
@@ -34,7 +34,7 @@ def web(bundle, variants, out, data_dir, force, serve, host, port, trusted_key) 
     from vae_edge import web as site
 
     res = site.build_site(bundle, tuple(variants), out, data_dir=data_dir, force=force, trusted_key=trusted_key,
-                          log=lambda s: click.echo(s, err=True))
+                          log=progress_log())
     click.echo(f"site: {res['out']}  ({res['bytes'] / 1e6:.1f} MB; variants {', '.join(res['variants'])}; "
                f"shown first: {res['default_variant']}, {res['why']})")
     if serve:

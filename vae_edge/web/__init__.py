@@ -16,10 +16,10 @@ import base64
 import hashlib
 import http.server
 import json
+import logging
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from vae_edge import VaeEdgeError
+
+logger = logging.getLogger(__name__)
 
 ORT_WEB_VERSION = "1.30.0"
 # The npm registry's integrity for onnxruntime-web-1.30.0.tgz (`npm view onnxruntime-web@1.30.0 dist.integrity`).
@@ -231,7 +233,7 @@ def build_site(
     data_dir=None,
     force: bool = False,
     trusted_key=None,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    log: Callable[[str], None] | None = None,
     with_score_range: bool = True,
 ) -> dict:
     """Write the static site to `out` (atomically: a finished folder replaces the old one)."""
@@ -239,6 +241,7 @@ def build_site(
     from vae_edge.runtime.bundle import open_bundle
     from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
 
+    log = log or logger.info
     out = Path(out)
     _check_out(out, force)
     path = resolve_bundle(bundle)
