@@ -28,7 +28,7 @@ import numpy as np
 from vae_edge import VaeEdgeError
 from vae_edge.data import binarize, load_split, resolve_data_dir, to_float
 from vae_edge.runtime import VAERuntime
-from vae_edge.runtime.bundle import write_json_atomic
+from vae_edge.runtime.files import write_json_atomic
 from vae_edge.runtime.sysinfo import environment
 
 CHUNK = 100  # images per runtime call; the IW noise of images i..i+99 is seeded by i

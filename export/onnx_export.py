@@ -27,16 +27,9 @@ from vae_edge import VaeEdgeError, __version__
 from vae_edge.data import load_split, resolve_data_dir, to_float
 from vae_edge.model import VAE
 from vae_edge.runtime import selfcheck
-from vae_edge.runtime.bundle import (
-    MANIFEST,
-    SCHEMA,
-    SCHEMA_VERSION,
-    add_variant,
-    is_bundle,
-    replace_dir,
-    variant_filename,
-    write_json_atomic,
-)
+from vae_edge.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, is_bundle, variant_filename
+from vae_edge.runtime.bundle_writer import add_variant, replace_dir
+from vae_edge.runtime.files import write_json_atomic
 from vae_edge.train import fp16_weights, load_checkpoint, model_from_checkpoint
 
 logger = logging.getLogger(__name__)

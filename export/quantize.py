@@ -37,17 +37,13 @@ from vae_edge.export.weights import fold_fp16_weights, has_fp16_weights, weights
 from vae_edge.runtime import selfcheck
 from vae_edge.runtime.bundle import (
     GRAPHS,
-    add_variant,
-    fresh_name,
-    fsync_dir,
     load_manifest,
-    locked,
-    remove_orphans,
-    sha256_file,
     variant_filename,
     variant_files,
     verify_files,
 )
+from vae_edge.runtime.bundle_writer import add_variant, fresh_name, remove_orphans
+from vae_edge.runtime.files import fsync_dir, locked, sha256_file
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, psnr
 
 logger = logging.getLogger(__name__)

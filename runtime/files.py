@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
+import math
 import os
 import stat
 import sys
@@ -209,3 +211,20 @@ def locked(folder: str | os.PathLike, what: str = "update") -> Iterator[None]:
 
 
 _HELD: set[str] = set()
+
+
+def _finite(obj):
+    """JSON has no Infinity or NaN (browsers refuse them): such floats are written as null (a
+    decoder PSNR of a variant whose outputs equal fp32's is infinite)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode())

@@ -136,12 +136,9 @@ def record_bundle(bundle, only_missing: bool = True, log: Callable[[str], None] 
     without any, or all). Writes the manifest atomically; a signature is voided and removed."""
     from pathlib import Path
 
-    from vae_edge.runtime.bundle import (
-        drop_signature,
-        locked,
-        open_bundle,
-        write_json_atomic,
-    )
+    from vae_edge.runtime.bundle import open_bundle
+    from vae_edge.runtime.bundle_writer import drop_signature
+    from vae_edge.runtime.files import locked, write_json_atomic
 
     bundle = Path(bundle)
     with locked(bundle, "record"):

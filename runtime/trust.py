@@ -276,6 +276,6 @@ def resolve_key(explicit: str | os.PathLike | None, shipped: bool) -> tuple[Path
 
 def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike, password: str | None = None) -> Path:
     """Write BUNDLE/model.sig over every file of the bundle (the old signature is replaced)."""
-    from vae_edge.runtime.bundle import sign_files
+    from vae_edge.runtime.bundle_writer import sign_files
 
     return sign_files(Path(bundle), lambda digests, name: sign_digests(digests, name, private_key, password))

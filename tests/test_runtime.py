@@ -401,7 +401,7 @@ def test_score_refuses_zero_elbo_samples(quantized):
 
 def test_manifest_json_has_no_infinity(tmp_path):
     """A PSNR of identical outputs is infinite; the browser's JSON.parse refuses `Infinity`."""
-    from vae_edge.runtime.bundle import write_json_atomic
+    from vae_edge.runtime.files import write_json_atomic
 
     def strict(c):
         raise ValueError(c)

@@ -24,8 +24,8 @@ import pytest
 from vae_edge import VaeEdgeError
 from vae_edge.cli import cli
 from vae_edge.runtime import VAERuntime
-from vae_edge.runtime.bundle import SIGNATURE, BundleError, open_bundle, write_json_atomic
-from vae_edge.runtime.files import locked
+from vae_edge.runtime.bundle import SIGNATURE, BundleError, open_bundle
+from vae_edge.runtime.files import locked, write_json_atomic
 from vae_edge.runtime.trust import keygen, project_key, sign_bundle, sign_digests
 
 
@@ -79,7 +79,8 @@ def test_external_data_is_refused_at_load_sign_and_record(signed, keys, tmp_path
     assert "\n" not in str(e.value)
     with pytest.raises(VaeEdgeError, match="external data"):
         VAERuntime.load(signed, self_check=False)  # no key: refused all the same
-    from vae_edge.runtime.bundle import add_variant, load_manifest
+    from vae_edge.runtime.bundle import load_manifest
+    from vae_edge.runtime.bundle_writer import add_variant
 
     m = load_manifest(signed)
     with pytest.raises(VaeEdgeError, match="external data"):  # the writer (export, quantize) refuses it too

@@ -12,7 +12,7 @@ import pytest
 from vae_edge import VaeEdgeError
 from vae_edge.cli import cli
 from vae_edge.runtime import VAERuntime
-from vae_edge.runtime.bundle import write_json_atomic
+from vae_edge.runtime.files import write_json_atomic
 from vae_edge.runtime.selfcheck import SelfCheckFailed, record_bundle
 
 

@@ -140,7 +140,7 @@ def test_fp16_slim_checkpoint(tmp_path, tiny_idx):
 
 
 def test_init_from_starts_at_the_parent_weights(tmp_path, tiny_idx):
-    from vae_edge.runtime.bundle import sha256_file
+    from vae_edge.runtime.files import sha256_file
     from vae_edge.train import slim_checkpoint
 
     kw = dict(data_dir=tiny_idx, progress=False, log=lambda s: None)

@@ -20,7 +20,8 @@ from vae_edge import VaeEdgeError
 from vae_edge.cli import cli
 from vae_edge.runtime import VAERuntime
 from vae_edge.runtime import providers as prov
-from vae_edge.runtime.bundle import SIGNATURE, open_bundle, write_json_atomic
+from vae_edge.runtime.bundle import SIGNATURE, open_bundle
+from vae_edge.runtime.files import write_json_atomic
 from vae_edge.runtime.trust import project_key, sign_bundle
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
-from vae_edge.runtime.bundle import GRAPHS, load_manifest, variant_files, write_json_atomic
+from vae_edge.runtime.bundle import GRAPHS, load_manifest, variant_files
+from vae_edge.runtime.files import write_json_atomic
 from vae_edge.runtime.sysinfo import environment, int8_features_text
 
 logger = logging.getLogger(__name__)
@@ -589,7 +590,8 @@ def save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) 
     name (e.g. "web"); what was recorded for the other targets is kept. A shipped bundle (inside the
     installed package) or a signed one is never modified: the record goes to the user cache, keyed
     by the manifest, where `--variant auto` and `vae-edge web` find it."""
-    from vae_edge.runtime.bundle import SIGNATURE, locked
+    from vae_edge.runtime.bundle import SIGNATURE
+    from vae_edge.runtime.files import locked
     from vae_edge.runtime.vae_runtime import is_shipped
 
     if is_shipped(bundle) or (bundle / SIGNATURE).exists():

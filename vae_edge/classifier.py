@@ -97,7 +97,7 @@ def export_classifier(model: Classifier, out: Path, info: dict) -> None:
     import onnx
 
     from vae_edge.export.weights import weights_as_fp16
-    from vae_edge.runtime.bundle import write_bytes_atomic, write_json_atomic
+    from vae_edge.runtime.files import write_bytes_atomic, write_json_atomic
 
     model.eval()
     out.mkdir(parents=True, exist_ok=True)

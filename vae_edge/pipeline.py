@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_edge import VaeEdgeError
-from vae_edge.runtime.bundle import write_bytes_atomic, write_json_atomic
+from vae_edge.runtime.files import write_bytes_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from vae_edge import VaeEdgeError
 from vae_edge.data import get_spec, load_split, resolve_data_dir
 from vae_edge.model import VAE, VAEConfig, elbo_terms
-from vae_edge.runtime.bundle import fsync_dir, sha256_file
+from vae_edge.runtime.files import fsync_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 

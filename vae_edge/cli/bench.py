@@ -11,10 +11,8 @@ import click
 from vae_edge import VaeEdgeError
 from vae_edge.cli.base import (
     _csv,
-    data_dir_option,
     json_option,
     positive,
-    progress_log,
     trust_first,
     trusted_key_option,
     warner,
@@ -72,7 +70,7 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
 
 
 def _bench_web(bundle, variants, graphs, batch_sizes, threads, min_time, report_dir, as_json) -> None:
-    from vae_edge.runtime.bundle import write_json_atomic
+    from vae_edge.runtime.files import write_json_atomic
     from vae_edge.web.browser import bench_web, markdown_web
 
     with click.progressbar(length=1, label="benchmarking in Chromium", file=sys.stderr) as bar:
@@ -146,21 +144,3 @@ def tune(bundle, max_elbo_delta, batch_size, threads, min_time, target, trusted_
     c = res["choice"]
     click.echo(f"chosen: {c['variant']} on {c['provider']} with {c['threads']} thread(s); "
                "`--variant auto` now uses it")
-
-
-@click.command()
-@click.option("--out", required=True, type=click.Path(), help="Output folder for the bundle, images and report.")
-@click.option("--checkpoint", type=click.Path(), default=None, help="Default: the shipped mlp-mnist checkpoint.")
-@data_dir_option
-@click.option("--min-time", type=float, default=0.2, show_default=True, help="Benchmark seconds per contender.")
-@click.option("--force", is_flag=True, help="Write into --out even if it holds other files.")
-def pipeline(out, checkpoint, data_dir, min_time, force) -> None:
-    """The main job: export, quantize, validate, demo images, benchmark, report.
-
-    \b
-    Example: vae-edge pipeline --out pipeline-out
-    """
-    from vae_edge.pipeline import run_pipeline
-
-    run_pipeline(out, checkpoint=checkpoint, data_dir=data_dir, min_time=min_time, force=force,
-                 log=progress_log())

@@ -202,7 +202,7 @@ def _site_config(manifest: dict, path: Path, chosen, default: str, why: str, rng
 
 def _write_site(out: Path, manifest: dict, chosen, graphs: dict, ort_dir: Path, config: dict, path: Path) -> None:
     """Everything into a fresh folder beside `out`, which then replaces it."""
-    from vae_edge.runtime.bundle import replace_dir
+    from vae_edge.runtime.bundle_writer import replace_dir
 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
