@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime.files import kind_of, sha256_bytes
+from vae_edge.runtime.manifest import Manifest
 
 MANIFEST = "manifest.json"
 SIGNATURE = "model.sig"  # OpenSSF model-signing's conventional name
@@ -197,6 +198,11 @@ def _check_dir(bundle: Path) -> None:
         raise BundleError(f"{bundle} is not a vae-edge bundle (no {MANIFEST}): make one with `vae-edge export`")
 
 
+def read_manifest(bundle: str | os.PathLike) -> Manifest:
+    """The manifest of a bundle folder, checked and typed (no signature check: open_bundle)."""
+    return Manifest.from_dict(load_manifest(bundle), Path(bundle) / MANIFEST)
+
+
 def load_manifest(bundle: str | os.PathLike) -> dict:
     bundle = Path(bundle)
     _check_dir(bundle)
@@ -278,6 +284,10 @@ class Bundle:
     signature: str = "unsigned"
     key: str | None = None
     signed: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> signed sha256
+    info: Manifest = field(init=False, repr=False)  # the manifest, typed (parsed once)
+
+    def __post_init__(self) -> None:
+        self.info = Manifest.from_dict(self.manifest, self.path / MANIFEST)
 
     def read(self, name: str) -> bytes:
         """The bytes of a listed file, read now and checked against the manifest (and, when

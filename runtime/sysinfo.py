@@ -169,20 +169,16 @@ def bundle_summary(opened, warn=None) -> dict:
     """What `info` shows of an opened bundle (vae_edge.runtime.bundle.Bundle)."""
     from vae_edge.runtime.choice import target_variant, tuned_choice
 
-    path = opened.path
-    m = opened.manifest
+    path, info = opened.path, opened.info
     signature = {"verified": f"valid, signed by {opened.key}",
                  "unchecked": "signed, NOT checked (pass --trusted-key PUBLIC.pem)",
                  "unsigned": "unsigned"}[opened.signature]
-    variants = []
-    for name, v in m.get("variants", {}).items():
-        size = sum(m["files"][f]["size"] for f in v["files"].values() if f in m["files"])
-        variants.append({"variant": name, "size_bytes": size,
-                         "neg_elbo_delta": (v.get("accuracy") or {}).get("neg_elbo_delta")})
+    variants = [{"variant": name, "size_bytes": sum(info.files[f].size for f in v.files.values() if f in info.files),
+                 "neg_elbo_delta": v.accuracy.get("neg_elbo_delta")} for name, v in info.variants.items()]
     return {
-        "path": str(path), "name": m.get("name"), "arch": m["model"]["arch"],
-        "latent_dim": m["model"]["latent_dim"], "conditional": m["model"]["conditional"],
-        "evaluation": m.get("evaluation"), "variants": variants, "tuned": tuned_choice(m, warn),
-        "target_variant": target_variant(m), "signature": signature,
-        "release": m.get("release", 0),
+        "path": str(path), "name": info.name, "arch": info.model.arch,
+        "latent_dim": info.model.latent_dim, "conditional": info.model.conditional,
+        "evaluation": info.evaluation, "variants": variants, "tuned": tuned_choice(info, warn),
+        "target_variant": target_variant(info), "signature": signature,
+        "release": info.release,
     }

@@ -20,6 +20,7 @@ from vae_edge.runtime.calls import GraphCall
 from vae_edge.runtime.choice import auto_candidates
 from vae_edge.runtime.denoise import noise_loglik, parse_noise  # noqa: F401  (re-exported)
 from vae_edge.runtime.graphcheck import GraphError, check_io
+from vae_edge.runtime.manifest import Manifest
 from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_ndtr, log_normal, logsumexp  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -66,14 +67,14 @@ def resolve_bundle(bundle: str | os.PathLike | None) -> Path:
     return Path(bundle)
 
 
-def _named_variant(variant: str, manifest: dict, path: Path, shipped: bool) -> str:
+def _named_variant(variant: str, info: Manifest, path: Path, shipped: bool) -> str:
     """The variant asked for by name, or one line on what to do instead."""
-    if variant not in VARIANTS and variant not in manifest["variants"]:
+    if variant not in VARIANTS and variant not in info.variants:
         raise VaeEdgeError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}, or auto")
-    if variant not in manifest["variants"] and shipped:
+    if variant not in info.variants and shipped:
         name = path.parent.name
         raise VaeEdgeError(
-            f"the shipped {name} has no {variant!r} variant (it has: {', '.join(manifest['variants'])}); shipped "
+            f"the shipped {name} has no {variant!r} variant (it has: {', '.join(info.variants)}); shipped "
             f"bundles are read-only: copy it (cp -r {path} my-{name}) and run `vae-edge quantize my-{name} "
             f"--mode {variant.split('-')[-1] if variant.startswith('int8') else variant}` "
             "(needs pip install 'vae-edge[export]')")
@@ -85,15 +86,14 @@ class VAERuntime:
 
     def __init__(self, bundle: Bundle, variant: str, sessions: dict, providers: list, threads):
         self.bundle, self.manifest, self.variant = bundle.path, bundle.manifest, variant
+        self.info: Manifest = bundle.info  # the manifest, typed
         self.signature, self.signed_by = bundle.signature, bundle.key
         self.self_check_diffs: dict[str, float] | None = None
-        manifest = bundle.manifest
         self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
         self.providers_asked = providers
         self.threads = threads
-        cfg = manifest["model"]
-        self.latent_dim: int = int(cfg["latent_dim"])
-        self.conditional: bool = bool(cfg["conditional"])
+        self.latent_dim: int = self.info.model.latent_dim
+        self.conditional: bool = self.info.model.conditional
         # Outputs are called by name: load checked them against the manifest (graphcheck.check_io).
         self._probs, self._logits = ["probs"], ["logits"]
         self._enc_out = ["mu", "logvar"]
@@ -137,12 +137,11 @@ class VAERuntime:
         key, label = trust.resolve_key(trusted_key, shipped=shipped)
         # A shipped bundle is as trusted as the package it came in: no note when it goes unchecked.
         opened = open_bundle(path, key, warn=None if shipped else warn, key_label=label, expect=expect)
-        manifest = opened.manifest
         auto = variant == "auto"
         if auto:
-            candidates, providers, threads = auto_candidates(manifest, providers, threads, warn, path)
+            candidates, providers, threads = auto_candidates(opened.info, providers, threads, warn, path)
         else:
-            candidates = [_named_variant(variant, manifest, path, shipped)]
+            candidates = [_named_variant(variant, opened.info, path, shipped)]
         plist = prov.resolve(providers, provider_options, strict=strict, warn=warn)
         so = prov.session_options(threads, opt_level)
         failures = []
@@ -165,19 +164,19 @@ class VAERuntime:
     def _open_variant(cls, opened, v: str, plist, so, strict: bool, warn, providers: list[str], threads) -> VAERuntime:
         """Sessions on the verified bytes of variant v's graphs, their inputs and outputs checked
         against the manifest."""
-        manifest, path = opened.manifest, opened.path
+        info, path = opened.info, opened.path
         graphs = opened.variant_bytes(v)  # first: a clear error for a variant the bundle lacks
-        files = manifest["variants"][v]["files"]
+        files = info.variant(v).files
         sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
                     for g, data in graphs.items()}
         for g, sess in sessions.items():
-            check_io(sess, (manifest.get("graphs") or {}).get(g), path / files[g], g)
+            check_io(sess, info.graphs.get(g), path / files[g], g)
         return cls(opened, v, sessions, providers, threads)
 
     def self_check(self) -> dict[str, float] | None:
         """Run the variant's golden vectors (one small batch per graph); raise SelfCheckFailed if
         this device computes other numbers than where the variant was made. None: none recorded."""
-        golden = self.manifest["variants"][self.variant].get("golden")
+        golden = self.info.variant(self.variant).golden
         if not golden:
             return None
 
@@ -338,7 +337,7 @@ class VAERuntime:
             est = dn.posterior_mean(decode_logits, encode, x, dn.masked_loglik(mask), None, labels, samples, rounds,
                                     rng, x * mask, self.latent_dim, info)
             return np.where(mask > 0, x, est).astype(np.float32)
-        model = dn.noise_model(noise or "gaussian:0.2", self.manifest.get("dataset"))
+        model = dn.noise_model(noise or "gaussian:0.2", self.info.dataset)
         return dn.posterior_mean(decode_logits, encode, x, model.loglik, model.clean_mean, labels, samples, rounds,
                                  rng, x, self.latent_dim, info)
 

@@ -183,11 +183,13 @@ def test_x86_families_are_targets_chosen_from_the_cpu(tmp_path, bundles, mnist_d
     v2, entry2 = quantize_bundle(b, QuantizeConfig(mode="static", eval_size=100, calibration_size=64,
                                                    target="x86-avx2"), data_dir=mnist_dir)
     assert v2 == "int8-static-x86-avx2" and entry2["quantization"]["config"]["reduce_range"] is True
-    m = json.loads((b / "manifest.json").read_text())
+    from vae_edge.runtime.bundle import read_manifest
+
+    m = read_manifest(b)
     for family, mine, other in (("x86-vnni", v, v2), ("x86-avx2", v2, v)):
         monkeypatch.setattr(sysinfo, "x86_family", lambda flags=None, f=family: f)
         monkeypatch.setattr(sysinfo, "current_target", lambda: "x86")
-        assert made_for_here(m["variants"][mine]) and not made_for_here(m["variants"][other])
+        assert made_for_here(m.variants[mine]) and not made_for_here(m.variants[other])
         order, _, _ = auto_candidates(m, None, None, lambda s: None, b)
         assert order[0] == mine and other not in order
 

@@ -81,14 +81,19 @@ def test_site_holds_the_checked_graphs_and_what_the_page_needs(sites):
 
 
 def test_variant_choice_reads_the_web_tuning(tmp_path):
-    manifest = {"variants": {"fp32": {}, "int8-static": {}, "int8-dynamic-arm64": {}},
+    from vae_edge.runtime.manifest import Manifest
+
+    files = {"encoder": "e.onnx", "decoder": "d.onnx"}
+    manifest = {"schema_version": 1, "model": {"arch": "mlp", "latent_dim": 2}, "files": {},
+                "variants": {"fp32": {"files": files}, "int8-static": {"files": files},
+                             "int8-dynamic-arm64": {"files": files}},
                 "targets": {"arm64": {"variant": "int8-dynamic-arm64"}}}
-    assert choose_variants(manifest, ("auto",))[:2] == (["fp32"], "fp32")
-    assert choose_variants(manifest, ("all",))[0] == ["fp32", "int8-static"]
+    assert choose_variants(Manifest.from_dict(manifest), ("auto",))[:2] == (["fp32"], "fp32")
+    assert choose_variants(Manifest.from_dict(manifest), ("all",))[0] == ["fp32", "int8-static"]
     manifest["tuning"] = {"web": {"choice": {"variant": "int8-static"}}}
-    assert choose_variants(manifest, ("auto",))[:2] == (["int8-static"], "int8-static")
+    assert choose_variants(Manifest.from_dict(manifest), ("auto",))[:2] == (["int8-static"], "int8-static")
     with pytest.raises(VaeEdgeError, match="no 'fp16' variant"):
-        choose_variants(manifest, ("fp16",))
+        choose_variants(Manifest.from_dict(manifest), ("fp16",))
 
 
 def test_build_refuses_to_overwrite_other_files_and_replaces_its_own(tmp_path, sites, mnist_dir):

@@ -545,12 +545,13 @@ def _tune_candidates(manifest: dict, max_elbo_delta: float, threads: tuple[int, 
     """(variant, provider, threads, -ELBO delta, within budget) for every variant made for this
     machine (never int8-dynamic-arm64 on x86) and every available provider."""
     from vae_edge.runtime.choice import made_for_here
+    from vae_edge.runtime.manifest import Manifest
 
     out = []
-    for v, entry in manifest.get("variants", {}).items():
-        if not made_for_here(entry):
+    for v, variant in Manifest.from_dict(manifest).variants.items():
+        if not made_for_here(variant):
             continue
-        delta = 0.0 if v == "fp32" else (entry.get("accuracy") or {}).get("neg_elbo_delta")
+        delta = variant.neg_elbo_delta
         ok = delta is not None and abs(delta) <= max_elbo_delta
         out += [(v, p, t, delta, ok) for p in prov.available() if p in TUNABLE_PROVIDERS for t in threads]
     return out

@@ -85,7 +85,7 @@ def verify(bundle, trusted_key, expect, record, as_json) -> None:
     b = open_bundle(path, key, key_label=label, expect=expect)
     changed = b.changed_since_signing() if b.signature == "unchecked" else []
     variants = {}
-    for v in b.manifest["variants"]:
+    for v in b.info.variants:
         try:
             rt = VAERuntime.load(path, variant=v, trusted_key=key, self_check=False, warn=lambda s: None)
             diffs = rt.self_check()
@@ -105,7 +105,7 @@ def verify(bundle, trusted_key, expect, record, as_json) -> None:
     if as_json:
         click.echo(json.dumps(res))
     else:
-        click.echo(f"{b.path}: {len(b.manifest['files'])} files {'match' if files_ok else 'DO NOT all match'} "
+        click.echo(f"{b.path}: {len(b.info.files)} files {'match' if files_ok else 'DO NOT all match'} "
                    "the manifest")
         click.echo({"verified": f"signature: valid, signed by {b.key}",
                     "unchecked": "signature: present, NOT checked (pass --trusted-key PUBLIC.pem)"

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_edge import VaeEdgeError
+from vae_edge.runtime.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -110,19 +111,18 @@ def ort_web_dir(log: Callable[[str], None] = lambda s: None) -> Path:
 # Building the site
 # ---------------------------------------------------------------------------------------------
 
-def web_choice(manifest: dict) -> str | None:
+def web_choice(info: Manifest) -> str | None:
     """The variant `vae-edge tune --target web` chose for the page, if it ran."""
     from vae_edge.runtime.choice import tuned_choice
 
-    return (tuned_choice(manifest, section="web") or {}).get("variant")
+    return (tuned_choice(info, section="web") or {}).get("variant")
 
 
-def choose_variants(manifest: dict, requested: tuple[str, ...]) -> tuple[list[str], str, str]:
+def choose_variants(info: Manifest, requested: tuple[str, ...]) -> tuple[list[str], str, str]:
     """(variants shipped to the page, the page's default, why): 'auto' is the tuned web choice
     (else fp32); 'all' is every variant not made for another device (e.g. int8-dynamic-arm64)."""
-    have = list(manifest["variants"])
-    other_targets = {(t or {}).get("variant") for name, t in (manifest.get("targets") or {}).items()
-                     if name not in ("x86", "wasm")}
+    have = list(info.variants)
+    other_targets = {t.variant for name, t in info.targets.items() if name not in ("x86", "wasm")}
     chosen: list[str] = []
     why = "chosen with --variant"
     for r in requested or ("auto",):
@@ -130,7 +130,7 @@ def choose_variants(manifest: dict, requested: tuple[str, ...]) -> tuple[list[st
             chosen += [v for v in have if v not in other_targets]
             why = "every variant shipped; fp32 shown first"
         elif r == "auto":
-            tuned = web_choice(manifest)
+            tuned = web_choice(info)
             if tuned in have:
                 chosen.append(tuned)
                 why = "chosen in the browser by `vae-edge tune --target web`"
@@ -180,27 +180,26 @@ def _check_out(out: Path, force: bool) -> None:
             raise VaeEdgeError(f"--out {out} holds a site built before: pass --force to replace it")
 
 
-def _site_config(manifest: dict, path: Path, chosen, default: str, why: str, rng: dict, signature: str) -> dict:
+def _site_config(info: Manifest, path: Path, chosen, default: str, why: str, rng: dict, signature: str) -> dict:
     """config.json: what the page reads (its variants, the score draws and range, the pad)."""
-    model = manifest["model"]
     return {
         "schema": "vae-edge-site", "schema_version": 1,
-        "name": manifest.get("name", path.name),
-        "model": {k: model[k] for k in ("arch", "latent_dim") if k in model},
-        "variants": {v: {"encoder": f"models/{manifest['variants'][v]['files']['encoder']}",
-                         "decoder": f"models/{manifest['variants'][v]['files']['decoder']}",
-                         "dtype": manifest["variants"][v].get("dtype"),
-                         "accuracy": manifest["variants"][v].get("accuracy")} for v in chosen},
+        "name": info.name or path.name,
+        "model": {"arch": info.model.arch, "latent_dim": info.model.latent_dim},
+        "variants": {v: {"encoder": f"models/{info.variants[v].files['encoder']}",
+                         "decoder": f"models/{info.variants[v].files['decoder']}",
+                         "dtype": info.variants[v].dtype,
+                         "accuracy": dict(info.variants[v].accuracy)} for v in chosen},
         "default_variant": default, "why": why,
-        "score": {"draws": score_draws(int(model["latent_dim"])).tolist(), "range": rng},
+        "score": {"draws": score_draws(info.model.latent_dim).tolist(), "range": rng},
         "pad": {"size": PAD_SIZE, "stroke": PAD_STROKE},
         "onnxruntime_web": ORT_WEB_VERSION,
         "signature": signature,
-        "evaluation": manifest.get("evaluation"),
+        "evaluation": info.evaluation,
     }
 
 
-def _write_site(out: Path, manifest: dict, chosen, graphs: dict, ort_dir: Path, config: dict, path: Path) -> None:
+def _write_site(out: Path, info: Manifest, chosen, graphs: dict, ort_dir: Path, config: dict, path: Path) -> None:
     """Everything into a fresh folder beside `out`, which then replaces it."""
     from vae_edge.runtime.bundle_writer import replace_dir
 
@@ -212,8 +211,8 @@ def _write_site(out: Path, manifest: dict, chosen, graphs: dict, ort_dir: Path, 
         (tmp / "models").mkdir()
         for v in chosen:
             for g, data in graphs[v].items():
-                (tmp / "models" / manifest["variants"][v]["files"][g]).write_bytes(data)
-        (tmp / "models" / "manifest.json").write_text(json.dumps(manifest, indent=1))
+                (tmp / "models" / info.variants[v].files[g]).write_bytes(data)
+        (tmp / "models" / "manifest.json").write_text(json.dumps(info.to_dict(), indent=1))
         (tmp / "ort").mkdir()
         for name in ORT_WEB_FILES:
             shutil.copyfile(ort_dir / name, tmp / "ort" / name)
@@ -247,16 +246,15 @@ def build_site(
     path = resolve_bundle(bundle)
     key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
     opened = open_bundle(path, key, warn=log, key_label=label)
-    manifest = opened.manifest
-    model = manifest["model"]
-    if model.get("conditional"):
+    info = opened.info
+    if info.model.conditional:
         raise VaeEdgeError("the page supports unconditional models only (this bundle is conditional)")
-    chosen, default, why = choose_variants(manifest, tuple(variants))
+    chosen, default, why = choose_variants(info, tuple(variants))
     graphs = {v: opened.variant_bytes(v) for v in chosen}  # checked (and signature-verified) bytes
     ort_dir = ort_web_dir(log)
     rng = score_range(path, default, data_dir, warn=log) if with_score_range else {}
-    config = _site_config(manifest, path, chosen, default, why, rng, opened.signature)
-    _write_site(out, manifest, chosen, graphs, ort_dir, config, path)
+    config = _site_config(info, path, chosen, default, why, rng, opened.signature)
+    _write_site(out, info, chosen, graphs, ort_dir, config, path)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"out": str(out), "variants": chosen, "default_variant": default, "why": why,
             "bytes": size, "score_range": rng}

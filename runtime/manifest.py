@@ -1,0 +1,131 @@
+"""The manifest, typed: frozen dataclasses made once from the JSON the bundle reader has checked
+(`vae_edge.runtime.bundle.parse_manifest`: schema and version, file names, sizes, sha256s). The
+readers (the runtime, the variant chooser, `info`, the benchmark, the web page) use these; the
+writers (export, quantize, bundle_writer) build the JSON itself. The format for readers in other
+languages: docs/bundle.md and its JSON Schema, docs/bundle.schema.json.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from vae_edge import VaeEdgeError
+
+GRAPHS = ("encoder", "decoder")
+
+
+class ManifestError(VaeEdgeError):
+    """A manifest field has the wrong type (the bundle reader checked the rest)."""
+
+
+def _frozen(d: Mapping | None) -> Mapping:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant: its two graph files, what it is, what it was made for, what it kept."""
+    name: str
+    files: Mapping[str, str]  # graph -> file name
+    dtype: str = "float32"  # float32 | int8 | float16
+    target: str | None = None  # the device family it was made for (None: every device)
+    accuracy: Mapping = field(default_factory=lambda: _frozen(None))  # against fp32, on the test set
+    golden: Mapping | None = None  # the self-check's inputs, outputs and tolerance
+    quantization: Mapping | None = None
+    ort_files: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+
+    @property
+    def is_fp16(self) -> bool:
+        return self.dtype == "float16"
+
+    @property
+    def neg_elbo_delta(self) -> float | None:
+        """-ELBO against fp32 in nats (0 for fp32 itself; None when never measured)."""
+        if self.name == "fp32":
+            return 0.0
+        value = self.accuracy.get("neg_elbo_delta")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    """What `quantize --target T` recorded: the variant for T and the settings it used."""
+    variant: str | None
+    settings: Mapping = field(default_factory=lambda: _frozen(None))
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: str
+    latent_dim: int
+    conditional: bool
+    config: Mapping  # the whole model config (the checkpoint's)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    name: str | None
+    release: int
+    dataset: str
+    model: ModelInfo
+    graphs: Mapping[str, Mapping]  # graph -> its inputs and outputs (runtime.graphcheck reads them)
+    files: Mapping[str, FileEntry]
+    variants: Mapping[str, Variant]
+    targets: Mapping[str, TargetRecord]
+    evaluation: Mapping | None
+    preprocessing: Mapping | None
+    raw: Mapping = field(repr=False)  # the JSON as read (top level read-only)
+
+    def variant(self, name: str) -> Variant:
+        try:
+            return self.variants[name]
+        except KeyError:
+            raise ManifestError(f"this bundle has no variant {name!r} (it has: {', '.join(self.variants)})") from None
+
+    def to_dict(self) -> dict:
+        """A deep copy of the JSON, for a writer to change and write back."""
+        return copy.deepcopy(dict(self.raw))
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: object = "manifest") -> Manifest:
+        try:
+            return cls._from_dict(d)
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
+            raise ManifestError(f"{where}: a manifest field has the wrong type or is missing ({e})") from None
+
+    @classmethod
+    def _from_dict(cls, d: Mapping) -> Manifest:
+        model = d["model"]
+        variants = {name: Variant(
+            name=name, files=_frozen({g: str(e["files"][g]) for g in GRAPHS}), dtype=str(e.get("dtype") or "float32"),
+            target=None if e.get("target") is None else str(e["target"]), accuracy=_frozen(e.get("accuracy")),
+            golden=e.get("golden"), quantization=e.get("quantization"), ort_files=_frozen(e.get("ort_files")))
+            for name, e in d["variants"].items()}
+        targets = {}
+        for t, rec in (d.get("targets") or {}).items():
+            if isinstance(rec, Mapping):  # a malformed record is ignored, as before: auto falls back
+                v = rec.get("variant")
+                targets[t] = TargetRecord(variant=v if isinstance(v, str) else None,
+                                          settings=_frozen(rec.get("settings") if isinstance(rec.get("settings"), Mapping)
+                                                           else None), why=str(rec.get("why", "")))
+        return cls(
+            schema_version=int(d["schema_version"]), name=d.get("name"), release=int(d.get("release", 0)),
+            dataset=str(d.get("dataset") or "mnist"),
+            model=ModelInfo(arch=str(model["arch"]), latent_dim=int(model["latent_dim"]),
+                            conditional=bool(model.get("conditional", False)), config=_frozen(model)),
+            graphs=_frozen({g: s for g, s in (d.get("graphs") or {}).items() if isinstance(s, Mapping)}),
+            files=_frozen({n: FileEntry(str(e["sha256"]), int(e["size"])) for n, e in d["files"].items()}),
+            variants=_frozen(variants), targets=_frozen(targets),
+            evaluation=d.get("evaluation"), preprocessing=d.get("preprocessing"), raw=_frozen(d),
+        )
