@@ -77,8 +77,10 @@ class QuantizeConfig:
     # Static mode: the graph's outputs (logits, probs, mu, logvar) never pass through 8 bits: the
     # last weight layer before each output and the ops after it stay float (output_tail). With 8-bit
     # logits and latents, conv-mnist's int8 variant lost 0.56 nats of -ELBO; without, 0.17.
-    # Those layers' MatMul/Gemm still store int8 weights (dynamic int8: the input quantized at run
-    # time, the output float): in float they kept an MLP's static variant at 86-98% of fp32's size.
+    # Those layers' MatMul/Gemm still store 8-bit weights (dynamic quantization: the input quantized
+    # at run time, the output float): in float they kept an MLP's static variant at 86-98% of fp32's
+    # size. Their weights are uint8: with int8 ones onnxruntime on ARM CPUs with SME takes
+    # KleidiAI's kernels, which computed other numbers under emulation (targets.py: arm64).
     float_outputs: bool = True
     target: str = "x86"  # whose settings apply (export/targets.py), recorded in the manifest
 
@@ -424,8 +426,8 @@ def _build(job: _Job, g: str) -> None:
     if method == "static":
         _static(pre, out, ArrayReader(job.calib[g]), qc, sorted(set(excluded) | set(job.tails[g])))
         hybrid = [n for n in _output_matmuls(pre, job.tails[g]) if n not in excluded]
-        if hybrid:
-            _dynamic(out, out, qc, [], only=hybrid)
+        if hybrid:  # uint8 weights: exact on every CPU (int8 ones take KleidiAI's SME path on ARM)
+            _dynamic(out, out, replace(qc, weight_type="uint8", per_channel=False), [], only=hybrid)
         d = {"method": "static", "format": "QDQ", "float_output_int8_weights": hybrid}
     elif method == "dynamic":
         d = {"method": "dynamic", "op_types": _dynamic(pre, out, qc, excluded)}
@@ -511,7 +513,7 @@ def _record(job: _Job, acc: dict, n_select: int) -> dict:
             "variant": job.variant, "settings": target_settings(qc.target, set(job.methods.values())),
             "why": TARGETS[qc.target]["why"]}
     if note := portability_note(qc, entry):
-        job.log(note)
+        logger.warning(note)  # shown with -q too
     json.dumps(entry)  # fail before anything in the bundle changes
     for g in GRAPHS:
         os.replace(out[g], bundle / names[g])

@@ -127,6 +127,7 @@ BUNDLE_DRIVER = textwrap.dedent("""
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
     import vae_edge.runtime.bundle as b
+    import vae_edge.runtime.bundle_writer as w
     import vae_edge.export.quantize as q
     import vae_edge.export.onnx_export as e
     if where == "quantize:files-in-place":
@@ -139,12 +140,12 @@ BUNDLE_DRIVER = textwrap.dedent("""
                 die()
             return real_replace(src, dst, *a, **k)
         b.os.replace = replace
-    elif where == "quantize:before-cleanup":
-        real_write = b.write_json_atomic
+    elif where == "quantize:before-cleanup":  # the manifest written, stale files not yet removed
+        real_write = w.write_json_atomic
         def write(path, obj):
             real_write(path, obj)
             die()
-        b.write_json_atomic = write
+        w.write_json_atomic = write
     elif where == "export:second-graph":
         real_validate = e.validate_graph
         calls = []
