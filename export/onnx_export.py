@@ -123,9 +123,18 @@ def export_graph(model: VAE, spec: GraphSpec, path: Path, model_name: str, fp16_
     """torch.onnx.export of one wrapper; one self-contained file with metadata_props.
     fp16_weights: store the weights as fp16 (+ Cast to fp32): lossless for a model whose weights
     are fp16 values (a checkpoint slimmed to fp16), half the file."""
+    meta = {"model_name": model_name, "graph": spec.name, "arch": model.cfg.arch,
+            "latent_dim": str(model.cfg.latent_dim), "conditional": str(model.cfg.conditional).lower()}
+    save_graph(WRAPPERS[spec.name](model).eval(), spec, path, f"{model_name}: {spec.name} of a VAE (see manifest.json)",
+               meta, fp16_weights)
+
+
+def save_graph(wrapper: nn.Module, spec: GraphSpec, path: Path, doc: str, meta: dict[str, str],
+               fp16_weights: bool = False) -> None:
+    """torch.onnx.export (dynamo) of a module whose inputs and outputs are spec's, the batch axis
+    dynamic and named "batch"; one self-contained file with doc and metadata_props."""
     import onnx
 
-    wrapper = WRAPPERS[spec.name](model).eval()
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = tuple({0: batch} for _ in spec.inputs)
     # The exporter is chatty (progress lines, warnings about its own internals): keep it quiet.
@@ -143,9 +152,7 @@ def export_graph(model: VAE, spec: GraphSpec, path: Path, model_name: str, fp16_
             if vi.name == t.name and vi.type.tensor_type.shape.dim:
                 vi.type.tensor_type.shape.dim[0].dim_param = "batch"
     proto.producer_name, proto.producer_version = "vae-edge", __version__
-    proto.doc_string = f"{model_name}: {spec.name} of a VAE (see manifest.json)"
-    meta = {"model_name": model_name, "graph": spec.name, "arch": model.cfg.arch,
-            "latent_dim": str(model.cfg.latent_dim), "conditional": str(model.cfg.conditional).lower()}
+    proto.doc_string = doc
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -169,8 +176,9 @@ def within_tolerance(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
     return diff, bool(np.isfinite(diff) and np.all(err <= atol + rtol * np.abs(want)))
 
 
-def validate_graph(path: Path, spec: GraphSpec, model: VAE, feeds_at: dict[int, dict[str, np.ndarray]]) -> dict:
-    """onnx.checker, I/O names, shapes at several batch sizes, values against PyTorch within atol."""
+def validate_graph(path: Path, spec: GraphSpec, wrapper: nn.Module, feeds_at: dict[int, dict[str, np.ndarray]]) -> dict:
+    """onnx.checker, I/O names, shapes at several batch sizes, values against the PyTorch module
+    (the graph's wrapper) within the spec's tolerance."""
     import onnx
     import onnxruntime as ort
 
@@ -183,7 +191,7 @@ def validate_graph(path: Path, spec: GraphSpec, model: VAE, feeds_at: dict[int, 
     want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
     if got_in != want_in or got_out != want_out:
         raise VaeEdgeError(f"{spec.name}: graph I/O {got_in}->{got_out}, expected {want_in}->{want_out}")
-    wrapper = WRAPPERS[spec.name](model).eval()
+    wrapper = wrapper.eval()
     worst = dict.fromkeys(want_out, 0.0)
     for bs, feeds in feeds_at.items():
         outs = sess.run(None, feeds)
@@ -263,7 +271,7 @@ def _export_graphs(model, specs: dict, tmp: Path, name: str, half: bool, feeds: 
         fname = variant_filename(g, "fp32")
         log(f"exporting {g} (opset {opset})")
         export_graph(model, spec, tmp / fname, name, fp16_weights=half)
-        validation[g] = validate_graph(tmp / fname, spec, model, feeds[g])
+        validation[g] = validate_graph(tmp / fname, spec, WRAPPERS[g](model), feeds[g])
         log(f"  validated {g} against PyTorch at batch {', '.join(map(str, VALIDATION_BATCH_SIZES))}: "
             + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
         files[g] = fname

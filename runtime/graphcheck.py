@@ -128,10 +128,10 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 
 REQUIRED = {"encoder": {"inputs": {"x"}, "outputs": {"mu", "logvar"}},
-            "decoder": {"inputs": {"z"}, "outputs": {"logits", "probs"}}}
+            "decoder": {"inputs": {"z"}, "outputs": {"logits", "probs"}}}  # a Gaussian decoder: probs (its mean)
 
 
-def check_io(sess, spec: dict, where: object, graph: str = "") -> None:
+def check_io(sess, spec: dict, where: object, graph: str = "", likelihood: str = "bernoulli") -> None:
     """The session's inputs and outputs have the names, dtypes and shapes that the manifest's
     graph description gives (symbolic dimensions such as 'batch' match any size)."""
     if not isinstance(spec, dict) or not spec.get("inputs") or not spec.get("outputs"):
@@ -143,6 +143,8 @@ def check_io(sess, spec: dict, where: object, graph: str = "") -> None:
             raise GraphError(f"{where}: its {kind} are {sorted(have)}, but the manifest describes {sorted(want)}; "
                              "the graph does not belong to this manifest (refused)")
         needed = REQUIRED.get(graph, {}).get(kind, set())
+        if likelihood != "bernoulli":
+            needed = needed - {"logits"}
         if not needed <= set(have):
             raise GraphError(f"{where}: a vae-edge {graph} needs the {kind} {sorted(needed)}, this one has "
                              f"{sorted(have)} (refused)")

@@ -234,32 +234,104 @@ def images_from_npy(path: str | os.PathLike, shape=(1, 28, 28)) -> np.ndarray:
     return a
 
 
-def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None,
-                as_is: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Image files, .npy arrays and dataset slices ('mnist:test[0:16]') -> (x [N,1,28,28], labels
-    or None). as_is: image files are taken pixel for pixel (load_image_as_is), not framed."""
+MNIST_SHAPE = (1, 28, 28)
+MAX_FOLDER_IMAGES = 10_000
+
+
+def load_resized(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndarray:
+    """An image file -> [C, H, W] in [0, 1]: resized to H x W (bilinear) and converted to the
+    model's channels (grey or RGB); no digit framing. For models that are not MNIST-like."""
+    c, h, w = shape
+    path = Path(path)
+    if not path.is_file():
+        raise VaeEdgeError(f"input {path} does not exist")
+    if c not in (1, 3):
+        raise VaeEdgeError(f"image files hold 1 or 3 channels; this model takes {c}: give .npy arrays")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise VaeEdgeError(f"{path} is {img.width}x{img.height}: too large (limit {MAX_PIXELS} pixels)")
+                a = np.asarray(img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR),
+                               np.float32) / 255.0
+    except Image.DecompressionBombError as e:
+        raise VaeEdgeError(f"{path} is too large to open safely (limit {MAX_PIXELS} pixels)") from e
+    except UnidentifiedImageError as e:
+        raise VaeEdgeError(f"{path} is not an image pillow can read") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise VaeEdgeError(f"cannot read image {path}: {e}") from e
+    return a[None] if c == 1 else a.transpose(2, 0, 1)
+
+
+def images_from_npz(path: str | os.PathLike, shape=MNIST_SHAPE) -> np.ndarray:
+    """A .npz archive: its array `x` (or its only array) as images_from_npy reads one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile) as e:
+        raise VaeEdgeError(f"{path} is not a .npz archive: {e}") from None
+    name = "x" if "x" in names else (names[0] if len(names) == 1 else None)
+    if name is None:
+        raise VaeEdgeError(f"{path} holds arrays {names}: name the images x")
+    import tempfile
+
+    with zipfile.ZipFile(path) as z, tempfile.TemporaryDirectory() as tmp:
+        z.extract(f"{name}.npy", tmp)
+        return images_from_npy(Path(tmp) / f"{name}.npy", shape)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise VaeEdgeError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    if len(files) > MAX_FOLDER_IMAGES:
+        raise VaeEdgeError(f"{folder} holds {len(files):,} images; give at most {MAX_FOLDER_IMAGES:,} at a time")
+    return files
+
+
+def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None, as_is: bool = False,
+                shape: tuple[int, int, int] = MNIST_SHAPE) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image files, folders of them, .npy/.npz arrays and dataset slices ('mnist:test[0:16]') ->
+    (x [N, C, H, W] of the model's `shape`, labels or None). Image files are framed as MNIST's
+    digits for 1x28x28 models (as_is: taken pixel for pixel), else resized to the model's size."""
     from vae_edge.data import is_dataset_slice, load_slice
 
     if not specs:
         raise VaeEdgeError("no input given: pass image files or a slice such as mnist:test[0:16]")
+    shape = tuple(shape)
     xs, ys, all_labelled = [], [], True
+
+    def image(path) -> np.ndarray:
+        if shape != MNIST_SHAPE:
+            return load_resized(path, shape)
+        return load_image_as_is(path) if as_is else load_image(path)
+
     for spec in specs:
         if is_dataset_slice(spec) and not Path(spec).exists():
+            if shape != MNIST_SHAPE:  # the datasets vae-edge reads are 1x28x28
+                raise VaeEdgeError(f"{spec} holds [1, 28, 28] images; this model takes {list(shape)}: give image "
+                                   "files, a folder or .npy arrays")
             x, y = load_slice(spec, data_dir)
             xs.append(x)
             ys.append(y)
-        elif _SLICE_LIKE.match(spec) and not Path(spec).exists():
+            continue
+        if _SLICE_LIKE.match(spec) and not Path(spec).exists():
             raise VaeEdgeError(f"{spec!r} is not a dataset slice: write DATASET:SPLIT[A:B], with DATASET mnist or "
                                "fashion-mnist and SPLIT train or test, e.g. mnist:test[0:16] (or an image file)")
-        elif spec.lower().endswith(".npy"):
-            arr = images_from_npy(spec)
-            xs.append(arr)
-            ys.append(np.full(len(arr), -1, np.int64))
-            all_labelled = False
+        all_labelled = False
+        if spec.lower().endswith(".npy"):
+            arr = images_from_npy(spec, shape)
+        elif spec.lower().endswith(".npz"):
+            arr = images_from_npz(spec, shape)
+        elif Path(spec).is_dir():
+            arr = np.stack([image(p) for p in _folder_images(Path(spec))])
         else:
-            xs.append((load_image_as_is(spec) if as_is else load_image(spec))[None])
-            ys.append(np.full(1, -1, np.int64))
-            all_labelled = False
+            arr = image(spec)[None]
+        xs.append(arr)
+        ys.append(np.full(len(arr), -1, np.int64))
     return np.concatenate(xs), (np.concatenate(ys) if all_labelled else None)
 
 
@@ -268,18 +340,25 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale: int = 2) -> Image.Image:
-    """[N, 1, 28, 28] in [0, 1] -> one grey PIL image, N cells laid out in rows of ncol."""
-    images = np.asarray(images).reshape(-1, 28, 28)
-    n = len(images)
+    """[N, C, H, W] in [0, 1] (C = 1: grey, 3: colour; [N, H, W] and [N, 784] read as grey 28x28
+    and HxW) -> one PIL image, N cells laid out in rows of ncol."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] in (1, 3):
+        images = images.transpose(0, 2, 3, 1)  # [N, H, W, C]
+    elif images.ndim == 3:
+        images = images[..., None]
+    else:
+        images = images.reshape(-1, 28, 28, 1)
+    n, h, w, c = images.shape
     check_grid_size(n)
     ncol = ncol or int(np.ceil(np.sqrt(n)))
     nrow = int(np.ceil(n / ncol))
-    cell = 28 + pad
-    canvas = np.full((nrow * cell + pad, ncol * cell + pad), 64, np.uint8)
+    ch, cw = h + pad, w + pad
+    canvas = np.full((nrow * ch + pad, ncol * cw + pad, c), 64, np.uint8)
     for i, im in enumerate(to_uint8(images)):
-        r, c = divmod(i, ncol)
-        canvas[pad + r * cell : pad + r * cell + 28, pad + c * cell : pad + c * cell + 28] = im
-    img = Image.fromarray(canvas, "L")
+        r, k = divmod(i, ncol)
+        canvas[pad + r * ch : pad + r * ch + h, pad + k * cw : pad + k * cw + w] = im
+    img = Image.fromarray(canvas[..., 0], "L") if c == 1 else Image.fromarray(canvas, "RGB")
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
 
@@ -290,12 +369,12 @@ def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int = 2) -> Image.I
     ncol = max(len(images) for _, images in rows)
     body = grid(np.concatenate([images for _, images in rows]), ncol=ncol, scale=scale)
     margin = 8 + 7 * max(len(label) for label, _ in rows)
-    canvas = Image.new("L", (body.width + margin, body.height), 64)
+    canvas = Image.new(body.mode, (body.width + margin, body.height), 64 if body.mode == "L" else (64, 64, 64))
     canvas.paste(body, (margin, 0))
     draw = ImageDraw.Draw(canvas)
     row_h = body.height / len(rows)
     for i, (label, _) in enumerate(rows):
-        draw.text((4, int(i * row_h + row_h / 2 - 6)), label, fill=255)
+        draw.text((4, int(i * row_h + row_h / 2 - 6)), label, fill=255 if body.mode == "L" else (255, 255, 255))
     return canvas
 
 
@@ -334,7 +413,7 @@ def save_image(img: Image.Image, path: str | os.PathLike, fmt: str | None = None
 
 
 def save_gif(frames: np.ndarray, path: str | os.PathLike, scale: int = 8, duration_ms: int = 120) -> Path:
-    """[T, 1, 28, 28] -> an animated GIF (224 px a side: 8x) that plays forward then back."""
+    """[T, C, H, W] -> an animated GIF (8x: 224 px a side for MNIST) that plays forward then back."""
     pics = [grid(f[None], ncol=1, pad=0, scale=scale) for f in frames]
     seq = pics + pics[-2:0:-1]
     return atomic_write(

@@ -64,12 +64,25 @@ class TargetRecord:
     why: str = ""
 
 
+MNIST_SHAPE = (1, 28, 28)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    arch: str
-    latent_dim: int
+    arch: str  # mlp | conv (vae-edge's own) | custom (a user's module: export_vae)
+    latent_dim: int  # elements of one latent (the product of latent_shape)
     conditional: bool
     config: Mapping  # the whole model config (the checkpoint's)
+    image_shape: tuple[int, int, int] = MNIST_SHAPE  # [C, H, W] of one image, values in [0, 1]
+    latent_shape: tuple[int, ...] = ()  # a vector (latent_dim,) or spatial, such as (4, 8, 8)
+    likelihood: str = "bernoulli"  # bernoulli (the decoder gives logits) | gaussian (its mean)
+    sigma: float | None = None  # the Gaussian likelihood's fixed per-pixel standard deviation
+
+    @property
+    def mnist_like(self) -> bool:
+        """One 28x28 grey channel and a Bernoulli likelihood: what the digit tools (the drawing
+        pad, digit framing of image files, denoising's noise models) are made for."""
+        return self.image_shape == MNIST_SHAPE and self.likelihood == "bernoulli"
 
 
 @dataclass(frozen=True)
@@ -122,10 +135,33 @@ class Manifest:
         return cls(
             schema_version=int(d["schema_version"]), name=d.get("name"), release=int(d.get("release", 0)),
             dataset=str(d.get("dataset") or "mnist"),
-            model=ModelInfo(arch=str(model["arch"]), latent_dim=int(model["latent_dim"]),
-                            conditional=bool(model.get("conditional", False)), config=_frozen(model)),
+            model=_model_info(model),
             graphs=_frozen({g: s for g, s in (d.get("graphs") or {}).items() if isinstance(s, Mapping)}),
             files=_frozen({n: FileEntry(str(e["sha256"]), int(e["size"])) for n, e in d["files"].items()}),
             variants=_frozen(variants), targets=_frozen(targets),
             evaluation=d.get("evaluation"), preprocessing=d.get("preprocessing"), raw=_frozen(d),
         )
+
+
+def _model_info(model: Mapping) -> ModelInfo:
+    d = int(model["latent_dim"])
+    latent = tuple(int(n) for n in (model.get("latent_shape") or (d,)))
+    image = tuple(int(n) for n in (model.get("image_shape") or MNIST_SHAPE))
+    if len(image) != 3 or min(image) < 1 or min(latent, default=0) < 1 or _prod(latent) != d:
+        raise ValueError(f"image shape {list(image)} / latent shape {list(latent)} of {d} elements")
+    likelihood = str(model.get("likelihood") or "bernoulli")
+    if likelihood not in ("bernoulli", "gaussian"):
+        raise ValueError(f"likelihood {likelihood!r}")
+    sigma = model.get("sigma")
+    if likelihood == "gaussian" and not (isinstance(sigma, (int, float)) and sigma > 0):
+        raise ValueError("a gaussian likelihood needs a positive sigma")
+    return ModelInfo(arch=str(model["arch"]), latent_dim=d, conditional=bool(model.get("conditional", False)),
+                     config=_frozen(model), image_shape=image, latent_shape=latent, likelihood=likelihood,
+                     sigma=None if sigma is None else float(sigma))
+
+
+def _prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out

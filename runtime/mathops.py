@@ -3,6 +3,8 @@ special functions they need (no scipy)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -12,6 +14,13 @@ def bce_with_logits(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     """-log Bernoulli(target; sigmoid(logits)) per image, summed over pixels: [..., B]."""
     per_pixel = np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))
     return per_pixel.reshape(*per_pixel.shape[: per_pixel.ndim - 3], -1).sum(-1)
+
+
+def gaussian_nll(mean: np.ndarray, target: np.ndarray, sigma: float) -> np.ndarray:
+    """-log N(target; mean, sigma^2 I) per image, summed over its C x H x W values (nats of the
+    continuous density): [..., B]."""
+    per = 0.5 * ((target - mean) / sigma) ** 2 + math.log(sigma) + 0.5 * LOG_2PI
+    return per.reshape(*per.shape[: per.ndim - 3], -1).sum(-1)
 
 
 def kl_to_prior(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:

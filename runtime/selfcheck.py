@@ -46,17 +46,22 @@ def _dec(d: dict) -> np.ndarray:
 
 def golden_inputs(manifest: dict) -> dict[str, np.ndarray]:
     """Fixed inputs: latents from a seeded normal; images with digit-like structure made from a
-    seeded pattern (no dataset needed), on the 1/255 grid so they are stored exactly."""
+    seeded pattern (no dataset needed), on the 1/255 grid so they are stored exactly. Any image
+    and latent shape (the manifest's); for 1x28x28 and vector latents, the same numbers as ever."""
     cfg = manifest["model"]
+    c, h, w = (int(n) for n in (cfg.get("image_shape") or (1, 28, 28)))
+    latent = tuple(int(n) for n in (cfg.get("latent_shape") or (cfg["latent_dim"],)))
     rng = np.random.default_rng(20251125)
-    z = rng.standard_normal((N_GOLDEN, int(cfg["latent_dim"]))).astype(np.float32)
-    yy, xx = np.mgrid[0:28, 0:28]
+    z = rng.standard_normal((N_GOLDEN, int(cfg["latent_dim"]))).astype(np.float32).reshape(N_GOLDEN, *latent)
+    yy, xx = np.mgrid[0:h, 0:w]
+    scale = min(h, w) / 28
     imgs = []
     for i in range(N_GOLDEN):
-        cy, cx, r = 14 + rng.normal(0, 2), 14 + rng.normal(0, 2), 6 + 2 * i
-        ring = np.exp(-((np.hypot(yy - cy, xx - cx) - r) ** 2) / 4.0)
-        imgs.append(np.clip(ring + 0.1 * rng.random((28, 28)), 0, 1))
-    x = np.round(np.stack(imgs)[:, None] * 255).astype(np.uint8).astype(np.float32) * np.float32(1 / 255)
+        cy, cx = h / 2 + rng.normal(0, 2) * scale, w / 2 + rng.normal(0, 2) * scale
+        r = (6 + 2 * i) * scale
+        ring = np.exp(-((np.hypot(yy - cy, xx - cx) - r) ** 2) / (4.0 * scale * scale))
+        imgs.append(np.clip(ring + 0.1 * rng.random((c, h, w)), 0, 1))
+    x = np.round(np.stack(imgs) * 255).astype(np.uint8).astype(np.float32) * np.float32(1 / 255)
     out = {"z": z, "x": x}
     if cfg.get("conditional"):
         out["y"] = np.arange(N_GOLDEN, dtype=np.int64) % 10

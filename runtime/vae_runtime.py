@@ -21,7 +21,14 @@ from vae_edge.runtime.choice import auto_candidates
 from vae_edge.runtime.denoise import noise_loglik, parse_noise  # noqa: F401  (re-exported)
 from vae_edge.runtime.graphcheck import GraphError, check_io
 from vae_edge.runtime.manifest import Manifest
-from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, log_ndtr, log_normal, logsumexp  # noqa: F401
+from vae_edge.runtime.mathops import (  # noqa: F401
+    bce_with_logits,
+    gaussian_nll,
+    kl_to_prior,
+    log_ndtr,
+    log_normal,
+    logsumexp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +99,13 @@ class VAERuntime:
         self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
         self.providers_asked = providers
         self.threads = threads
-        self.latent_dim: int = self.info.model.latent_dim
-        self.conditional: bool = self.info.model.conditional
+        model = self.info.model
+        self.latent_dim: int = model.latent_dim
+        self.latent_shape: tuple[int, ...] = model.latent_shape  # (latent_dim,) or spatial
+        self.image_shape: tuple[int, int, int] = model.image_shape  # [C, H, W]
+        self.likelihood, self.sigma = model.likelihood, model.sigma
+        self._vector = len(self.latent_shape) == 1  # the decoder's fast path takes [B, latent_dim]
+        self.conditional: bool = model.conditional
         # Outputs are called by name: load checked them against the manifest (graphcheck.check_io).
         self._probs, self._logits = ["probs"], ["logits"]
         self._enc_out = ["mu", "logvar"]
@@ -170,7 +182,7 @@ class VAERuntime:
         sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
                     for g, data in graphs.items()}
         for g, sess in sessions.items():
-            check_io(sess, info.graphs.get(g), path / files[g], g)
+            check_io(sess, info.graphs.get(g), path / files[g], g, info.model.likelihood)
         return cls(opened, v, sessions, providers, threads)
 
     def self_check(self) -> dict[str, float] | None:
@@ -206,16 +218,17 @@ class VAERuntime:
         # The fast path: one reduction instead of min and max. As unsigned integers, the float32s
         # in [+0, 1] are exactly those up to 1.0's bit pattern (negatives, -0.0 included, NaN and
         # inf lie above it; -0.0 then passes the exact check below).
-        if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == (1, 28, 28)
+        shape = self.image_shape
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == shape
                 and x.shape[0] and x.flags.c_contiguous and x.view(np.uint32).max() <= _ONE_BITS):
             return x
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 2 and x.shape == (28, 28):
+        if shape[0] == 1 and x.ndim == 2 and x.shape == shape[1:]:
             x = x[None, None]
-        elif x.ndim == 3 and x.shape[1:] == (28, 28):
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-            raise VaeEdgeError(f"images must have shape [batch, 1, 28, 28], got {list(x.shape)}")
+        elif (shape[0] == 1 and x.ndim == 3 and x.shape[1:] == shape[1:]) or (x.ndim == 3 and x.shape == shape):
+            x = x[:, None] if shape[0] == 1 and x.shape != shape else x[None]
+        if x.ndim != 4 or x.shape[1:] != shape:
+            raise VaeEdgeError(f"images must have shape [batch, {', '.join(map(str, shape))}], got {list(x.shape)}")
         if len(x) == 0:
             raise VaeEdgeError("no images given (batch of 0)")
         if not np.all(np.isfinite(x)):
@@ -225,11 +238,15 @@ class VAERuntime:
         return np.ascontiguousarray(x)
 
     def _latents(self, z) -> np.ndarray:
+        """[B, *latent_shape] float32; also [B, latent_dim] flattened, or one latent alone."""
         z = np.asarray(z, dtype=np.float32)
-        if z.ndim == 1:
-            z = z[None]
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise VaeEdgeError(f"latents must have shape [batch, {self.latent_dim}], got {list(z.shape)}")
+        shape = self.latent_shape
+        if z.shape == shape or (z.ndim == 1 and z.size == self.latent_dim):
+            z = z.reshape(1, *shape)
+        elif z.ndim == 2 and z.shape[1] == self.latent_dim and len(shape) > 1:
+            z = z.reshape(len(z), *shape)
+        if z.shape[1:] != shape:
+            raise VaeEdgeError(f"latents must have shape [batch, {', '.join(map(str, shape))}], got {list(z.shape)}")
         if len(z) == 0:
             raise VaeEdgeError("no latents given (batch of 0)")
         if not np.all(np.isfinite(z)):
@@ -254,7 +271,7 @@ class VAERuntime:
 
     # -- the graphs ------------------------------------------------------------------------
     def encode(self, x, y=None, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """x [B, 1, 28, 28] in [0, 1] -> (mu, logvar), each [B, latent_dim].
+        """x [B, C, H, W] in [0, 1] (the bundle's image shape) -> (mu, logvar), each [B, *latent_shape].
 
         copy=False: for batches of at most 16, return the runtime's own output buffers, which the
         next call with the same batch size overwrites (saves a copy per call; for loops that use
@@ -265,15 +282,17 @@ class VAERuntime:
         return mu, logvar
 
     def decode(self, z, y=None, logits: bool = False, copy: bool = True) -> np.ndarray:
-        """z [B, latent_dim] -> probabilities [B, 1, 28, 28] (or Bernoulli logits).
+        """z [B, *latent_shape] -> probabilities (the Gaussian mean) [B, C, H, W], or Bernoulli logits.
 
         copy=False: as for encode, the runtime's own buffer at batches of at most 16."""
         # Fast path for a well-formed float32 batch: attribute checks and one dot product
         # (non-finite if any element is NaN/inf; the exact check runs only then).
         if not (type(z) is np.ndarray and z.dtype == np.float32 and z.ndim == 2 and z.shape[0]
-                and z.shape[1] == self.latent_dim and z.flags.c_contiguous
+                and z.shape[1] == self.latent_dim and self._vector and z.flags.c_contiguous
                 and math.isfinite(z.ravel().dot(z.ravel()))):
             z = self._latents(z)
+        if logits and self.likelihood != "bernoulli":
+            raise VaeEdgeError(f"this model's likelihood is {self.likelihood}: its decoder gives a mean, not logits")
         feeds = {"z": z} if y is None and not self.conditional else {"z": z, **self._labels(y, len(z))}
         return self._dec_run(self._logits if logits else self._probs, feeds, None, copy)[0]
 
@@ -286,7 +305,7 @@ class VAERuntime:
             raise VaeEdgeError(f"digit must lie in 0-9, got {digit}")
         if digit is not None and not self.conditional:
             raise VaeEdgeError("--digit needs a conditional model; this one is not")
-        z = _rng(seed).standard_normal((int(n), self.latent_dim), dtype=np.float32)
+        z = _rng(seed).standard_normal((int(n), *self.latent_shape), dtype=np.float32)
         y = None if not self.conditional else (digit if digit is not None else np.arange(n) % 10)
         return self.decode(z, y)
 
@@ -301,12 +320,13 @@ class VAERuntime:
             raise VaeEdgeError(f"steps must be between 2 and 1000, got {steps}")
         if method not in ("lerp", "slerp"):
             raise VaeEdgeError(f"unknown interpolation {method!r}: lerp or slerp")
-        za, _ = self.encode(np.asarray(a, np.float32).reshape(1, 1, 28, 28), None if y is None else y[:1])
-        zb, _ = self.encode(np.asarray(b, np.float32).reshape(1, 1, 28, 28), None if y is None else y[1:2])
+        za, _ = self.encode(np.asarray(a, np.float32).reshape(1, *self.image_shape), None if y is None else y[:1])
+        zb, _ = self.encode(np.asarray(b, np.float32).reshape(1, *self.image_shape), None if y is None else y[1:2])
         t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
-        z = lerp(za[0], zb[0], t) if method == "lerp" else slerp(za[0], zb[0], t)
+        a_, b_ = za[0].reshape(-1), zb[0].reshape(-1)  # spatial latents: along the flattened vector
+        z = lerp(a_, b_, t) if method == "lerp" else slerp(a_, b_, t)
         yy = None if y is None else np.where(t[:, 0] < 0.5, y[0], y[1])
-        return self.decode(z.astype(np.float32), yy)
+        return self.decode(z.astype(np.float32).reshape(steps, *self.latent_shape), yy)
 
     def denoise(self, x, noise: str | None = None, mask=None, samples: int = 512, rounds: int = 2,
                 seed: int = 0, y=None, info: dict | None = None) -> np.ndarray:
@@ -318,6 +338,9 @@ class VAERuntime:
         `rounds` Metropolis moves per temperature. `info`, if given, receives the diagnostics: the
         effective sample size of the final weights per image, the number of temperatures, and
         the Metropolis acceptance rate."""
+        if self.likelihood != "bernoulli":
+            raise VaeEdgeError("denoising needs a model with a Bernoulli likelihood (its noise models are "
+                               f"made for binary-ish images); this one's is {self.likelihood}")
         x = self._images(x)
         labels = self._labels(y, len(x)).get("y")
         n, pixels = len(x), int(np.prod(x.shape[1:]))
@@ -346,8 +369,20 @@ class VAERuntime:
         """Anomaly score corrected for input complexity (Serra et al. 2020): -log p(x) of the
         binarized image minus its compressed length, both in nats. Likelihood alone rates simple
         inputs (blank pages, a lone stroke) as the most normal of all; this score does not."""
+        if self.likelihood != "bernoulli":
+            raise VaeEdgeError("the complexity correction scores binarized images: it needs a model with a "
+                               f"Bernoulli likelihood; this one's is {self.likelihood} (use score)")
         xb = (self._images(x) > 0.5).astype(np.float32)
         return self.score(xb, y, iw_samples=iw_samples, seed=seed, elbo_samples=elbo_samples) - compressed_nats(xb)
+
+    def _nll(self, z: np.ndarray, x: np.ndarray, labels: dict) -> np.ndarray:
+        """-log p(x | z) per image in nats, the model's own likelihood: Bernoulli on the decoder's
+        logits, or Gaussian around its mean with the bundle's sigma."""
+        if self.likelihood == "gaussian":
+            mean = self._dec_run.plain(self._probs, {"z": z, **labels})[0]
+            return gaussian_nll(mean, x, self.sigma)
+        logits = self._dec_run.plain(self._logits, {"z": z, **labels})[0]
+        return bce_with_logits(logits, x)
 
     def score(self, x, y=None, iw_samples: int = 0, seed: int = 0, elbo_samples: int = ELBO_SAMPLES) -> np.ndarray:
         """Anomaly score per image in nats: -ELBO (the mean over elbo_samples draws), or with
@@ -365,13 +400,14 @@ class VAERuntime:
         extra = self._labels(y, len(x))
         rng = _rng(seed)
         mu, logvar = self._enc_run.plain(self._enc_out, {"x": x, **extra})
+        n, shape = len(x), self.latent_shape
+        mu, logvar = mu.reshape(n, -1), logvar.reshape(n, -1)  # the math on flat latents
         std = np.exp(0.5 * logvar)
         if iw_samples == 0:
             total = np.zeros(len(x))
             for eps in rng.standard_normal((elbo_samples, self.latent_dim), dtype=np.float32):
                 z = (mu + std * eps).astype(np.float32)
-                logits = self._dec_run.plain(self._logits, {"z": z, **extra})[0]
-                total += bce_with_logits(logits, x) + kl_to_prior(mu, logvar)
+                total += self._nll(z.reshape(n, *shape), x, extra) + kl_to_prior(mu, logvar)
             return total / elbo_samples
         out = np.empty(len(x))
         for i in range(len(x)):
@@ -381,9 +417,8 @@ class VAERuntime:
                 k = min(IW_BATCH, iw_samples - j)
                 eps = rng.standard_normal((k, self.latent_dim), dtype=np.float32)
                 z = (mu[i] + std[i] * eps).astype(np.float32)
-                feeds = {"z": z, **{n: np.full(k, v[i]) for n, v in extra.items()}}
-                logits = self._dec_run.plain(self._logits, feeds)[0]
-                logw.append(-bce_with_logits(logits, xi) + log_normal(z) - log_normal(z, mu[i], logvar[i]))
+                labels = {name: np.full(k, v[i]) for name, v in extra.items()}
+                logw.append(-self._nll(z.reshape(k, *shape), xi, labels) + log_normal(z) - log_normal(z, mu[i], logvar[i]))
             logw = np.concatenate(logw)
             out[i] = -(logsumexp(logw) - np.log(iw_samples))
         return out

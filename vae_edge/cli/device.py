@@ -63,7 +63,7 @@ def sample(rt, n, digit, seed, output) -> None:
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg, ...): a grid.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg): a grid; or .npy: the array.")
 @digit_option()
 @data_dir_option
 @with_runtime
@@ -76,12 +76,24 @@ def reconstruct(rt, inputs, output, digit, data_dir) -> None:
     """
     import numpy as np
 
-    from vae_edge.runtime.images import check_output, grid, has_ink, load_inputs, save_image
+    from vae_edge.runtime.images import (
+        check_output,
+        grid,
+        has_ink,
+        load_inputs,
+        output_format,
+        save_image,
+        save_npy,
+    )
 
-    out = check_output(output)
-    x, labels = load_inputs(inputs, data_dir)
+    suffixes = (".png", ".jpg", ".jpeg", ".npy")
+    out = check_output(output, suffixes)
+    x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape)
     rec = rt.reconstruct(x, _labels_for(rt, labels, digit))
-    save_image(grid(np.concatenate([x, rec]), ncol=len(x)), out)
+    if output_format(out, suffixes) == ".npy":
+        save_npy(rec, out)
+    else:
+        save_image(grid(np.concatenate([x, rec]), ncol=len(x)), out)
     done(f"{len(x)} reconstruction{'s' if len(x) != 1 else ''} -> {out}", out)
     blank = sum(not has_ink(xi) for xi in x)
     if blank:
@@ -112,8 +124,8 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
     )
 
     out = check_output(output, (".gif", ".png"))
-    xa, la = load_inputs([a], data_dir)
-    xb, lb = load_inputs([b], data_dir)
+    xa, la = load_inputs([a], data_dir, shape=rt.image_shape)
+    xb, lb = load_inputs([b], data_dir, shape=rt.image_shape)
     if len(xa) != 1 or len(xb) != 1:
         raise VaeEdgeError("A and B must each be one image (a file, or a slice like mnist:test[3:4])")
     y = None
@@ -181,7 +193,7 @@ def denoise(rt, inputs, noise, demo, samples, rounds, seed, digit, output, data_
     kind, _ = parse_noise(noise)
     if kind == "mask" and not demo:
         raise VaeEdgeError("mask:... says which pixels are missing only when vae-edge made the hole: add --demo")
-    x, labels = load_inputs(inputs, data_dir, as_is=not demo)
+    x, labels = load_inputs(inputs, data_dir, as_is=not demo, shape=rt.image_shape)
     noisy, mask = corrupt(x, noise, seed=seed) if demo else (x, None)
     diag: dict = {}
     restored = rt.denoise(noisy, noise=None if mask is not None else noise, mask=mask, samples=samples,
@@ -230,7 +242,7 @@ def score(rt, inputs, iw_samples, elbo_samples, complexity, seed, digit, data_di
     """
     from vae_edge.runtime.images import has_ink
 
-    x, labels, names = load_inputs_with_names(inputs, data_dir)
+    x, labels, names = load_inputs_with_names(inputs, data_dir, rt.image_shape)
     y = _labels_for(rt, labels, digit)
     scores = rt.score(x, y, iw_samples=iw_samples, seed=seed, elbo_samples=elbo_samples)
     corrected = (rt.complexity_score(x, y, iw_samples=iw_samples, seed=seed, elbo_samples=elbo_samples)
@@ -256,7 +268,7 @@ def score(rt, inputs, iw_samples, elbo_samples, complexity, seed, digit, data_di
                    err=True)
 
 
-def load_inputs_with_names(inputs, data_dir):
+def load_inputs_with_names(inputs, data_dir, shape=(1, 28, 28)):
     """(x, labels, one display name per image): each input is loaded once."""
     import numpy as np
 
@@ -264,7 +276,7 @@ def load_inputs_with_names(inputs, data_dir):
 
     xs, ys, names = [], [], []
     for spec in inputs:
-        x, y = load_inputs([spec], data_dir)
+        x, y = load_inputs([spec], data_dir, shape=shape)
         xs.append(x)
         ys.append(y)
         names += [spec] if len(x) == 1 and y is None else [f"{spec}#{i}" for i in range(len(x))]
@@ -290,16 +302,17 @@ def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
     from vae_edge.runtime.images import check_output, load_inputs, save_npy
 
     out = check_output(output, (".npy",))
-    x, labels = load_inputs(inputs, data_dir)
+    x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape)
     mu, logvar = rt.encode(x, _labels_for(rt, labels, digit))
     arr = np.stack([mu, logvar]) if with_logvar else mu
     save_npy(arr, out)
-    done(f"{len(x)} latents of dim {mu.shape[1]} -> {out}", out)
+    dims = "x".join(map(str, mu.shape[1:]))
+    done(f"{len(x)} latents of {'dim ' if mu.ndim == 2 else 'shape '}{dims} -> {out}", out)
 
 
 @click.command()
 @click.argument("latents", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg, ...): a grid.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg): a grid; or .npy: the array.")
 @digit_option()
 @with_runtime
 def decode(rt, latents, output, digit) -> None:
@@ -309,14 +322,25 @@ def decode(rt, latents, output, digit) -> None:
     Example: vae-edge decode latents.npy -o decoded.png
     """
 
-    from vae_edge.runtime.images import check_output, grid, load_npy, save_image
+    from vae_edge.runtime.images import (
+        check_output,
+        grid,
+        load_npy,
+        output_format,
+        save_image,
+        save_npy,
+    )
 
-    out = check_output(output)
+    suffixes = (".png", ".jpg", ".jpeg", ".npy")
+    out = check_output(output, suffixes)
     z = load_npy(latents, "latents")
-    if z.ndim == 3 and z.shape[0] == 2:
+    if z.ndim == len(rt.latent_shape) + 2 and z.shape[0] == 2:
         z = z[0]  # [mu, logvar] as written by `encode --with-logvar`
     images = rt.decode(z, _labels_for(rt, None, digit) if rt.conditional else None)
-    save_image(grid(images), out)
+    if output_format(out, suffixes) == ".npy":
+        save_npy(images, out)
+    else:
+        save_image(grid(images), out)
     done(f"{len(images)} images -> {out}", out)
 
 

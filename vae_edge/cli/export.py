@@ -18,8 +18,18 @@ from vae_edge.cli.base import (
 # --------------------------------------------------------------------------------------------
 
 @click.command()
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", type=click.Path(), required=False)
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Bundle folder to write.")
+@click.option("--module", "module", default=None, metavar="PATH.py:FACTORY",
+              help="Your own VAE instead of a vae-edge checkpoint: FACTORY() in PATH.py returns a torch module "
+                   "with encode(x) -> (mu, logvar) and decode(z) (docs/byo.md).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="With --module: a state_dict file loaded into the module (torch.load, weights_only=True).")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="With --module: one image's shape.")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian"]), default="bernoulli", show_default=True,
+              help="With --module: decode(z) gives Bernoulli logits, or the Gaussian mean in [0, 1].")
+@click.option("--sigma", type=float, default=None, help="With --likelihood gaussian: the per-pixel standard deviation.")
+@click.option("--name", default=None, help="With --module: the model's name in the manifest (default: the class's).")
 @click.option("--opset", type=click.IntRange(18), default=18, show_default=True,
               help="ONNX opset, 18 or newer (the graphs use Split with num_outputs, new in 18).")
 @click.option("--ort-format", is_flag=True, help="Also write .ort files for onnxruntime mobile/minimal builds.")
@@ -27,20 +37,45 @@ from vae_edge.cli.base import (
               help="Release number recorded in the (signed) manifest: devices given `--expect NAME@N` refuse "
                    "older releases (rollbacks). Raise it for every bundle you ship.")
 @data_dir_option
-def export(checkpoint, out, opset, ort_format, release, data_dir) -> None:
+def export(checkpoint, out, module, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
+           data_dir) -> None:
     """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
 
-    The validation feeds real MNIST test images to both PyTorch and onnxruntime (batch 1, 7, 256),
-    so export needs the test split (--data-dir, or the user cache).
+    A vae-edge checkpoint is validated on real MNIST test images (batch 1, 7, 256), so export needs
+    the test split (--data-dir, or the user cache). Your own VAE (--module) is validated on random
+    inputs of its shape (batch 2, 5).
 
     \b
     Example: vae-edge export runs/mlp/model.pt --out bundles/mlp
+             vae-edge export --module my_vae.py:make --weights vae.pt --input-shape 3,32,32 \\
+                 --likelihood gaussian --sigma 0.1 --out bundles/mine
     """
-    from vae_edge.export.onnx_export import export_bundle
+    if module:
+        if checkpoint:
+            raise click.UsageError("give a CHECKPOINT or --module, not both")
+        path = _export_module(module, weights, input_shape, likelihood, sigma, name, out, opset, release)
+    else:
+        if not checkpoint:
+            raise click.UsageError("give a CHECKPOINT (a vae-edge training run's model.pt) or --module PATH.py:FACTORY")
+        from vae_edge.export.onnx_export import export_bundle
 
-    path = export_bundle(checkpoint, out, opset=opset, ort_format=ort_format, release=release,
-                         data_dir=data_dir, log=progress_log())
+        path = export_bundle(checkpoint, out, opset=opset, ort_format=ort_format, release=release,
+                             data_dir=data_dir, log=progress_log())
     click.echo(f"bundle: {path}")
+
+
+def _export_module(spec: str, weights, input_shape, likelihood, sigma, name, out, opset, release):
+    from vae_edge.export.byo import export_vae, load_module
+
+    if not input_shape:
+        raise click.UsageError("--module needs --input-shape C,H,W")
+    try:
+        shape = tuple(int(n) for n in input_shape.split(","))
+    except ValueError:
+        raise click.UsageError(f"--input-shape takes C,H,W such as 3,32,32, got {input_shape!r}") from None
+    model = load_module(spec, weights)
+    return export_vae(model, shape, out, likelihood=likelihood, sigma=sigma, name=name, opset=opset,
+                      release=release, log=progress_log())
 
 
 @click.command()

@@ -1,0 +1,206 @@
+"""Bring your own VAE: a PyTorch module of the user's to a bundle.
+
+The protocol: `encode(x) -> (mu, logvar)` and `decode(z) -> tensor`, with `x` [N, C, H, W] float
+in [0, 1], `mu`/`logvar` [N, *latent_shape] (a vector or a spatial latent such as [4, 8, 8]), and
+`decode` returning Bernoulli logits (likelihood="bernoulli") or the Gaussian mean in [0, 1]
+(likelihood="gaussian", with a fixed per-pixel standard deviation `sigma`). The bundle's graphs
+are the same two as vae-edge's own (encoder: x -> mu, logvar; decoder: z -> [logits,] probs, where
+probs is the Gaussian mean), validated against the user's module, with golden vectors.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vae_edge import VaeEdgeError, __version__
+from vae_edge.export.onnx_export import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    GraphSpec,
+    TensorSpec,
+    save_graph,
+    validate_graph,
+)
+from vae_edge.runtime import selfcheck
+from vae_edge.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, is_bundle, variant_filename
+from vae_edge.runtime.bundle_writer import add_variant, replace_dir
+from vae_edge.runtime.files import write_json_atomic
+
+logger = logging.getLogger(__name__)
+LIKELIHOODS = ("bernoulli", "gaussian")
+BYO_BATCH_SIZES = (2, 5)  # validation batches (>= 2: a graph that fixed the batch at 1 fails)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        mu, logvar = self.model.encode(x)
+        return mu, logvar
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: nn.Module, likelihood: str):
+        super().__init__()
+        self.model, self.likelihood = model, likelihood
+
+    def forward(self, z: torch.Tensor):
+        out = self.model.decode(z)
+        if self.likelihood == "bernoulli":
+            return out, torch.sigmoid(out)
+        return (out,)
+
+
+def load_module(spec: str, weights: str | os.PathLike | None = None) -> nn.Module:
+    """PATH.py:FACTORY -> FACTORY() (a torch module), with a state_dict loaded (weights_only=True)."""
+    import importlib.util
+
+    path, _, factory = spec.rpartition(":")
+    if not path or not factory:
+        raise VaeEdgeError(f"--module takes PATH.py:FACTORY, got {spec!r}")
+    if not Path(path).is_file():
+        raise VaeEdgeError(f"--module: {path} does not exist")
+    loader = importlib.util.spec_from_file_location(f"vae_edge_user_{Path(path).stem}", path)
+    mod = importlib.util.module_from_spec(loader)
+    try:
+        loader.loader.exec_module(mod)
+    except Exception as e:
+        raise VaeEdgeError(f"--module: importing {path} failed: {type(e).__name__}: {e}") from None
+    make = getattr(mod, factory, None)
+    if not callable(make):
+        raise VaeEdgeError(f"--module: {path} has no function {factory}()")
+    model = make()
+    if not isinstance(model, nn.Module):
+        raise VaeEdgeError(f"--module: {factory}() returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise VaeEdgeError(f"--weights {weights}: {first[:200]}") from None
+    return model
+
+
+def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """The latent shape, from one call of each method; one line on what is wrong otherwise."""
+    for name in ("encode", "decode"):
+        if not callable(getattr(model, name, None)):
+            raise VaeEdgeError(f"the model has no {name}() method: it must have encode(x) -> (mu, logvar) and "
+                               "decode(z) (or use an adapter: docs/byo.md)")
+    x = torch.rand(2, *input_shape)
+    with torch.no_grad():
+        out = _call(model.encode, x, "encode", input_shape)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise VaeEdgeError("encode(x) must return (mu, logvar)")
+        mu, logvar = out
+        if mu.shape != logvar.shape or mu.shape[0] != 2:
+            raise VaeEdgeError(f"encode(x) gave mu {list(mu.shape)} and logvar {list(logvar.shape)}: they must "
+                               "have the same shape [N, *latent_shape]")
+        img = _call(model.decode, mu, "decode", input_shape)
+    if tuple(img.shape) != (2, *input_shape):
+        raise VaeEdgeError(f"decode(z) gave {list(img.shape)}, not [N, {', '.join(map(str, input_shape))}]")
+    return tuple(int(n) for n in mu.shape[1:])
+
+
+def _call(fn, arg, what: str, input_shape):
+    try:
+        return fn(arg)
+    except Exception as e:  # the user's code: say what failed, in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise VaeEdgeError(f"the model's {what}() failed on a batch of [2, {', '.join(map(str, input_shape))}] "
+                           f"(is --input-shape right?): {type(e).__name__}: {first}") from None
+
+
+def _specs(input_shape, latent_shape, likelihood: str, opset: int) -> dict[str, GraphSpec]:
+    image, latent = ("batch", *input_shape), ("batch", *latent_shape)
+    outputs = ((TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image))
+               if likelihood == "bernoulli" else (TensorSpec("probs", "float32", image),))
+    return {"encoder": GraphSpec("encoder", (TensorSpec("x", "float32", image),),
+                                 (TensorSpec("mu", "float32", latent), TensorSpec("logvar", "float32", latent)), opset),
+            "decoder": GraphSpec("decoder", (TensorSpec("z", "float32", latent),), outputs, opset)}
+
+
+def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | os.PathLike,
+               likelihood: str = "bernoulli", sigma: float | None = None, name: str | None = None,
+               opset: int = DEFAULT_OPSET, release: int = 1, log=None) -> Path:
+    """The user's VAE -> a bundle at `out`, each graph validated against the module (batches of 2
+    and 5, vae-edge's tolerance) and golden vectors recorded. Sign it with `vae-edge sign`."""
+    log = log or logger.info
+    input_shape = tuple(int(n) for n in input_shape)
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise VaeEdgeError(f"input shape must be C,H,W, got {list(input_shape)}")
+    if likelihood not in LIKELIHOODS:
+        raise VaeEdgeError(f"unknown likelihood {likelihood!r}: bernoulli or gaussian")
+    if likelihood == "gaussian" and not (sigma and sigma > 0):
+        raise VaeEdgeError("a gaussian likelihood needs --sigma, the per-pixel standard deviation (> 0)")
+    if opset < MIN_OPSET:
+        raise VaeEdgeError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
+        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out")
+    if not out.parent.is_dir():
+        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
+    model = model.eval()
+    latent_shape = _check_protocol(model, input_shape)
+    name = name or type(model).__name__.lower()
+    specs = _specs(input_shape, latent_shape, likelihood, opset)
+    wrappers = {"encoder": _Encoder(model), "decoder": _Decoder(model, likelihood)}
+    rng = np.random.default_rng(0)
+    feeds = {"encoder": {b: {"x": rng.random((b, *input_shape), dtype=np.float32)} for b in BYO_BATCH_SIZES},
+             "decoder": {b: {"z": rng.standard_normal((b, *latent_shape), dtype=np.float32)} for b in BYO_BATCH_SIZES}}
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)
+    try:
+        files, validation = {}, {}
+        for g, spec in specs.items():
+            files[g] = variant_filename(g, "fp32")
+            log(f"exporting {g} (opset {opset})")
+            meta = {"model_name": name, "graph": g, "arch": "custom", "latent_shape": ",".join(map(str, latent_shape))}
+            save_graph(wrappers[g], spec, tmp / files[g], f"{name}: {g} of a user's VAE (see manifest.json)", meta)
+            validation[g] = validate_graph(tmp / files[g], spec, wrappers[g], feeds[g])
+            log(f"  validated {g} against the module at batch {', '.join(map(str, BYO_BATCH_SIZES))}: "
+                + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
+        manifest = _manifest(name, release, input_shape, latent_shape, likelihood, sigma, specs)
+        entry = {"files": files, "dtype": "float32", "quantization": None, "weights_storage": "float32",
+                 "validation": {"against": "pytorch (the user's module)", "batch_sizes": list(BYO_BATCH_SIZES),
+                                "max_abs_diff": validation}}
+        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(
+            {g: tmp / f for g, f in files.items()}))
+        write_json_atomic(tmp / MANIFEST, manifest)
+        add_variant(tmp, manifest, "fp32", entry)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _manifest(name: str, release: int, input_shape, latent_shape, likelihood: str, sigma, specs) -> dict:
+    d = int(np.prod(latent_shape))
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "name": name, "release": int(release),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "producer": {"vae_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "model": {"arch": "custom", "latent_dim": d, "latent_shape": list(latent_shape),
+                  "image_shape": list(input_shape), "conditional": False, "likelihood": likelihood,
+                  **({"sigma": float(sigma)} if likelihood == "gaussian" else {})},
+        "dataset": "custom",
+        "training": None, "evaluation": None,
+        "preprocessing": {"input": f"float32 [batch, {', '.join(map(str, input_shape))}], values in [0, 1]",
+                          "image_files": "resized to HxW, converted to the model's channels"},
+        "graphs": {g: s.to_dict() for g, s in specs.items()},
+        "variants": {}, "files": {},
+    }

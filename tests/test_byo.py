@@ -1,0 +1,177 @@
+"""Bring your own VAE: a module written outside vae-edge (a colour conv VAE with a spatial latent
+and a Gaussian decoder, at a size vae-edge's own models never have) through export, the runtime
+and the on-device CLI, its outputs matching the user's torch module."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vae_edge import VaeEdgeError
+from vae_edge.cli import cli
+from vae_edge.export import export_vae
+from vae_edge.runtime import VAERuntime
+
+MODULE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class TinyColourVAE(nn.Module):
+        """3x16x16 images, a [4, 4, 4] latent, a Gaussian decoder (its mean in [0, 1])."""
+
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.SiLU(), nn.Conv2d(16, 8, 3, 2, 1))
+            self.dec = nn.Sequential(nn.ConvTranspose2d(4, 16, 4, 2, 1), nn.SiLU(),
+                                     nn.ConvTranspose2d(16, 3, 4, 2, 1))
+
+        def encode(self, x):
+            h = self.enc(x)
+            return h[:, :4], h[:, 4:].clamp(-6, 2)
+
+        def decode(self, z):
+            return torch.sigmoid(self.dec(z))
+
+    def make():
+        torch.manual_seed(0)
+        return TinyColourVAE()
+''')
+SHAPE, LATENT, SIGMA = (3, 16, 16), (4, 4, 4), 0.1
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    root = tmp_path_factory.mktemp("byo")
+    (root / "my_vae.py").write_text(MODULE)
+    namespace: dict = {}
+    exec(compile(MODULE, str(root / "my_vae.py"), "exec"), namespace)
+    model = namespace["make"]().eval()
+    torch.save(model.state_dict(), root / "weights.pt")
+    bundle = export_vae(model, SHAPE, root / "bundle", likelihood="gaussian", sigma=SIGMA, name="tiny-colour")
+    x = np.random.default_rng(1).random((5, *SHAPE), dtype=np.float32)
+    np.save(root / "x.npy", x)
+    return {"root": root, "model": model, "bundle": bundle, "x": x}
+
+
+def test_export_records_the_shapes_and_the_likelihood(user):
+    m = json.loads((user["bundle"] / "manifest.json").read_text())
+    assert m["model"]["image_shape"] == list(SHAPE) and m["model"]["latent_shape"] == list(LATENT)
+    assert m["model"]["likelihood"] == "gaussian" and m["model"]["sigma"] == SIGMA
+    assert m["model"]["latent_dim"] == 64 and m["name"] == "tiny-colour"
+    assert [o["name"] for o in m["graphs"]["decoder"]["outputs"]] == ["probs"]
+    assert m["variants"]["fp32"]["validation"]["batch_sizes"] == [2, 5]
+
+
+def test_runtime_matches_the_users_module(user):
+    rt = VAERuntime.load(user["bundle"], warn=lambda s: None)
+    assert rt.self_check_diffs is not None  # the golden vectors ran, at this shape
+    x = user["x"]
+    mu, logvar = rt.encode(x)
+    assert mu.shape == (5, *LATENT)
+    with torch.no_grad():
+        tmu, tlogvar = user["model"].encode(torch.from_numpy(x))
+        tmean = user["model"].decode(tmu)
+    assert np.max(np.abs(mu - tmu.numpy())) < 1e-4 and np.max(np.abs(logvar - tlogvar.numpy())) < 1e-4
+    assert np.max(np.abs(rt.reconstruct(x) - tmean.numpy())) < 1e-4
+    assert rt.sample(3, seed=0).shape == (3, *SHAPE)
+    assert rt.decode(mu.reshape(5, -1)).shape == (5, *SHAPE)  # flat latents are taken too
+    frames = rt.interpolate(x[0], x[1], steps=4)
+    assert frames.shape == (4, *SHAPE) and np.max(np.abs(frames[0] - rt.reconstruct(x[:1])[0])) < 1e-5
+
+
+def test_score_is_the_gaussian_elbo_of_the_users_module(user):
+    """-ELBO with the model's own likelihood: N(x; decode(z), sigma^2) in nats of the continuous
+    density, the same 16 draws the runtime documents (default_rng(seed))."""
+    rt = VAERuntime.load(user["bundle"], warn=lambda s: None)
+    x = user["x"][:2]
+    got = rt.score(x, seed=0)
+    with torch.no_grad():
+        mu, logvar = (t.reshape(2, -1).double() for t in user["model"].encode(torch.from_numpy(x)))
+        eps = torch.from_numpy(np.random.default_rng(0).standard_normal((16, 64), dtype=np.float32)).double()
+        total = torch.zeros(2, dtype=torch.float64)
+        for e in eps:
+            z = (mu + torch.exp(0.5 * logvar) * e).float().reshape(2, *LATENT)
+            mean = user["model"].decode(z).double()
+            nll = (0.5 * ((torch.from_numpy(x).double() - mean) / SIGMA) ** 2 + np.log(SIGMA)
+                   + 0.5 * np.log(2 * np.pi)).reshape(2, -1).sum(-1)
+            kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(-1)
+            total += nll + kl
+    assert np.allclose(got, (total / 16).numpy(), rtol=1e-4, atol=1e-2), (got, total / 16)
+    assert rt.score(x[:1], iw_samples=50, seed=0)[0] <= got[0] + 1.0  # the IW bound is tighter
+    with pytest.raises(VaeEdgeError, match="Bernoulli"):
+        rt.denoise(x)
+    with pytest.raises(VaeEdgeError, match="not logits"):
+        rt.decode(np.zeros((1, *LATENT), np.float32), logits=True)
+
+
+def test_every_on_device_command_through_the_cli(user, tmp_path):
+    b, root = str(user["bundle"]), user["root"]
+    run = CliRunner()
+
+    def ok(*args):
+        r = run.invoke(cli, list(args))
+        assert r.exit_code == 0, r.output
+        return r
+
+    ok("sample", "--bundle", b, "-n", "6", "-o", str(tmp_path / "s.npy"))
+    assert np.load(tmp_path / "s.npy").shape == (6, *SHAPE)
+    ok("sample", "--bundle", b, "-n", "6", "-o", str(tmp_path / "s.png"))
+    assert Image.open(tmp_path / "s.png").mode == "RGB"
+    ok("reconstruct", str(root / "x.npy"), "--bundle", b, "-o", str(tmp_path / "r.npy"))
+    assert np.allclose(np.load(tmp_path / "r.npy"), VAERuntime.load(b, warn=lambda s: None).reconstruct(user["x"]))
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(3):  # a folder of image files, at another size: resized to 16x16
+        Image.fromarray((user["x"][i].transpose(1, 2, 0) * 255).astype(np.uint8)).resize((32, 32)).save(folder / f"{i}.png")
+    ok("reconstruct", str(folder), "--bundle", b, "-o", str(tmp_path / "r.png"))
+    ok("encode", str(root / "x.npy"), "--bundle", b, "-o", str(tmp_path / "z.npy"))
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (5, *LATENT)
+    ok("decode", str(tmp_path / "z.npy"), "--bundle", b, "-o", str(tmp_path / "d.npy"))
+    assert np.load(tmp_path / "d.npy").shape == (5, *SHAPE)
+    ok("interpolate", str(folder / "0.png"), str(folder / "1.png"), "--bundle", b, "-o", str(tmp_path / "m.gif"))
+    r = ok("score", str(root / "x.npy"), "--bundle", b, "--json")
+    assert len(json.loads(r.output.strip().splitlines()[-1])) == 5
+    r = run.invoke(cli, ["denoise", str(root / "x.npy"), "--bundle", b, "-o", str(tmp_path / "n.png")])
+    assert r.exit_code == 1 and "Bernoulli" in r.output and not (tmp_path / "n.png").exists()
+    r = run.invoke(cli, ["reconstruct", "mnist:test[0:2]", "--bundle", b, "-o", str(tmp_path / "q.png")])
+    assert r.exit_code == 1 and "takes [3, 16, 16]" in r.output
+
+
+def test_export_cli_with_the_users_module(user, tmp_path):
+    root = user["root"]
+    r = CliRunner().invoke(cli, ["export", "--module", f"{root / 'my_vae.py'}:make", "--weights", str(root / "weights.pt"),
+                                 "--input-shape", "3,16,16", "--likelihood", "gaussian", "--sigma", "0.1",
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    a = VAERuntime.load(tmp_path / "b", warn=lambda s: None).encode(user["x"])[0]
+    assert np.array_equal(a, VAERuntime.load(user["bundle"], warn=lambda s: None).encode(user["x"])[0])
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--input-shape", "3,16,16", "--likelihood", "gaussian"], "needs --sigma"),
+    (["--input-shape", "3,16"], "C,H,W"),
+    (["--input-shape", "1,16,16"], "failed|wrong|decode|channels|expected"),
+])
+def test_export_cli_errors_are_one_line(user, tmp_path, args, match):
+    import re
+
+    r = CliRunner().invoke(cli, ["export", "--module", f"{user['root'] / 'my_vae.py'}:make", *args,
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code != 0 and re.search(match, r.output), r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+
+
+def test_a_module_without_the_protocol_is_refused(tmp_path):
+    with pytest.raises(VaeEdgeError, match="no decode"):
+        class Half(torch.nn.Module):
+            def encode(self, x):
+                return x, x
+        export_vae(Half(), (1, 8, 8), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
