@@ -19,7 +19,7 @@ TARGETS: dict[str, dict] = {
         "isa": "x86",
         "why": "CPUs with AVX-512 VNNI or AVX-VNNI compute u8 x s8 products exactly (VPDPBUSD); per-channel weight "
                "scales, which track each output channel's range, then cut the -ELBO cost of int8 (on a Xeon with "
-               "VNNI: 0.38 -> 0.31 nats for conv-mnist, 0.34 -> 0.18 for mlp-mnist; docs/results.md: x86 CPU "
+               "VNNI: 0.40 -> 0.32 nats for conv-mnist, 0.34 -> 0.18 for mlp-mnist; docs/results.md: x86 CPU "
                "families).",
     },
     "x86-avx2": {
