@@ -175,3 +175,67 @@ def test_a_module_without_the_protocol_is_refused(tmp_path):
                 return x, x
         export_vae(Half(), (1, 8, 8), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+DIFFUSERS_MODULE = textwrap.dedent('''
+    import torch
+    from diffusers import AutoencoderKL
+
+    def make():
+        """The architecture of Stable Diffusion's VAE, at a toy size (random weights)."""
+        torch.manual_seed(0)
+        return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                             block_out_channels=(8, 16), norm_num_groups=4, sample_size=16)
+''')
+
+
+def test_diffusers_autoencoderkl_through_the_adapter(tmp_path):
+    """diffusers' AutoencoderKL (images in [-1, 1], latent_dist, decode().sample) exported with
+    --adapter diffusers: its [4, 8, 8] latent means and its decoded images match the module's."""
+    from vae_edge.export.adapters import DiffusersVAE
+
+    (tmp_path / "sd_vae.py").write_text(DIFFUSERS_MODULE)
+    r = CliRunner().invoke(cli, ["export", "--module", f"{tmp_path / 'sd_vae.py'}:make", "--adapter", "diffusers",
+                                 "--input-shape", "3,16,16", "--likelihood", "gaussian", "--sigma", "0.05",
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    namespace: dict = {}
+    exec(compile(DIFFUSERS_MODULE, "sd_vae.py", "exec"), namespace)
+    vae = DiffusersVAE(namespace["make"]().eval())
+    x = np.random.default_rng(2).random((3, 3, 16, 16), dtype=np.float32)
+    rt = VAERuntime.load(tmp_path / "b", warn=lambda s: None)
+    with torch.no_grad():
+        mu, logvar = vae.encode(torch.from_numpy(x))
+        image = vae.decode(mu)
+        dist = vae.vae.encode(torch.from_numpy(2 * x - 1)).latent_dist
+    assert torch.equal(mu, dist.mean)  # the adapter reads the posterior diffusers computes
+    got_mu, got_logvar = rt.encode(x)
+    assert got_mu.shape == (3, 4, 8, 8)
+    assert np.max(np.abs(got_mu - mu.numpy())) < 1e-4 and np.max(np.abs(got_logvar - logvar.numpy())) < 1e-4
+    assert np.max(np.abs(rt.reconstruct(x) - image.numpy())) < 1e-4
+    assert rt.sample(2, seed=0).shape == (2, 3, 16, 16)
+    r = CliRunner().invoke(cli, ["export", "--module", f"{tmp_path / 'sd_vae.py'}:make", "--adapter", "diffusers",
+                                 "--input-shape", "3,16,16", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "--likelihood gaussian" in r.output
+
+
+def test_attributes_adapter_splits_a_stacked_encoder(tmp_path):
+    """A module with encoder/decoder submodules whose encoder stacks mu and logvar along
+    dimension 1 (a common layout): mu is the first half, logvar the second."""
+    from vae_edge.export.adapters import adapt
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12))  # mu, logvar: 6 each
+    model.decoder = torch.nn.Sequential(torch.nn.Linear(6, 64), torch.nn.Unflatten(1, (1, 8, 8)))  # logits
+    wrapped = adapt(model, "attributes")
+    export_vae(wrapped, (1, 8, 8), tmp_path / "b", name="stacked")
+    x = np.random.default_rng(3).random((4, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        h = model.encoder(torch.from_numpy(x))
+    mu, logvar = VAERuntime.load(tmp_path / "b", warn=lambda s: None).encode(x)
+    assert np.max(np.abs(mu - h[:, :6].numpy())) < 1e-5 and np.max(np.abs(logvar - h[:, 6:].numpy())) < 1e-5
+    with pytest.raises(VaeEdgeError, match="encoder and decoder submodules"):
+        adapt(torch.nn.Linear(2, 2), "attributes")

@@ -23,6 +23,9 @@ from vae_edge.cli.base import (
 @click.option("--module", "module", default=None, metavar="PATH.py:FACTORY",
               help="Your own VAE instead of a vae-edge checkpoint: FACTORY() in PATH.py returns a torch module "
                    "with encode(x) -> (mu, logvar) and decode(z) (docs/byo.md).")
+@click.option("--adapter", type=click.Choice(["diffusers", "attributes"]), default=None,
+              help="With --module: wrap it first (diffusers: an AutoencoderKL; attributes: a module with encoder "
+                   "and decoder submodules).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="With --module: a state_dict file loaded into the module (torch.load, weights_only=True).")
 @click.option("--input-shape", default=None, metavar="C,H,W", help="With --module: one image's shape.")
@@ -37,7 +40,7 @@ from vae_edge.cli.base import (
               help="Release number recorded in the (signed) manifest: devices given `--expect NAME@N` refuse "
                    "older releases (rollbacks). Raise it for every bundle you ship.")
 @data_dir_option
-def export(checkpoint, out, module, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
+def export(checkpoint, out, module, adapter, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
            data_dir) -> None:
     """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
 
@@ -50,10 +53,12 @@ def export(checkpoint, out, module, weights, input_shape, likelihood, sigma, nam
              vae-edge export --module my_vae.py:make --weights vae.pt --input-shape 3,32,32 \\
                  --likelihood gaussian --sigma 0.1 --out bundles/mine
     """
+    if module and checkpoint:
+        raise click.UsageError("give a CHECKPOINT or --module, not both")
+    if (adapter or weights or input_shape) and not module:
+        raise click.UsageError("--adapter, --weights and --input-shape go with --module")
     if module:
-        if checkpoint:
-            raise click.UsageError("give a CHECKPOINT or --module, not both")
-        path = _export_module(module, weights, input_shape, likelihood, sigma, name, out, opset, release)
+        path = _export_module(module, adapter, weights, input_shape, likelihood, sigma, name, out, opset, release)
     else:
         if not checkpoint:
             raise click.UsageError("give a CHECKPOINT (a vae-edge training run's model.pt) or --module PATH.py:FACTORY")
@@ -64,7 +69,8 @@ def export(checkpoint, out, module, weights, input_shape, likelihood, sigma, nam
     click.echo(f"bundle: {path}")
 
 
-def _export_module(spec: str, weights, input_shape, likelihood, sigma, name, out, opset, release):
+def _export_module(spec: str, adapter, weights, input_shape, likelihood, sigma, name, out, opset, release):
+    from vae_edge.export.adapters import adapt
     from vae_edge.export.byo import export_vae, load_module
 
     if not input_shape:
@@ -73,7 +79,9 @@ def _export_module(spec: str, weights, input_shape, likelihood, sigma, name, out
         shape = tuple(int(n) for n in input_shape.split(","))
     except ValueError:
         raise click.UsageError(f"--input-shape takes C,H,W such as 3,32,32, got {input_shape!r}") from None
-    model = load_module(spec, weights)
+    model = adapt(load_module(spec, weights), adapter)
+    if adapter == "diffusers" and likelihood != "gaussian":
+        raise click.UsageError("--adapter diffusers decodes an image (a Gaussian mean): pass --likelihood gaussian --sigma S")
     return export_vae(model, shape, out, likelihood=likelihood, sigma=sigma, name=name, opset=opset,
                       release=release, log=progress_log())
 
