@@ -142,17 +142,10 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
     input_shape = tuple(int(n) for n in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise VaeEdgeError(f"input shape must be C,H,W, got {list(input_shape)}")
-    if likelihood not in LIKELIHOODS:
-        raise VaeEdgeError(f"unknown likelihood {likelihood!r}: bernoulli or gaussian")
-    if likelihood == "gaussian" and not (sigma and sigma > 0):
-        raise VaeEdgeError("a gaussian likelihood needs --sigma, the per-pixel standard deviation (> 0)")
+    _check_likelihood(likelihood, sigma)
     if opset < MIN_OPSET:
         raise VaeEdgeError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
-        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out")
-    if not out.parent.is_dir():
-        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
+    out = _check_out(Path(out))
     model = model.eval()
     latent_shape = _check_protocol(model, input_shape)
     name = name or type(model).__name__.lower()
@@ -204,3 +197,98 @@ def _manifest(name: str, release: int, input_shape, latent_shape, likelihood: st
         "graphs": {g: s.to_dict() for g, s in specs.items()},
         "variants": {}, "files": {},
     }
+
+
+def wrap_onnx(encoder: str | os.PathLike, decoder: str | os.PathLike, out: str | os.PathLike,
+              likelihood: str = "bernoulli", sigma: float | None = None, name: str | None = None,
+              release: int = 1, log=None) -> Path:
+    """Graphs exported elsewhere (an Optimum export, say) -> a bundle. They must use vae-edge's
+    names (encoder: x -> mu, logvar; decoder: z -> probs, and logits for a Bernoulli model), a
+    batch axis first and fixed sizes after it, and no external data. Checked: names and shapes,
+    a round trip (decode(encode(x)) has the image's shape and finite values), golden vectors."""
+    import onnxruntime as ort
+
+    from vae_edge.runtime.graphcheck import refuse_external_data
+
+    log = log or logger.info
+    _check_likelihood(likelihood, sigma)
+    out = _check_out(Path(out))
+    data = {}
+    for g, path in (("encoder", encoder), ("decoder", decoder)):
+        if not Path(path).is_file():
+            raise VaeEdgeError(f"--{g}-onnx {path} does not exist")
+        data[g] = Path(path).read_bytes()
+        refuse_external_data(data[g], path)
+    try:
+        sess = {g: ort.InferenceSession(b, providers=["CPUExecutionProvider"]) for g, b in data.items()}
+    except Exception as e:
+        raise VaeEdgeError(f"onnxruntime cannot load the graphs: {str(e).strip().splitlines()[0][:200]}") from None
+    image, latent = _foreign_shapes(sess, likelihood)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, *image), dtype=np.float32)
+    mu = sess["encoder"].run(["mu"], {"x": x})[0]
+    probs = sess["decoder"].run(["probs"], {"z": mu.astype(np.float32)})[0]
+    if tuple(mu.shape) != (2, *latent) or tuple(probs.shape) != (2, *image) or not np.all(np.isfinite(probs)):
+        raise VaeEdgeError(f"the round trip decode(encode(x)) gave {list(probs.shape)} from latents {list(mu.shape)}: "
+                           f"expected [2, {', '.join(map(str, image))}]")
+    specs = _specs(image, latent, likelihood, DEFAULT_OPSET)
+    name = name or Path(encoder).stem
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)
+    try:
+        files = {g: variant_filename(g, "fp32") for g in data}
+        for g, b in data.items():
+            (tmp / files[g]).write_bytes(b)
+        manifest = _manifest(name, release, image, latent, likelihood, sigma, specs)
+        manifest["producer"]["graphs_from"] = {g: str(Path(p).name) for g, p in (("encoder", encoder), ("decoder", decoder))}
+        entry = {"files": files, "dtype": "float32", "quantization": None, "weights_storage": "as given",
+                 "validation": {"against": "a round trip: decode(encode(x)) of random images"}}
+        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner({g: tmp / f for g, f in files.items()}))
+        write_json_atomic(tmp / MANIFEST, manifest)
+        add_variant(tmp, manifest, "fp32", entry)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrapped {encoder} and {decoder}: images {list(image)}, latents {list(latent)}")
+    return out
+
+
+def _foreign_shapes(sess: dict, likelihood: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(image shape, latent shape) from graphs with vae-edge's names; one line on what differs."""
+    want = {"encoder": (["x"], {"mu", "logvar"}),
+            "decoder": (["z"], {"probs", "logits"} if likelihood == "bernoulli" else {"probs"})}
+    for g, (ins, outs) in want.items():
+        have_in = [i.name for i in sess[g].get_inputs()]
+        have_out = {o.name for o in sess[g].get_outputs()}
+        if have_in != ins or not outs <= have_out:
+            raise VaeEdgeError(f"the {g} graph takes {have_in} and gives {sorted(have_out)}; vae-edge needs "
+                               f"{ins} -> {sorted(outs)} (rename them, e.g. with onnx.compose.add_prefix or "
+                               "onnx.utils.Extractor)")
+
+    def fixed(shape, what):
+        rest = shape[1:]
+        if not rest or not all(isinstance(n, int) and n > 0 for n in rest):
+            raise VaeEdgeError(f"{what} has shape {shape}: a batch axis, then fixed sizes, are needed")
+        return tuple(rest)
+
+    image = fixed(sess["encoder"].get_inputs()[0].shape, "the encoder's x")
+    latent = fixed(sess["decoder"].get_inputs()[0].shape, "the decoder's z")
+    if len(image) != 3:
+        raise VaeEdgeError(f"the encoder's x is [batch, {', '.join(map(str, image))}]: images must be [batch, C, H, W]")
+    return image, latent
+
+
+def _check_likelihood(likelihood: str, sigma) -> None:
+    if likelihood not in LIKELIHOODS:
+        raise VaeEdgeError(f"unknown likelihood {likelihood!r}: bernoulli or gaussian")
+    if likelihood == "gaussian" and not (sigma and sigma > 0):
+        raise VaeEdgeError("a gaussian likelihood needs --sigma, the per-pixel standard deviation (> 0)")
+
+
+def _check_out(out: Path) -> Path:
+    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
+        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out")
+    if not out.parent.is_dir():
+        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
+    return out

@@ -239,3 +239,31 @@ def test_attributes_adapter_splits_a_stacked_encoder(tmp_path):
     assert np.max(np.abs(mu - h[:, :6].numpy())) < 1e-5 and np.max(np.abs(logvar - h[:, 6:].numpy())) < 1e-5
     with pytest.raises(VaeEdgeError, match="encoder and decoder submodules"):
         adapt(torch.nn.Linear(2, 2), "attributes")
+
+
+def test_graphs_exported_elsewhere_are_wrapped_into_a_bundle(user, tmp_path):
+    """--encoder-onnx/--decoder-onnx: two graphs with vae-edge's names become a bundle (shapes read
+    from the graphs, a round trip checked, golden vectors), which runs as the original does; graphs
+    with other names are refused in one line that says what they have."""
+    import onnx
+
+    b = user["bundle"]
+    r = CliRunner().invoke(cli, ["export", "--encoder-onnx", str(b / "encoder.onnx"), "--decoder-onnx",
+                                 str(b / "decoder.onnx"), "--likelihood", "gaussian", "--sigma", str(SIGMA),
+                                 "--out", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+    wrapped, original = (VAERuntime.load(p, warn=lambda s: None) for p in (tmp_path / "w", b))
+    assert wrapped.image_shape == SHAPE and wrapped.latent_shape == LATENT
+    assert np.array_equal(wrapped.reconstruct(user["x"]), original.reconstruct(user["x"]))
+    assert np.allclose(wrapped.score(user["x"]), original.score(user["x"]))
+    m = onnx.load(str(b / "decoder.onnx"))
+    old = m.graph.output[0].name
+    for node in m.graph.node:
+        node.output[:] = ["sample" if o == old else o for o in node.output]
+    m.graph.output[0].name = "sample"
+    onnx.save(m, str(tmp_path / "renamed.onnx"))
+    r = CliRunner().invoke(cli, ["export", "--encoder-onnx", str(b / "encoder.onnx"), "--decoder-onnx",
+                                 str(tmp_path / "renamed.onnx"), "--likelihood", "gaussian", "--sigma", "0.1",
+                                 "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "gives ['sample']" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

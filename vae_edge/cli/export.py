@@ -23,6 +23,10 @@ from vae_edge.cli.base import (
 @click.option("--module", "module", default=None, metavar="PATH.py:FACTORY",
               help="Your own VAE instead of a vae-edge checkpoint: FACTORY() in PATH.py returns a torch module "
                    "with encode(x) -> (mu, logvar) and decode(z) (docs/byo.md).")
+@click.option("--encoder-onnx", type=click.Path(dir_okay=False), default=None,
+              help="Graphs exported elsewhere, wrapped into a bundle (with --decoder-onnx; vae-edge's names: x -> mu, "
+                   "logvar and z -> probs[, logits]).")
+@click.option("--decoder-onnx", type=click.Path(dir_okay=False), default=None, help="With --encoder-onnx.")
 @click.option("--adapter", type=click.Choice(["diffusers", "attributes"]), default=None,
               help="With --module: wrap it first (diffusers: an AutoencoderKL; attributes: a module with encoder "
                    "and decoder submodules).")
@@ -40,7 +44,7 @@ from vae_edge.cli.base import (
               help="Release number recorded in the (signed) manifest: devices given `--expect NAME@N` refuse "
                    "older releases (rollbacks). Raise it for every bundle you ship.")
 @data_dir_option
-def export(checkpoint, out, module, adapter, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
+def export(checkpoint, out, module, encoder_onnx, decoder_onnx, adapter, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
            data_dir) -> None:
     """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
 
@@ -53,8 +57,17 @@ def export(checkpoint, out, module, adapter, weights, input_shape, likelihood, s
              vae-edge export --module my_vae.py:make --weights vae.pt --input-shape 3,32,32 \\
                  --likelihood gaussian --sigma 0.1 --out bundles/mine
     """
-    if module and checkpoint:
-        raise click.UsageError("give a CHECKPOINT or --module, not both")
+    if sum(bool(a) for a in (checkpoint, module, encoder_onnx or decoder_onnx)) > 1:
+        raise click.UsageError("give one of a CHECKPOINT, --module, or --encoder-onnx with --decoder-onnx")
+    if encoder_onnx or decoder_onnx:
+        if not (encoder_onnx and decoder_onnx):
+            raise click.UsageError("--encoder-onnx and --decoder-onnx go together")
+        from vae_edge.export.byo import wrap_onnx
+
+        path = wrap_onnx(encoder_onnx, decoder_onnx, out, likelihood=likelihood, sigma=sigma, name=name,
+                         release=release, log=progress_log())
+        click.echo(f"bundle: {path}")
+        return
     if (adapter or weights or input_shape) and not module:
         raise click.UsageError("--adapter, --weights and --input-shape go with --module")
     if module:
