@@ -14,8 +14,6 @@ import datetime as _dt
 import logging
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +26,13 @@ from vae_edge.export.onnx_export import (
     MIN_OPSET,
     GraphSpec,
     TensorSpec,
+    check_bundle_out,
+    new_bundle,
+    record_fp32,
     save_graph,
     validate_graph,
 )
-from vae_edge.runtime import selfcheck
-from vae_edge.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, is_bundle, variant_filename
-from vae_edge.runtime.bundle_writer import add_variant, replace_dir
-from vae_edge.runtime.files import write_json_atomic
+from vae_edge.runtime.bundle import SCHEMA, SCHEMA_VERSION, variant_filename
 
 logger = logging.getLogger(__name__)
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -145,7 +143,8 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
     _check_likelihood(likelihood, sigma)
     if opset < MIN_OPSET:
         raise VaeEdgeError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
-    out = _check_out(Path(out))
+    out = Path(out)
+    check_bundle_out(out)
     model = model.eval()
     latent_shape = _check_protocol(model, input_shape)
     name = name or type(model).__name__.lower()
@@ -154,9 +153,7 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
     rng = np.random.default_rng(0)
     feeds = {"encoder": {b: {"x": rng.random((b, *input_shape), dtype=np.float32)} for b in BYO_BATCH_SIZES},
              "decoder": {b: {"z": rng.standard_normal((b, *latent_shape), dtype=np.float32)} for b in BYO_BATCH_SIZES}}
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)
-    try:
+    with new_bundle(out) as tmp:
         files, validation = {}, {}
         for g, spec in specs.items():
             files[g] = variant_filename(g, "fp32")
@@ -170,14 +167,7 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
         entry = {"files": files, "dtype": "float32", "quantization": None, "weights_storage": "float32",
                  "validation": {"against": "pytorch (the user's module)", "batch_sizes": list(BYO_BATCH_SIZES),
                                 "max_abs_diff": validation}}
-        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(
-            {g: tmp / f for g, f in files.items()}))
-        write_json_atomic(tmp / MANIFEST, manifest)
-        add_variant(tmp, manifest, "fp32", entry)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        record_fp32(tmp, manifest, entry)
     return out
 
 
@@ -212,7 +202,8 @@ def wrap_onnx(encoder: str | os.PathLike, decoder: str | os.PathLike, out: str |
 
     log = log or logger.info
     _check_likelihood(likelihood, sigma)
-    out = _check_out(Path(out))
+    out = Path(out)
+    check_bundle_out(out)
     data = {}
     for g, path in (("encoder", encoder), ("decoder", decoder)):
         if not Path(path).is_file():
@@ -233,9 +224,7 @@ def wrap_onnx(encoder: str | os.PathLike, decoder: str | os.PathLike, out: str |
                            f"expected [2, {', '.join(map(str, image))}]")
     specs = _specs(image, latent, likelihood, DEFAULT_OPSET)
     name = name or Path(encoder).stem
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)
-    try:
+    with new_bundle(out) as tmp:
         files = {g: variant_filename(g, "fp32") for g in data}
         for g, b in data.items():
             (tmp / files[g]).write_bytes(b)
@@ -243,13 +232,7 @@ def wrap_onnx(encoder: str | os.PathLike, decoder: str | os.PathLike, out: str |
         manifest["producer"]["graphs_from"] = {g: str(Path(p).name) for g, p in (("encoder", encoder), ("decoder", decoder))}
         entry = {"files": files, "dtype": "float32", "quantization": None, "weights_storage": "as given",
                  "validation": {"against": "a round trip: decode(encode(x)) of random images"}}
-        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner({g: tmp / f for g, f in files.items()}))
-        write_json_atomic(tmp / MANIFEST, manifest)
-        add_variant(tmp, manifest, "fp32", entry)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        record_fp32(tmp, manifest, entry)
     log(f"wrapped {encoder} and {decoder}: images {list(image)}, latents {list(latent)}")
     return out
 
@@ -284,11 +267,3 @@ def _check_likelihood(likelihood: str, sigma) -> None:
         raise VaeEdgeError(f"unknown likelihood {likelihood!r}: bernoulli or gaussian")
     if likelihood == "gaussian" and not (sigma and sigma > 0):
         raise VaeEdgeError("a gaussian likelihood needs --sigma, the per-pixel standard deviation (> 0)")
-
-
-def _check_out(out: Path) -> Path:
-    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
-        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out")
-    if not out.parent.is_dir():
-        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
-    return out

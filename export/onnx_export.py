@@ -314,11 +314,7 @@ def export_bundle(
         raise VaeEdgeError(f"opset {opset} is too old for these graphs (they use Split with num_outputs, "
                            f"opset {MIN_OPSET}'s): use {MIN_OPSET} or newer")
     out = Path(out)
-    # An existing bundle is replaced (the old one goes only once the new one is complete); any
-    # other file or non-empty folder is never deleted.
-    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
-        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out "
-                           "or remove it yourself")
+    check_bundle_out(out, parent=False)  # the parent is checked after the checkpoint loads, as before
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     half = fp16_weights(ckpt)  # weights that are fp16 values are stored so in the graphs too
@@ -328,30 +324,52 @@ def export_bundle(
     x, y = validation_data(dataset, data_dir)
     feeds = _feeds(model, x, y)
 
-    if not out.parent.is_dir():
-        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)
-    try:
+    check_bundle_out(out)
+    with new_bundle(out) as tmp:
         files, validation = _export_graphs(model, specs, tmp, name, half, feeds, opset, log)
         manifest = _new_manifest(ckpt, name, release, dataset, specs)
         entry = {"files": files, "dtype": "float32", "quantization": None,
                  "weights_storage": "float16" if half else "float32",
                  "validation": {"against": "pytorch", "batch_sizes": list(VALIDATION_BATCH_SIZES),
                                 "max_abs_diff": validation}}
-        # golden vectors: what these graphs compute here, for devices to check themselves against
-        entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(
-            {g: tmp / fname for g, fname in files.items()}))
         if ort_format:
             entry["ort_files"] = {}
             for g, fname in files.items():
                 ort_name = variant_filename(g, "fp32", ".ort")
                 write_ort(tmp / fname, tmp / ort_name)
                 entry["ort_files"][g] = ort_name
-        write_json_atomic(tmp / MANIFEST, manifest)
-        add_variant(tmp, manifest, "fp32", entry)
+        record_fp32(tmp, manifest, entry)
+    return out
+
+
+def check_bundle_out(out: Path, parent: bool = True) -> None:
+    """--out may be a new folder, an empty one, or a bundle (replaced, the old one going only once
+    the new one is complete); any other file or non-empty folder is never deleted."""
+    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
+        raise VaeEdgeError(f"{out} exists and is not a vae-edge bundle: it is left alone; choose another --out "
+                           "or remove it yourself")
+    if parent and not out.parent.is_dir():
+        raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
+
+
+@contextlib.contextmanager
+def new_bundle(out: Path):
+    """A fresh folder beside `out` to build a bundle in, which replaces `out` once the body is done;
+    removed if anything fails (a half-made bundle is never left)."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+
+
+def record_fp32(tmp: Path, manifest: dict, entry: dict) -> None:
+    """The fp32 variant of a bundle being made in tmp, its graphs already there: golden vectors
+    (what they compute here, for devices to check themselves against), the manifest, the variant."""
+    entry["golden"] = selfcheck.record(manifest, entry, selfcheck.session_runner(
+        {g: tmp / fname for g, fname in entry["files"].items()}))
+    write_json_atomic(tmp / MANIFEST, manifest)
+    add_variant(tmp, manifest, "fp32", entry)

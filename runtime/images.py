@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime.files import check_output_path, existing_kind, is_stdout, write_output
+from vae_edge.runtime.manifest import MNIST_SHAPE
 
 _SLICE_LIKE = re.compile(r"^[A-Za-z][\w-]+:")  # mnist:..., fashion-mnist:..., not C:\ or ./x
 MAX_GRID_IMAGES = 4096  # a grid image holds at most this many digits (larger: write .npy)
@@ -168,12 +170,11 @@ def _speckle_free(a: np.ndarray) -> np.ndarray:
     return np.asarray(img.filter(ImageFilter.MedianFilter(3)), np.float32) / 255.0
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file -> [1, 28, 28]. The size is checked from the header, before any pixel is
-    decoded; pillow's global limits are left as they are (thread-safe)."""
-    path = Path(path)
-    if path.is_dir():
-        raise VaeEdgeError(f"input {path} is a folder: give image files (or a slice such as mnist:test[0:16])")
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """An image file opened for reading, its size checked from the header before any pixel is
+    decoded (pillow's global limits are left as they are: thread-safe); what goes wrong while it
+    is read, in the body too, is one VaeEdgeError."""
     if not path.is_file():
         raise VaeEdgeError(f"input {path} does not exist")
     try:
@@ -182,14 +183,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise VaeEdgeError(f"{path} is {img.width}x{img.height}: too large (limit {MAX_PIXELS} pixels)")
-                img.load()
-                return preprocess(img)
+                yield img
     except Image.DecompressionBombError as e:
         raise VaeEdgeError(f"{path} is too large to open safely (limit {MAX_PIXELS} pixels)") from e
     except UnidentifiedImageError as e:
         raise VaeEdgeError(f"{path} is not an image pillow can read") from e
     except (OSError, ValueError, SyntaxError) as e:  # truncated or malformed files
         raise VaeEdgeError(f"cannot read image {path}: {e}") from e
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file -> [1, 28, 28], framed as MNIST's digits are (preprocess)."""
+    path = Path(path)
+    if path.is_dir():
+        raise VaeEdgeError(f"input {path} is a folder: give image files (or a slice such as mnist:test[0:16])")
+    with _open_image(path) as img:
+        img.load()
+        return preprocess(img)
 
 
 def load_image_as_is(path: str | os.PathLike, size: tuple[int, int] = (28, 28)) -> np.ndarray:
@@ -213,7 +223,7 @@ def load_image_as_is(path: str | os.PathLike, size: tuple[int, int] = (28, 28)) 
     return (1.0 - a if np.median(border) > 0.5 else a)[None]
 
 
-def images_from_npy(path: str | os.PathLike, shape=(1, 28, 28)) -> np.ndarray:
+def images_from_npy(path: str | os.PathLike, shape=MNIST_SHAPE) -> np.ndarray:
     """A .npy array of images -> [N, C, H, W] float32 in [0, 1]: float in [0, 1], or uint8 (/255);
     [N, H, W] and [H, W] are taken for one channel."""
     a = load_npy(path, "image array")
@@ -234,7 +244,6 @@ def images_from_npy(path: str | os.PathLike, shape=(1, 28, 28)) -> np.ndarray:
     return a
 
 
-MNIST_SHAPE = (1, 28, 28)
 MAX_FOLDER_IMAGES = 10_000
 
 
@@ -247,20 +256,9 @@ def load_resized(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.nda
         raise VaeEdgeError(f"input {path} does not exist")
     if c not in (1, 3):
         raise VaeEdgeError(f"image files hold 1 or 3 channels; this model takes {c}: give .npy arrays")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise VaeEdgeError(f"{path} is {img.width}x{img.height}: too large (limit {MAX_PIXELS} pixels)")
-                a = np.asarray(img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR),
-                               np.float32) / 255.0
-    except Image.DecompressionBombError as e:
-        raise VaeEdgeError(f"{path} is too large to open safely (limit {MAX_PIXELS} pixels)") from e
-    except UnidentifiedImageError as e:
-        raise VaeEdgeError(f"{path} is not an image pillow can read") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise VaeEdgeError(f"cannot read image {path}: {e}") from e
+    with _open_image(path) as img:
+        a = np.asarray(img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR),
+                       np.float32) / 255.0
     return a[None] if c == 1 else a.transpose(2, 0, 1)
 
 
@@ -410,6 +408,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 def save_image(img: Image.Image, path: str | os.PathLike, fmt: str | None = None) -> Path:
     fmt = IMAGE_SUFFIXES[fmt or output_format(Path(path))]
     return atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
+
+
+PICTURE_OR_ARRAY = (".png", ".jpg", ".jpeg", ".npy")  # -o of the commands that write images
+
+
+def wants_array(path: Path) -> bool:
+    """-o names a .npy file: the images' array, not a picture of them."""
+    return output_format(path, PICTURE_OR_ARRAY) == ".npy"
+
+
+def save_picture_or_array(path: Path, array: np.ndarray, picture: Callable[[], Image.Image]) -> None:
+    """path.npy: the array itself; else the picture, made only then."""
+    if wants_array(path):
+        save_npy(array, path)
+    else:
+        save_image(picture(), path)
 
 
 def save_gif(frames: np.ndarray, path: str | os.PathLike, scale: int = 8, duration_ms: int = 120) -> Path:

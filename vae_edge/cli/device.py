@@ -40,24 +40,19 @@ def sample(rt, n, digit, seed, output) -> None:
     """
 
     from vae_edge.runtime.images import (
+        PICTURE_OR_ARRAY,
         check_grid_size,
         check_output,
         grid,
-        output_format,
-        save_image,
-        save_npy,
+        save_picture_or_array,
+        wants_array,
     )
 
-    suffixes = (".png", ".jpg", ".jpeg", ".npy")
-    out = check_output(output, suffixes)
-    fmt = output_format(out, suffixes)
-    if fmt != ".npy":
+    out = check_output(output, PICTURE_OR_ARRAY)
+    if not wants_array(out):
         check_grid_size(n)  # before any work
     images = rt.sample(n, seed=seed, digit=digit)
-    if fmt == ".npy":
-        save_npy(images, out)
-    else:
-        save_image(grid(images), out)
+    save_picture_or_array(out, images, lambda: grid(images))
     done(f"{n} samples -> {out}", out)
 
 
@@ -77,23 +72,18 @@ def reconstruct(rt, inputs, output, digit, data_dir) -> None:
     import numpy as np
 
     from vae_edge.runtime.images import (
+        PICTURE_OR_ARRAY,
         check_output,
         grid,
         has_ink,
         load_inputs,
-        output_format,
-        save_image,
-        save_npy,
+        save_picture_or_array,
     )
 
-    suffixes = (".png", ".jpg", ".jpeg", ".npy")
-    out = check_output(output, suffixes)
+    out = check_output(output, PICTURE_OR_ARRAY)
     x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape)
     rec = rt.reconstruct(x, _labels_for(rt, labels, digit))
-    if output_format(out, suffixes) == ".npy":
-        save_npy(rec, out)
-    else:
-        save_image(grid(np.concatenate([x, rec]), ncol=len(x)), out)
+    save_picture_or_array(out, rec, lambda: grid(np.concatenate([x, rec]), ncol=len(x)))
     done(f"{len(x)} reconstruction{'s' if len(x) != 1 else ''} -> {out}", out)
     blank = sum(not has_ink(xi) for xi in x)
     if blank:
@@ -179,17 +169,15 @@ def denoise(rt, inputs, noise, demo, samples, rounds, seed, digit, output, data_
     import numpy as np
 
     from vae_edge.runtime.images import (
+        PICTURE_OR_ARRAY,
         check_output,
         labelled_rows,
         load_inputs,
-        output_format,
-        save_image,
-        save_npy,
+        save_picture_or_array,
     )
     from vae_edge.runtime.vae_runtime import corrupt, parse_noise
 
-    suffixes = (".png", ".jpg", ".jpeg", ".npy")
-    out = check_output(output, suffixes)
+    out = check_output(output, PICTURE_OR_ARRAY)
     kind, _ = parse_noise(noise)
     if kind == "mask" and not demo:
         raise VaeEdgeError("mask:... says which pixels are missing only when vae-edge made the hole: add --demo")
@@ -198,11 +186,8 @@ def denoise(rt, inputs, noise, demo, samples, rounds, seed, digit, output, data_
     diag: dict = {}
     restored = rt.denoise(noisy, noise=None if mask is not None else noise, mask=mask, samples=samples,
                           rounds=rounds, seed=seed, y=_labels_for(rt, labels, digit), info=diag)
-    if output_format(out, suffixes) == ".npy":
-        save_npy(restored, out)
-    else:
-        rows = [("clean", x), ("corrupted", noisy)] if demo else [("input", x)]
-        save_image(labelled_rows([*rows, ("restored", restored)]), out)
+    rows = [("clean", x), ("corrupted", noisy)] if demo else [("input", x)]
+    save_picture_or_array(out, restored, lambda: labelled_rows([*rows, ("restored", restored)]))
     mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
     n = len(x)
     if as_json:
@@ -323,24 +308,19 @@ def decode(rt, latents, output, digit) -> None:
     """
 
     from vae_edge.runtime.images import (
+        PICTURE_OR_ARRAY,
         check_output,
         grid,
         load_npy,
-        output_format,
-        save_image,
-        save_npy,
+        save_picture_or_array,
     )
 
-    suffixes = (".png", ".jpg", ".jpeg", ".npy")
-    out = check_output(output, suffixes)
+    out = check_output(output, PICTURE_OR_ARRAY)
     z = load_npy(latents, "latents")
     if z.ndim == len(rt.latent_shape) + 2 and z.shape[0] == 2:
         z = z[0]  # [mu, logvar] as written by `encode --with-logvar`
     images = rt.decode(z, _labels_for(rt, None, digit) if rt.conditional else None)
-    if output_format(out, suffixes) == ".npy":
-        save_npy(images, out)
-    else:
-        save_image(grid(images), out)
+    save_picture_or_array(out, images, lambda: grid(images))
     done(f"{len(images)} images -> {out}", out)
 
 
