@@ -364,6 +364,7 @@ class _Job:
     calib: dict | None = None
     excluded: dict = field(default_factory=dict)  # graph -> layers in float, weights included
     tails: dict = field(default_factory=dict)  # graph -> output tail (static, float outputs)
+    tail_matmuls: dict = field(default_factory=dict)  # graph -> its MatMul/Gemm (int8 weights, float output)
     details: dict = field(default_factory=dict)
 
 
@@ -410,6 +411,7 @@ def _prepare(job: _Job) -> None:
     job.excluded = {g: list(qc.exclude.get(g, [])) for g in GRAPHS}
     job.tails = {g: output_tail(job.pre[g]) if job.methods[g] == "static" and qc.float_outputs else []
                  for g in GRAPHS}
+    job.tail_matmuls = {g: _output_matmuls(job.pre[g], t) if t else [] for g, t in job.tails.items()}
 
 
 def _calibrate(job: _Job, data_dir) -> None:
@@ -425,7 +427,7 @@ def _build(job: _Job, g: str) -> None:
     excluded = job.excluded[g]
     if method == "static":
         _static(pre, out, ArrayReader(job.calib[g]), qc, sorted(set(excluded) | set(job.tails[g])))
-        hybrid = [n for n in _output_matmuls(pre, job.tails[g]) if n not in excluded]
+        hybrid = [n for n in job.tail_matmuls[g] if n not in excluded]
         if hybrid:  # uint8 weights: exact on every CPU (int8 ones take KleidiAI's SME path on ARM)
             _dynamic(out, out, replace(qc, weight_type="uint8", per_channel=False), [], only=hybrid)
         d = {"method": "static", "format": "QDQ", "float_output_int8_weights": hybrid}
@@ -457,7 +459,7 @@ def _choose_float_layers(job: _Job, select: dict) -> None:
         if job.methods[g] == "fp16" or within_budget(acc):
             continue
         nodes = weight_nodes(job.pre[g])
-        in_float = set(job.excluded[g]) | (set(job.tails[g]) - set(_output_matmuls(job.pre[g], job.tails[g])))
+        in_float = set(job.excluded[g]) | (set(job.tails[g]) - set(job.tail_matmuls[g]))
         tried = []
         for trial in ([nodes[-1]], [nodes[0]], [nodes[0], nodes[-1]]):
             saved = list(job.excluded[g])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -53,6 +54,7 @@ _CPUID_BITS = {"avx2": (7, 0, 1, 5), "avx512f": (7, 0, 1, 16), "avx512_vnni": (7
                "avx_vnni": (7, 1, 0, 4), "amx_int8": (7, 0, 3, 25)}
 
 
+@functools.lru_cache(maxsize=1)  # the CPU does not change under a process: one CPUID run each
 def _x86_cpuid() -> dict[str, bool] | None:
     """The x86 features CPUID reports to this process: what onnxruntime's kernels dispatch on.
     /proc/cpuinfo is the host's under an emulator (qemu-user -cpu Haswell on an AVX-512 host: the
@@ -90,7 +92,7 @@ def _x86_cpuid() -> dict[str, bool] | None:
 def _x86_features(flags: set[str]) -> dict[str, bool]:
     found = _x86_cpuid()
     if found is not None:
-        return found
+        return dict(found)  # a copy: the cached one is shared
     return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
             "avx512_vnni": "avx512_vnni" in flags or "avx512vnni" in flags,
             "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags}
