@@ -384,6 +384,20 @@ class VAERuntime:
         logits = self._dec_run.plain(self._logits, {"z": z, **labels})[0]
         return bce_with_logits(logits, x)
 
+    def compress(self, x) -> bytes:
+        """Binary images [N, C, H, W] (every pixel 0 or 1) -> a lossless file's bytes: bits-back
+        coding with this model (runtime/compress.py); about the -ELBO in bits per image."""
+        from vae_edge.runtime import compress
+
+        return compress.compress(self, x)
+
+    def decompress(self, data: bytes, where: object = "file") -> np.ndarray:
+        """A file from compress -> exactly the images it was given (float32 0/1); refuses, in one
+        line, a file made with another model, variant or device numerics, or a damaged one."""
+        from vae_edge.runtime import compress
+
+        return compress.decompress(self, data, where)
+
     def score(self, x, y=None, iw_samples: int = 0, seed: int = 0, elbo_samples: int = ELBO_SAMPLES) -> np.ndarray:
         """Anomaly score per image in nats: -ELBO (the mean over elbo_samples draws), or with
         iw_samples=K the importance-weighted estimate of -log p(x). Higher means more unusual.

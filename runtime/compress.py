@@ -1,0 +1,418 @@
+"""Lossless compression of binary images with the VAE: bits-back coding with ANS (BB-ANS,
+Townsend, Bird and Barber, ICLR 2019), and the file that carries it.
+
+To compress an image x on top of a message: pop a latent z from the posterior q(z|x) (taking
+bits off the message), push x under the decoder's Bernoulli p(x|z), push z under the prior. The
+net cost is -log p(x|z) - log p(z) + log q(z|x): on average the -ELBO. Decompressing runs the
+same steps backwards and gets the popped bits back, exactly.
+
+Latents are discretised as the paper does: each dimension into K buckets of equal prior mass
+(so the prior is uniform on them), the posterior coded on the same buckets, the decoder run at
+the buckets' centres. Everything that must agree bit for bit at both ends (the posterior's
+quantised CDF, the pixels' quantised probabilities, the bucket tables) is computed here from the
+graphs' outputs with IEEE basic operations only (+ - * /, floor, ldexp: no libm), so it is the
+same on every CPU; what can differ between devices is the graphs' float output itself, and a
+file records a fingerprint of it (see `fingerprint`).
+
+Images are coded in chunks, one ANS lane per image of a chunk; the chunks grow from one image
+(so the first pops draw few virtual bits, the start-up cost) to `lanes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import struct
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from vae_edge import VaeEdgeError
+from vae_edge.runtime.ans import ANSError, Message
+
+MAGIC = b"VAEZ"
+FORMAT_VERSION = 1
+LATENT_BITS = 10  # K = 2^10 buckets of equal prior mass per latent dimension
+POST_PREC = 24  # the posterior's quantised CDF: a total of 2^24
+GAP = 4  # frequency reserved per bucket (covers det_ndtr's error: 2 * 6e-8 * 2^24 < GAP - 1)
+PIX_PREC = 20  # each pixel's Bernoulli probability, in units of 2^-20
+LANES = 128  # images coded side by side in a full chunk, at most
+IMAGES_PER_LANE = 50  # fewer images: fewer lanes (each costs its 64-bit head in the file)
+MAX_IMAGES = 1 << 24
+
+
+class CompressError(VaeEdgeError):
+    """A file that cannot be decompressed here (damaged, or made with another model or device)."""
+
+
+# -- deterministic numerics (IEEE + - * / only: the same bits on every CPU) ---------------------
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+_LOG2E = 1.4426950408889634
+
+
+def det_exp(x: np.ndarray) -> np.ndarray:
+    """exp(x) in float64 by range reduction and a degree-13 Taylor polynomial (relative error ~1e-16)."""
+    x = np.clip(np.asarray(x, np.float64), -700.0, 700.0)
+    k = np.rint(x * _LOG2E)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = np.ones_like(r)
+    for n in range(13, 0, -1):
+        p = 1.0 + r * p / n
+    return np.ldexp(p, k.astype(np.int32))
+
+
+def det_ndtr(t: np.ndarray) -> np.ndarray:
+    """The standard normal CDF (Numerical Recipes' erfcc, absolute error < 6e-8), on det_exp."""
+    v = np.clip(np.asarray(t, np.float64), -40.0, 40.0) * -0.7071067811865476
+    a = np.abs(v)
+    s = 1.0 / (1.0 + 0.5 * a)
+    r = s * det_exp(-a * a - 1.26551223 + s * (1.00002368 + s * (0.37409196 + s * (0.09678418 + s * (
+        -0.18628806 + s * (0.27886807 + s * (-1.13520398 + s * (1.48851587 + s * (
+            -0.82215223 + s * 0.17087277)))))))))
+    return 0.5 * np.where(v >= 0, r, 2.0 - r)
+
+
+def _ndtri(p: np.ndarray) -> np.ndarray:
+    """The inverse of det_ndtr by bisection (deterministic: the same table on every CPU)."""
+    lo, hi = np.full(p.shape, -40.0), np.full(p.shape, 40.0)
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        below = det_ndtr(mid) < p
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+_TABLES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def buckets(bits: int = LATENT_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """(edges [K+1] float64 with -inf/+inf at the ends, centres [K] float32) of K = 2^bits
+    buckets of equal mass under N(0, 1)."""
+    if bits not in _TABLES:
+        k = 1 << bits
+        edges = np.concatenate([[-np.inf], _ndtri(np.arange(1, k) / k), [np.inf]])
+        centres = _ndtri((np.arange(k) + 0.5) / k).astype(np.float32)
+        _TABLES[bits] = (edges, centres)
+    return _TABLES[bits]
+
+
+class Posterior:
+    """The quantised CDF of N(mu, sigma^2) on the buckets, one latent dimension for n lanes:
+    C(0) = 0, C(K) = 2^prec, C(i) = floor(Phi(t_i) (2^prec - GAP K)) + GAP i between, so every
+    bucket gets a frequency >= 1 even where Phi's approximation wiggles (by < (GAP - 1) / 2^prec)."""
+
+    def __init__(self, mu: np.ndarray, logvar: np.ndarray, bits: int, prec: int):
+        self.mu = np.asarray(mu, np.float64)
+        self.inv_sigma = det_exp(-0.5 * np.clip(np.asarray(logvar, np.float64), -60.0, 60.0))
+        self.k = 1 << bits
+        self.edges = buckets(bits)[0]
+        self.scale = float((1 << prec) - GAP * self.k)
+        self.total = np.uint64(1 << prec)
+
+    def cdf(self, i: np.ndarray) -> np.ndarray:
+        t = (self.edges[i] - self.mu) * self.inv_sigma
+        c = np.floor(np.clip(det_ndtr(t), 0.0, 1.0) * self.scale).astype(np.uint64)
+        c += np.uint64(GAP) * i.astype(np.uint64)
+        c[i <= 0] = 0
+        c[i >= self.k] = self.total
+        return c
+
+    def find(self, cf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The bucket each lane's cf falls in: (index, start, freq), by bisection."""
+        n = len(cf)
+        lo, hi = np.zeros(n, np.int64), np.full(n, self.k, np.int64)
+        clo, chi = np.zeros(n, np.uint64), np.full(n, self.total, np.uint64)
+        while True:
+            span = hi - lo
+            if span.max() <= 1:
+                break
+            mid = lo + span // 2
+            c = self.cdf(mid)
+            left = c <= cf
+            lo, clo = np.where(left, mid, lo), np.where(left, c, clo)
+            hi, chi = np.where(left, hi, mid), np.where(left, chi, c)
+        return lo, clo, chi - clo
+
+    def interval(self, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start = self.cdf(i)
+        return start, self.cdf(i + 1) - start
+
+
+def pixel_freqs(logits: np.ndarray, prec: int = PIX_PREC) -> np.ndarray:
+    """The frequency of a 1 for each pixel, of a total 2^prec, in [1, 2^prec - 1]: uint64."""
+    p1 = 1.0 / (1.0 + det_exp(-np.asarray(logits, np.float64)))
+    return np.clip(np.floor(p1 * (1 << prec) + 0.5), 1, (1 << prec) - 1).astype(np.uint64)
+
+
+# -- the chunks ---------------------------------------------------------------------------------
+def schedule(n: int, lanes: int = LANES) -> list[int]:
+    """Chunk sizes for n images: one lane until 8 images are coded, then a chunk of a quarter of
+    the images coded so far (up to `lanes`). A chunk's posterior pops take a few times more bits
+    than an image leaves behind; this growth keeps them drawing on coded bits, not virtual ones."""
+    sizes, done = [], 0
+    while done < n:
+        sizes.append(min(max(1, min(lanes, done // 4)), n - done))
+        done += sizes[-1]
+    return sizes
+
+
+def _chunks(n: int, lanes: int) -> Iterator[tuple[int, int]]:
+    start = 0
+    for size in schedule(n, lanes):
+        yield start, start + size
+        start += size
+
+
+class Codec:
+    """BB-ANS on one runtime (an unconditional Bernoulli model): compress and decompress chunks."""
+
+    def __init__(self, rt, bits: int = LATENT_BITS):
+        check_model(rt)
+        self.rt, self.bits = rt, bits
+        self.centres = buckets(bits)[1]
+        self.d = rt.latent_dim
+        self.pixels = int(np.prod(rt.image_shape))
+
+    def _posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, logvar = self.rt.encode(x)
+        return mu.reshape(len(x), -1), logvar.reshape(len(x), -1)
+
+    def _freqs(self, idx: np.ndarray) -> np.ndarray:
+        z = self.centres[idx].reshape(len(idx), *self.rt.latent_shape)
+        logits = self.rt.decode(z, logits=True).reshape(len(idx), -1)
+        return pixel_freqs(logits).T.copy()  # [pixels, n]: one contiguous row per step
+
+    def push_chunk(self, m: Message, x: np.ndarray) -> None:
+        n = len(x)
+        mu, logvar = self._posterior(x)
+        idx = np.empty((n, self.d), np.int64)
+        for k in range(self.d):  # bits back: z from q(z|x)
+            post = Posterior(mu[:, k], logvar[:, k], self.bits, POST_PREC)
+            cf = m.peek(n, POST_PREC)
+            idx[:, k], start, freq = post.find(cf)
+            m.pop(cf, start, freq, POST_PREC)
+        f1 = self._freqs(idx)
+        f0 = np.uint64(1 << PIX_PREC) - f1
+        ones = (x.reshape(n, -1) > 0.5).T
+        starts, freqs = np.where(ones, f0, 0).astype(np.uint64), np.where(ones, f1, f0)
+        for j in range(self.pixels):  # x under p(x|z)
+            m.push(starts[j], freqs[j], PIX_PREC)
+        one = np.ones(n, np.uint64)
+        for k in range(self.d - 1, -1, -1):  # z under the prior: uniform on the buckets
+            m.push(idx[:, k].astype(np.uint64), one, self.bits)
+
+    def pop_chunk(self, m: Message, n: int) -> np.ndarray:
+        idx = np.empty((n, self.d), np.int64)
+        one = np.ones(n, np.uint64)
+        for k in range(self.d):
+            cf = m.peek(n, self.bits)
+            idx[:, k] = cf.astype(np.int64)
+            m.pop(cf, cf, one, self.bits)
+        f1 = self._freqs(idx)
+        f0 = np.uint64(1 << PIX_PREC) - f1
+        bits = np.empty((self.pixels, n), np.bool_)
+        for j in range(self.pixels - 1, -1, -1):
+            cf = m.peek(n, PIX_PREC)
+            ones = cf >= f0[j]
+            bits[j] = ones
+            m.pop(cf, np.where(ones, f0[j], 0).astype(np.uint64), np.where(ones, f1[j], f0[j]), PIX_PREC)
+        x = bits.T.reshape(n, *self.rt.image_shape).astype(np.float32)
+        mu, logvar = self._posterior(x)
+        for k in range(self.d - 1, -1, -1):
+            post = Posterior(mu[:, k], logvar[:, k], self.bits, POST_PREC)
+            start, freq = post.interval(idx[:, k])
+            m.push(start, freq, POST_PREC)
+        return x
+
+
+def check_model(rt) -> None:
+    if rt.likelihood != "bernoulli":
+        raise VaeEdgeError(f"compression codes binary images under a Bernoulli decoder; this model's likelihood "
+                           f"is {rt.likelihood}")
+    if rt.conditional:
+        raise VaeEdgeError("compression takes an unconditional model (a conditional one would need each image's "
+                           "digit stored too): use --bundle conv-mnist or mlp-mnist")
+
+
+def check_binary(x: np.ndarray) -> np.ndarray:
+    """float32 [N, C, H, W] -> the same, if every pixel is 0 or 1; else one clear refusal."""
+    if len(x) == 0:
+        raise VaeEdgeError("no images given (batch of 0): nothing to compress")
+    if not np.all((x == 0) | (x == 1)):
+        raise VaeEdgeError("compress takes binary images (every pixel 0 or 1) and these have grey levels: binarize "
+                           "them first, or pass --binarize threshold|stochastic")
+    return x
+
+
+# -- what both ends must agree on ---------------------------------------------------------------
+def fingerprint(rt, bits: int = LATENT_BITS) -> bytes:
+    """8 bytes of sha256 over the graphs' raw float outputs on a fixed probe (8 latents at
+    bucket centres decoded, the images they give encoded): equal on two devices when they compute
+    the graphs the same way, which the coder needs bit for bit."""
+    k = 1 << bits
+    idx = (np.arange(8)[:, None] * 37 + np.arange(rt.latent_dim)[None] * 11) % k
+    z = buckets(bits)[1][idx].reshape(8, *rt.latent_shape)
+    logits = rt.decode(z, logits=True)
+    mu, logvar = rt.encode((logits > 0).astype(np.float32))
+    h = hashlib.sha256()
+    for a in (logits, mu, logvar):
+        h.update(np.ascontiguousarray(a, np.float32).tobytes())
+    return h.digest()[:8]
+
+
+def graphs_digest(rt) -> bytes:
+    info = rt.info
+    files = info.variant(rt.variant).files
+    text = "|".join(f"{g}:{info.files[files[g]].sha256}" for g in sorted(files))
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+def manifest_digest(rt) -> bytes:
+    return hashlib.sha256((rt.bundle / "manifest.json").read_bytes()).digest()
+
+
+def data_digest(x: np.ndarray) -> bytes:
+    return hashlib.sha256(np.packbits(x.astype(np.uint8)).tobytes() + struct.pack("<4I", *x.shape)).digest()[:16]
+
+
+def device_label() -> str:
+    from vae_edge.runtime.sysinfo import current_targets
+
+    return f"{platform.machine()} {current_targets()[0]}"[:60]
+
+
+# -- the file -----------------------------------------------------------------------------------
+_FIXED = struct.Struct("<32s16s8sI3HHBBBBI16sI")  # sizes after the variable-length strings
+
+
+def _short(s: str) -> bytes:
+    b = s.encode()
+    return bytes([len(b)]) + b
+
+
+def lanes_for(n: int) -> int:
+    return min(LANES, max(1, n // IMAGES_PER_LANE))
+
+
+def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> bytes:
+    """Binary images [N, C, H, W] (the bundle's shape) -> the file's bytes. `layout` records how
+    the caller's array looked (see LAYOUTS), for giving it back the same way."""
+    x = check_binary(rt._images(x))
+    if len(x) > MAX_IMAGES:
+        raise VaeEdgeError(f"at most {MAX_IMAGES:,} images per file")
+    codec = Codec(rt)
+    lanes = lanes or lanes_for(len(x))
+    used = min(lanes, max(schedule(len(x), lanes)))
+    m = Message(used)
+    for a, b in _chunks(len(x), lanes):
+        codec.push_chunk(m, x[a:b])
+    words = m.stored_words()
+    body = (_short(rt.info.name or "") + _short(rt.variant) + _short(device_label())
+            + _FIXED.pack(manifest_digest(rt), graphs_digest(rt), fingerprint(rt), len(x), *rt.image_shape, lanes,
+                          LATENT_BITS, POST_PREC, PIX_PREC, layout, m.virtual_drawn(), data_digest(x), len(words))
+            + m.head[:used].astype("<u8").tobytes() + words.astype("<u4").tobytes())
+    head = MAGIC + bytes([FORMAT_VERSION])
+    return head + body + struct.pack("<I", zlib.crc32(head + body))
+
+
+# How the caller's array looked: the dtype and value of a 1, and whether it had no channel axis.
+LAYOUTS = {0: ("float32", 1), 1: ("uint8", 1), 2: ("uint8", 255), 3: ("bool", 1)}
+NO_CHANNEL_AXIS = 4
+
+
+def layout_of(a: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """An array of binary images as given (float 0/1, uint8 0/1 or 0/255, bool; [N, C, H, W] or,
+    for one channel, [N, H, W]) -> (float32 [N, C, H, W], layout code)."""
+    code = 0
+    if a.ndim == len(shape) and shape[0] == 1 and a.shape[1:] == tuple(shape[1:]):
+        a, code = a[:, None], NO_CHANNEL_AXIS
+    if a.dtype == np.bool_:
+        return a.astype(np.float32), code | 3
+    if a.dtype == np.uint8:
+        top = int(a.max()) if a.size else 1
+        return (a / (255.0 if top > 1 else 1.0)).astype(np.float32), code | (2 if top > 1 else 1)
+    return a.astype(np.float32), code
+
+
+def restore_layout(x: np.ndarray, code: int) -> np.ndarray:
+    """The inverse of layout_of: float32 0/1 [N, C, H, W] -> the caller's dtype, values and axes."""
+    dtype, one = LAYOUTS[code & 3]
+    out = (x * one).astype(dtype) if dtype != "bool" else x > 0.5
+    return out[:, 0] if code & NO_CHANNEL_AXIS else out
+
+
+class Header(dict):
+    """The parsed fields of a file (a dict: name, variant, device, images, shape, ...)."""
+
+
+def read_header(data: bytes, where: object = "file") -> tuple[Header, np.ndarray, np.ndarray]:
+    """Check a file's frame (magic, version, checksum) and parse it: (header, heads, words)."""
+    if data[:4] != MAGIC:
+        raise CompressError(f"{where} is not a vae-edge compressed file")
+    if len(data) < 10 or data[4] != FORMAT_VERSION:
+        raise CompressError(f"{where} has format version {data[4] if len(data) > 4 else '?'}; this vae-edge reads "
+                            f"version {FORMAT_VERSION}")
+    if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise CompressError(f"{where} is damaged (its checksum does not match: truncated or changed bytes)")
+    pos, strs = 5, []
+    try:
+        for _ in range(3):
+            n = data[pos]
+            strs.append(data[pos + 1: pos + 1 + n].decode())
+            pos += 1 + n
+        f = _FIXED.unpack_from(data, pos)
+    except (IndexError, UnicodeDecodeError, struct.error):
+        raise CompressError(f"{where} is damaged (its header does not parse)") from None
+    pos += _FIXED.size
+    h = Header(name=strs[0], variant=strs[1], device=strs[2], manifest=f[0], graphs=f[1], fingerprint=f[2],
+               images=f[3], shape=tuple(f[4:7]), lanes=f[7], latent_bits=f[8], post_prec=f[9], pix_prec=f[10],
+               layout=f[11], virtual=f[12], data=f[13], words=f[14])
+    used = min(h["lanes"], max(schedule(h["images"], h["lanes"]))) if h["images"] else 0
+    if pos + 8 * used + 4 * h["words"] + 4 != len(data) or not h["images"] or not h["lanes"]:
+        raise CompressError(f"{where} is damaged (its length does not match its header)")
+    heads = np.frombuffer(data, "<u8", used, pos).astype(np.uint64)
+    words = np.frombuffer(data, "<u4", h["words"], pos + 8 * used).astype(np.uint32)
+    return h, heads, words
+
+
+def check_match(rt, h: Header, where: object = "file") -> None:
+    """Refuse, in one line, a file made with another model, variant or coder setting, or on a
+    device whose graphs compute other floats than this one's."""
+    made = f"{h['name'] or 'an unnamed bundle'}"
+    if h["shape"] != tuple(rt.image_shape):
+        raise CompressError(f"{where} holds {list(h['shape'])} images made with {made}; this bundle's are "
+                            f"{list(rt.image_shape)}: use the bundle it was made with")
+    if h["variant"] != rt.variant and h["graphs"] != graphs_digest(rt):
+        raise CompressError(f"{where} was made with variant {h['variant']} of {made}; this is {rt.variant}: "
+                            f"pass --variant {h['variant']}")
+    if h["graphs"] != graphs_digest(rt):
+        raise CompressError(f"{where} was made with {made} (variant {h['variant']}, manifest sha256 "
+                            f"{h['manifest'].hex()[:12]}...), whose graphs differ from this bundle's "
+                            f"({rt.info.name or rt.bundle}): use the bundle it was made with")
+    if (h["latent_bits"], h["post_prec"], h["pix_prec"]) != (LATENT_BITS, POST_PREC, PIX_PREC):
+        raise CompressError(f"{where} was coded with other settings than this vae-edge's: decompress it with the "
+                            "version that made it")
+    if h["fingerprint"] != fingerprint(rt):
+        raise CompressError(f"{where} was made on a device that computes {made}'s graphs differently from this one "
+                            f"(made on {h['device']}; here {device_label()}): decompress it on that kind of device, "
+                            "see docs/compression.md")
+
+
+def decompress(rt, data: bytes, where: object = "file") -> np.ndarray:
+    """A file's bytes -> the binary images [N, C, H, W] float32 it was made from, exactly."""
+    h, heads, words = read_header(data, where)
+    check_match(rt, h, where)
+    codec = Codec(rt, h["latent_bits"])
+    m = Message(len(heads), words=words, heads=heads)
+    out = np.empty((h["images"], *h["shape"]), np.float32)
+    try:
+        for a, b in reversed(list(_chunks(h["images"], h["lanes"]))):
+            out[a:b] = codec.pop_chunk(m, b - a)
+        m.check_start(h["virtual"], len(heads))
+    except (ANSError, ZeroDivisionError, FloatingPointError) as e:
+        raise CompressError(f"{where} did not decode ({e}): its numbers differ from this device's") from None
+    if data_digest(out) != h["data"]:
+        raise CompressError(f"{where} decoded to other images than it was made from (its data checksum differs): "
+                            f"made on {h['device']}, here {device_label()}")
+    return out

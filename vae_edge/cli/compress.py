@@ -1,0 +1,203 @@
+"""`vae-edge compress` and `vae-edge decompress`: lossless bits-back coding of binary images."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import click
+
+from vae_edge import VaeEdgeError
+from vae_edge.cli.base import data_dir_option, done, load_runtime, runtime_options, seed_option
+
+MAX_FILE_BYTES = 1 << 31
+
+
+def _read_image_exact(path: Path, shape: tuple[int, int, int]):
+    """An image file, pixel for pixel (no framing, no resizing, no inversion): [C, H, W] float32."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    try:
+        with Image.open(path) as img:
+            if (img.height, img.width) != (h, w):
+                raise VaeEdgeError(f"{path} is {img.width}x{img.height}; compress takes images at the model's "
+                                   f"{w}x{h}, pixel for pixel")
+            a = np.asarray(img.convert("L" if c == 1 else "RGB"))
+    except UnidentifiedImageError:
+        raise VaeEdgeError(f"{path} is not an image pillow can read") from None
+    except OSError as e:
+        raise VaeEdgeError(f"cannot read image {path}: {e}") from None
+    a = a[None] if c == 1 else a.transpose(2, 0, 1)
+    return (a / 255.0).astype(np.float32)
+
+
+def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int):
+    """Inputs of compress -> (float32 [N, C, H, W], layout code of the first array input)."""
+    import numpy as np
+
+    from vae_edge.data import binarize as stochastic
+    from vae_edge.runtime.compress import check_binary, layout_of
+    from vae_edge.runtime.images import IMAGE_SUFFIXES, _folder_images, load_inputs, load_npy
+
+    xs, layout = [], None
+    for spec in specs:
+        p = Path(spec)
+        if spec.lower().endswith(".npy"):
+            x, code = layout_of(load_npy(p, "image array"), shape)
+            if x.ndim != 4 or x.shape[1:] != tuple(shape):
+                raise VaeEdgeError(f"{p} holds an array of shape {list(x.shape)}; images must be "
+                                   f"[N, {', '.join(map(str, shape))}]")
+            layout = code if layout is None else layout
+        elif p.is_dir():
+            x = np.stack([_read_image_exact(f, shape) for f in _folder_images(p)])
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            if not p.is_file():
+                raise VaeEdgeError(f"input {p} does not exist")
+            x = _read_image_exact(p, shape)[None]
+        else:  # dataset slices and .npz archives
+            x, _ = load_inputs([spec], data_dir, shape=shape)
+        xs.append(x)
+    x = np.concatenate(xs) if xs else np.zeros((0, *shape), np.float32)
+    if binarize == "threshold":
+        x = (x >= 0.5).astype(np.float32)
+    elif binarize == "stochastic":
+        x = stochastic(x, seed)
+    return check_binary(x), (layout or 0)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help="The compressed file (e.g. digits.vaez; - for stdout).")
+@click.option("--binarize", type=click.Choice(["threshold", "stochastic"]), default=None,
+              help="Make grey images binary first: threshold at 0.5, or one Bernoulli draw per pixel (--seed).")
+@seed_option
+@data_dir_option
+@runtime_options
+def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
+    """Compress binary images losslessly with the model (bits-back coding with ANS).
+
+    Inputs: .npy arrays (float or uint8 0/1, uint8 0/255, bool), 1-bit or black-and-white image
+    files at the model's size (taken pixel for pixel), folders of them, or dataset slices with
+    --binarize. The file records the bundle, the variant and this device's numerics: decompress
+    it with the same model on the same kind of device (docs/compression.md).
+
+    \b
+    Example: vae-edge compress "mnist:test[0:1000]" --binarize stochastic -o digits.vaez
+             vae-edge decompress digits.vaez -o digits.npy
+    """
+    from vae_edge.runtime.compress import compress as encode
+    from vae_edge.runtime.files import check_output_path, is_stdout, write_output
+
+    out = Path(output)
+    if not is_stdout(out):
+        check_output_path(out)
+    rt = load_runtime(kw)
+    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed)
+    data = encode(rt, x, layout=layout)
+    write_output(out, lambda tmp: Path(tmp).write_bytes(data))
+    bpd = 8 * len(data) / x.size
+    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out}: {len(data):,} bytes, {bpd:.4f} bits per pixel "
+         f"({rt.info.name} {rt.variant})", out)
+
+
+def read_compressed(path: Path) -> bytes:
+    """The file's bytes: a regular file of at most 2 GiB (never blocks on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise VaeEdgeError(f"{path} does not exist") from None
+    except OSError as e:
+        raise VaeEdgeError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VaeEdgeError(f"{path} is not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise VaeEdgeError(f"{path} is {st.st_size / 2**30:.1f} GiB, over the 2 GiB limit")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def save_decompressed(out: Path, x, layout: int, folder: bool) -> None:
+    """.npy: the array as compress was given it; .png: one image; a folder (ending in /): one
+    1-bit PNG per image, all written before the folder appears."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from vae_edge.runtime.compress import restore_layout
+    from vae_edge.runtime.images import save_image, save_npy
+
+    def picture(img):
+        a = (img * 255).astype(np.uint8)
+        return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)).convert("1" if a.shape[0] == 1 else "RGB")
+
+    if folder:
+        if out.exists() and any(out.iterdir()):
+            raise VaeEdgeError(f"output folder {out} is not empty")
+        tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}."))
+        try:
+            for i, img in enumerate(x):
+                picture(img).save(tmp / f"{i:05d}.png")
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    elif out.suffix.lower() == ".npy" or str(out) == "-":
+        save_npy(restore_layout(x, layout), out)
+    elif len(x) == 1:
+        save_image(picture(x[0]), out, "png")
+    else:
+        raise VaeEdgeError(f"the file holds {len(x)} images: write them to a .npy or a folder (a path ending in /)")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help=".npy (the array compress was given), .png (one image), or a folder ending in / (one PNG each).")
+@runtime_options
+def decompress(file, output, **kw) -> None:
+    """Give back exactly the images a file from `vae-edge compress` holds.
+
+    The bundle and variant default to those the file names (a shipped bundle is found by its
+    name; pass --bundle for your own). A damaged file, another model or variant, or a device that
+    computes the model's floats differently is refused in one line, and nothing is written.
+
+    \b
+    Example: vae-edge decompress digits.vaez -o digits.npy
+             vae-edge decompress digit.vaez -o digit.png
+    """
+    from vae_edge.runtime import shipped_bundles
+    from vae_edge.runtime.compress import decompress as decode
+    from vae_edge.runtime.compress import read_header
+    from vae_edge.runtime.files import check_output_path, is_stdout
+    from vae_edge.runtime.images import PICTURE_OR_ARRAY
+
+    out = Path(output)
+    folder = str(output).endswith(os.sep) or out.is_dir()
+    if not is_stdout(out) and not folder:
+        if out.suffix.lower() not in PICTURE_OR_ARRAY:
+            raise VaeEdgeError(f"output {out} must end in .npy or .png, or be a folder ending in /")
+        check_output_path(out)
+    data = read_compressed(Path(file))
+    header, _, _ = read_header(data, file)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("variant") == click.core.ParameterSource.DEFAULT:
+        kw["variant"] = header["variant"]
+    if kw["bundle"] is None:
+        if header["name"] not in shipped_bundles():
+            raise VaeEdgeError(f"{file} was made with bundle {header['name'] or '(unnamed)'}, which is not shipped: "
+                               "pass --bundle PATH")
+        kw["bundle"] = header["name"]
+    rt = load_runtime(kw)
+    x = decode(rt, data, file)
+    save_decompressed(out, x, header["layout"], folder)
+    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {rt.variant})", out)
