@@ -40,13 +40,10 @@ PAPER_BPD = 0.19  # BB-ANS (Townsend, Bird and Barber, ICLR 2019), binarized MNI
 BINARIZE_SEED = 0
 
 
-def _timed(f, reps: int = 1):
-    best, out = math.inf, None
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = f()
-        best = min(best, time.perf_counter() - t)
-    return out, best
+def _timed(f, *args):
+    t = time.perf_counter()
+    out = f(*args)
+    return out, time.perf_counter() - t
 
 
 def classical(xb: np.ndarray) -> list[dict]:
@@ -58,27 +55,28 @@ def classical(xb: np.ndarray) -> list[dict]:
         ("bz2 -9 (whole set)", lambda b: bz2.compress(b, 9), bz2.decompress),
         ("lzma -9e (whole set)", lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
     ):
-        data, tc = _timed(lambda: enc(packed))
-        back, td = _timed(lambda: dec(data))
+        data, tc = _timed(enc, packed)
+        back, td = _timed(dec, data)
         assert back == packed
         rows.append({"codec": name, "bytes": len(data), "bpd": 8 * len(data) / (n * dims),
                      "compress_per_s": n / tc, "decompress_per_s": n / td})
     imgs = [Image.fromarray((x[0] * 255).astype(np.uint8)).convert("1") for x in xb]
+    def enc(fmt, kw):
+        out = []
+        for im in imgs:
+            buf = io.BytesIO()
+            im.save(buf, format=fmt, **kw)
+            out.append(buf.getvalue())
+        return out
+
+    def dec(files):
+        return [np.asarray(Image.open(io.BytesIO(b)).convert("L")) > 127 for b in files]
+
     for name, kw, fmt in (("PNG 1-bit (per image)", {"optimize": True}, "PNG"),
                           ("WebP lossless (per image)", {"lossless": True, "quality": 100, "method": 6}, "WEBP")):
-        def enc():
-            out = []
-            for im in imgs:
-                buf = io.BytesIO()
-                im.save(buf, format=fmt, **kw)
-                out.append(buf.getvalue())
-            return out
-        files, tc = _timed(enc)
-
-        def dec():
-            return [np.asarray(Image.open(io.BytesIO(b)).convert("L")) > 127 for b in files]
-        back, td = _timed(dec)
-        assert all(np.array_equal(b, x[0] > 0.5) for b, x in zip(back, xb))
+        files, tc = _timed(enc, fmt, kw)
+        back, td = _timed(dec, files)
+        assert all(np.array_equal(b, x[0] > 0.5) for b, x in zip(back, xb, strict=True))
         total = sum(map(len, files))
         rows.append({"codec": name, "bytes": total, "bpd": 8 * total / (n * dims),
                      "compress_per_s": n / tc, "decompress_per_s": n / td})
@@ -100,8 +98,8 @@ def vae_rows(xb: np.ndarray) -> list[dict]:
     for model in MODELS:
         for variant in VAERuntime.load(model).info.variants:
             rt = VAERuntime.load(model, variant=variant, threads=1)
-            data, tc = _timed(lambda: rt.compress(xb))
-            back, td = _timed(lambda: rt.decompress(data))
+            data, tc = _timed(rt.compress, xb)
+            back, td = _timed(rt.decompress, data)
             exact = bool(np.array_equal(back, xb))
             elbo = float(rt.score(xb, elbo_samples=10).mean())
             iw = iw_nll(model, variant)
