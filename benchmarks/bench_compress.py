@@ -32,6 +32,7 @@ from PIL import Image
 
 from vae_edge.data import binarize, load_slice
 from vae_edge.runtime import VAERuntime
+from vae_edge.runtime.compress import read_header
 from vae_edge.runtime.sysinfo import environment
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -101,6 +102,9 @@ def vae_rows(xb: np.ndarray) -> list[dict]:
             data, tc = _timed(rt.compress, xb)
             back, td = _timed(rt.decompress, data)
             exact = bool(np.array_equal(back, xb))
+            header, heads, words = read_header(data)
+            overhead = {"header_bytes": len(data) - 8 * len(heads) - 4 * len(words), "lanes": len(heads),
+                        "startup_virtual_bits": 32 * header["virtual"]}
             elbo = float(rt.score(xb, elbo_samples=10).mean())
             iw = iw_nll(model, variant)
             to_bpd = 1 / (dims * math.log(2))
@@ -108,7 +112,7 @@ def vae_rows(xb: np.ndarray) -> list[dict]:
                          "bytes": len(data), "bpd": 8 * len(data) / (n * dims), "exact": exact,
                          "neg_elbo_nats": elbo, "neg_elbo_bpd": elbo * to_bpd,
                          "iw_nll_nats": iw, "iw_nll_bpd": iw * to_bpd if iw else None,
-                         "compress_per_s": n / tc, "decompress_per_s": n / td})
+                         "compress_per_s": n / tc, "decompress_per_s": n / td, **overhead})
             print(f"{rows[-1]['codec']}: {rows[-1]['bpd']:.4f} bpd (-ELBO {rows[-1]['neg_elbo_bpd']:.4f}), "
                   f"exact {exact}, {n / tc:.0f}/{n / td:.0f} images/s", flush=True)
     return rows
@@ -119,6 +123,13 @@ def single_image_cost(xb: np.ndarray) -> dict:
     rt = VAERuntime.load("mlp-mnist", threads=1)
     sizes = [len(rt.compress(xb[i:i + 1])) for i in range(20)]
     return {"model": "mlp-mnist", "images": 20, "mean_bytes": float(np.mean(sizes))}
+
+
+def startup_line(rows: list[dict]) -> str:
+    coded = [r for r in rows if "lanes" in r]
+    each = ", ".join(f"{r['model']} {r['variant']} {r['startup_virtual_bits']}" for r in coded)
+    return (f"Start-up cost (virtual bits the first pops drew: never stored, never given back): {each} bits. "
+            f"Header: {coded[0]['header_bytes']} bytes; lanes: {coded[0]['lanes']}.")
 
 
 def table(report: dict) -> list[str]:
@@ -151,6 +162,7 @@ def main() -> None:
           f"{len(xb) * xb[0].size:,} binary pixels; one thread of {cpu}. Every vae-edge file was decompressed "
           f"and compared: {'all exact' if all(r.get('exact', True) for r in rows) else 'NOT ALL EXACT'}.", "",
           *table(report), "",
+          startup_line(rows), "",
           f"One image alone in a file (mlp-mnist fp32, mean of 20): {report['single_image']['mean_bytes']:.0f} bytes "
           "(header and start-up included).",
           "", "Regenerate: `python benchmarks/bench_compress.py --data-dir ../shared/data/mnist`."]

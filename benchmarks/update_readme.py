@@ -31,6 +31,7 @@ SOURCES = {
     "conditional": "conditional.md",
     "mlp_widths": "mlp_widths.md",
     "x86_targets": "x86_targets.md",
+    "compression": "compression.md",
 }
 
 

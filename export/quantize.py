@@ -44,7 +44,8 @@ from vae_edge.runtime.bundle import (
 )
 from vae_edge.runtime.bundle_writer import add_variant, fresh_name, remove_orphans
 from vae_edge.runtime.files import fsync_dir, locked, sha256_file
-from vae_edge.runtime.mathops import bce_with_logits, kl_to_prior, psnr
+from vae_edge.runtime.manifest import Manifest
+from vae_edge.runtime.mathops import bce_with_logits, gaussian_nll, kl_to_prior, psnr
 
 logger = logging.getLogger(__name__)
 MODES = ("auto", "dynamic", "static", "fp16")
@@ -129,22 +130,28 @@ def _batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], bs: int =
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
-def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, data_dir, batch: int = 64) -> dict:
-    """MNIST training images for the encoder; for the decoder, their latents q(z|x) and prior draws."""
+def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, data_dir, batch: int = 64,
+                        user: UserData | None = None) -> dict:
+    """Training images (MNIST's, or the user's calibration part) for the encoder; for the
+    decoder, their latents q(z|x) and prior draws."""
     conditional = manifest["model"]["conditional"]
-    directory = resolve_data_dir(manifest.get("dataset", "mnist"), data_dir, split="train")
-    images, labels = load_split(directory, "train")
     rng = np.random.default_rng(qc.seed)
-    pool = max(len(images) - SELECTION_SIZE, len(images) // 2)  # the tail is held out for layer selection
-    idx = rng.choice(pool, size=min(qc.calibration_size, pool), replace=False)
-    x, y = to_float(images[idx]), labels[idx].astype(np.int64)
-    if _binarized(manifest):  # calibrate on what the model was trained on
-        x = binarize(x, seed=qc.seed)
+    if user is not None:
+        x = user.calibration[: qc.calibration_size]
+        y = np.zeros(len(x), np.int64)
+    else:
+        directory = resolve_data_dir(manifest.get("dataset", "mnist"), data_dir, split="train")
+        images, labels = load_split(directory, "train")
+        pool = max(len(images) - SELECTION_SIZE, len(images) // 2)  # the tail is held out for layer selection
+        idx = rng.choice(pool, size=min(qc.calibration_size, pool), replace=False)
+        x, y = to_float(images[idx]), labels[idx].astype(np.int64)
+        if _binarized(manifest):  # calibrate on what the model was trained on
+            x = binarize(x, seed=qc.seed)
     enc_feeds = {"x": x, **({"y": y} if conditional else {})}
     mu, logvar = _batched(_session(fp32_encoder), enc_feeds)
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
     half = len(z) // 2
-    z[half:] = rng.standard_normal((len(z) - half, z.shape[1])).astype(np.float32)
+    z[half:] = rng.standard_normal((len(z) - half, *z.shape[1:])).astype(np.float32)
     dec_feeds = {"z": z.astype(np.float32), **({"y": y} if conditional else {})}
 
     def cut(feeds):
@@ -152,6 +159,30 @@ def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, 
         return [{k: v[i : i + batch] for k, v in feeds.items()} for i in range(0, n, batch)]
 
     return {"encoder": cut(enc_feeds), "decoder": cut(dec_feeds)}
+
+
+@dataclass(frozen=True)
+class UserData:
+    """The user's images (--calibration-data), split once with the seed: calibration (half),
+    the held-out set that chooses the layers kept in float (a quarter) and the accuracy set (a
+    quarter), so no image is both calibrated on and judged by."""
+    calibration: np.ndarray
+    selection: np.ndarray
+    evaluation: np.ndarray
+    described: str
+
+    @classmethod
+    def split(cls, x: np.ndarray, seed: int, described: str) -> UserData:
+        if len(x) < 4:
+            raise VaeEdgeError(f"--calibration-data holds {len(x)} image(s); give at least 4 (half calibrate, a "
+                               "quarter chooses the float layers, a quarter measures the accuracy)")
+        x = x[np.random.default_rng(seed).permutation(len(x))]
+        q = len(x) // 4
+        return cls(x[: len(x) - 2 * q], x[len(x) - 2 * q: len(x) - q], x[len(x) - q:], described)
+
+    def as_set(self, part: str, n: int) -> dict:
+        x = getattr(self, part)[:n]
+        return {"x": x, "y": np.zeros(len(x), np.int64), "binarized": False}
 
 
 def weight_nodes(path: Path) -> list[str]:
@@ -283,14 +314,22 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
     mu_q, lv_q = _batched(_session(paths["encoder"]), {"x": x, **extra})[:2]
     eps = np.random.default_rng(seed).standard_normal(mu_f.shape).astype(np.float32)
     dec_f, dec_q = _session(bundle / ref["decoder"]), _session(paths["decoder"])
+    model = manifest["model"]
+
+    def decoded(sess, z) -> dict[str, np.ndarray]:
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, _batched(sess, {"z": z, **extra}), strict=True))
+
+    def neg_elbo(sess, mu, lv) -> float:
+        out = decoded(sess, (mu + np.exp(0.5 * lv) * eps).astype(np.float32))
+        nll = (gaussian_nll(out["probs"], x, float(model["sigma"])) if model.get("likelihood") == "gaussian"
+               else bce_with_logits(out["logits"], x))
+        return float(np.mean(nll + kl_to_prior(mu.reshape(len(mu), -1), lv.reshape(len(lv), -1))))
+
     # decoder alone, on the same (fp32) latents
-    logits_f, probs_f = _batched(dec_f, {"z": mu_f, **extra})
-    _, probs_q = _batched(dec_q, {"z": mu_f, **extra})
+    probs_f, probs_q = decoded(dec_f, mu_f)["probs"], decoded(dec_q, mu_f)["probs"]
     # end to end: each pipeline's own encoder and decoder, same noise
-    lf, _ = _batched(dec_f, {"z": (mu_f + np.exp(0.5 * lv_f) * eps).astype(np.float32), **extra})
-    lq, _ = _batched(dec_q, {"z": (mu_q + np.exp(0.5 * lv_q) * eps).astype(np.float32), **extra})
-    elbo_f = float(np.mean(bce_with_logits(lf, x) + kl_to_prior(mu_f, lv_f)))
-    elbo_q = float(np.mean(bce_with_logits(lq, x) + kl_to_prior(mu_q, lv_q)))
+    elbo_f, elbo_q = neg_elbo(dec_f, mu_f, lv_f), neg_elbo(dec_q, mu_q, lv_q)
     return {
         "test_images": len(x),
         "binarized": bool(data["binarized"]),
@@ -337,12 +376,16 @@ def variant_name(methods: dict[str, str], target: str = "x86") -> str:
 
 
 def quantize_bundle(bundle: str | os.PathLike, qc: QuantizeConfig, data_dir=None, log=None,
-                    explicit: set[str] = frozenset()) -> tuple[str, dict]:
+                    explicit: set[str] = frozenset(), calibration_data: np.ndarray | None = None,
+                    calibration_label: str = "the user's images") -> tuple[str, dict]:
     """Add one quantized variant to a bundle; returns (variant name, its manifest entry).
     qc.target's settings apply to the fields not named in `explicit` (those the user set).
+    calibration_data: the user's images [N, C, H, W] in [0, 1] (needed for a bundle that is not
+    MNIST's: they calibrate, choose the float layers and measure the accuracy, each on its own part).
     The bundle is locked throughout: a second writer fails at once instead of losing an update."""
+    user = None if calibration_data is None else UserData.split(calibration_data, qc.seed, calibration_label)
     with locked(bundle, "quantize"):
-        return _quantize_bundle(Path(bundle), qc, data_dir, log or logger.info, explicit)
+        return _quantize_bundle(Path(bundle), qc, data_dir, log or logger.info, explicit, user)
 
 
 @dataclass
@@ -366,17 +409,25 @@ class _Job:
     tails: dict = field(default_factory=dict)  # graph -> output tail (static, float outputs)
     tail_matmuls: dict = field(default_factory=dict)  # graph -> its MatMul/Gemm (int8 weights, float output)
     details: dict = field(default_factory=dict)
+    user: UserData | None = None  # --calibration-data, split; None: MNIST
 
 
-def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) -> tuple[str, dict]:
+def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit, user) -> tuple[str, dict]:
     manifest = load_manifest(bundle)
+    shape = Manifest.from_dict(manifest).model.image_shape
+    if user is None and manifest.get("dataset", "mnist") not in ("mnist", "fashion-mnist"):
+        raise VaeEdgeError(f"this bundle's model takes {list(shape)} images, not MNIST's: give --calibration-data "
+                           "(images it was made for; they calibrate and measure the accuracy)")
+    if user is not None and user.calibration.shape[1:] != tuple(shape):
+        raise VaeEdgeError(f"--calibration-data holds {list(user.calibration.shape[1:])} images; this model takes "
+                           f"{list(shape)}")
     remove_orphans(bundle, manifest, log)
     ref = variant_files(manifest, "fp32")
     verify_files(bundle, manifest, list(ref.values()))
     methods = plan(manifest, bundle, qc)
     qc = qc.for_target(set(methods.values()), explicit)
     tmp = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=f".{bundle.name}.quantize-"))  # outside the bundle
-    job = _Job(bundle, manifest, qc, methods, variant_name(methods, qc.target), tmp, log, ref=ref)
+    job = _Job(bundle, manifest, qc, methods, variant_name(methods, qc.target), tmp, log, ref=ref, user=user)
     try:
         _prepare(job)
         _calibrate(job, data_dir)
@@ -385,9 +436,13 @@ def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit) 
             _build(job, g)
         # Which layers stay in float is decided on held-out training images (never used for
         # calibration); the accuracy recorded is measured on the test set only at the end.
-        select = selection_set(manifest, data_dir, min(SELECTION_SIZE, qc.eval_size))
+        if user is None:
+            select = selection_set(manifest, data_dir, min(SELECTION_SIZE, qc.eval_size))
+            judge = eval_set(manifest, data_dir, qc.eval_size)
+        else:
+            select, judge = user.as_set("selection", SELECTION_SIZE), user.as_set("evaluation", qc.eval_size)
         _choose_float_layers(job, select)
-        acc = measure_accuracy(bundle, manifest, job.out, eval_set(manifest, data_dir, qc.eval_size))
+        acc = measure_accuracy(bundle, manifest, job.out, judge)
         entry = _record(job, acc, len(select["x"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -416,8 +471,11 @@ def _prepare(job: _Job) -> None:
 
 def _calibrate(job: _Job, data_dir) -> None:
     if "static" in job.methods.values():
-        job.log(f"calibrating on {job.qc.calibration_size} MNIST training images ({job.qc.method})")
-        job.calib = calibration_batches(job.manifest, job.bundle / job.ref["encoder"], job.qc, data_dir)
+        what = (f"{min(job.qc.calibration_size, len(job.user.calibration))} of {job.user.described}" if job.user
+                else f"{job.qc.calibration_size} MNIST training images")
+        job.log(f"calibrating on {what} ({job.qc.method})")
+        job.calib = calibration_batches(job.manifest, job.bundle / job.ref["encoder"], job.qc, data_dir,
+                                        user=job.user)
 
 
 def _build(job: _Job, g: str) -> None:
@@ -496,10 +554,13 @@ def _record(job: _Job, acc: dict, n_select: int) -> dict:
             "config": {k: v for k, v in asdict(qc).items() if k not in ("exclude", "eval_size")},
             "graphs": job.details,
             "preprocess": "onnxruntime quant_pre_process (symbolic shape inference + basic optimization)",
-            "float_layer_selection": f"on the last {n_select} training images (held out from calibration); "
-                                     "accuracy below is on the test set",
+            "float_layer_selection": (f"on the last {n_select} training images (held out from calibration); "
+                                      "accuracy below is on the test set") if job.user is None else
+                                     (f"on {n_select} held-out images of {job.user.described}; accuracy below on "
+                                      f"another {len(job.user.evaluation)} of them"),
             "calibration": None if job.calib is None else {
-                "encoder": f"{qc.calibration_size} MNIST training images",
+                "encoder": (f"{qc.calibration_size} MNIST training images" if job.user is None else
+                            f"{min(qc.calibration_size, len(job.user.calibration))} images of {job.user.described}"),
                 "decoder": "latents q(z|x) of those images (half) and draws from the N(0, I) prior (half)",
             },
         },

@@ -5,7 +5,8 @@ over one shared stack of 32-bit words. `push` codes one symbol per lane on the f
 once; `pop` is its exact inverse. A symbol is coded by its interval [start, start + freq) of a
 total 2^prec (prec <= 32): pushing costs prec - log2(freq) bits, which the matching pop gives back.
 
-Lanes that pop before anything was pushed draw on "virtual" words below the stack's bottom: a
+A lane opens with one word off the stack and closes by giving it back. Pops (and openings)
+before anything was pushed draw on "virtual" words below the stack's bottom: a
 fixed pseudo-random sequence that both ends generate, never stored. They make the first pops
 (bits-back coding's start-up) cost stored bits only once, and the decoder checks at the end that
 exactly those words came back: a wrong model or a damaged message is caught there too.
@@ -32,17 +33,13 @@ def virtual_words(pos: np.ndarray) -> np.ndarray:
     return ((z ^ (z >> np.uint64(31))) & _LOW).astype(np.uint32)
 
 
-def initial_heads(lanes: int) -> np.ndarray:
-    """Each lane starts at 2^32 plus 32 virtual bits (so its first pop is a fair draw)."""
-    return HEAD_MIN | virtual_words(-1 - np.arange(lanes, dtype=np.int64) - (1 << 40)).astype(np.uint64)
-
-
 class Message:
     """The coder's state: heads [lanes] uint64 and a stack of uint32 words (logical index 0 is
     the stored bottom; below it lie the virtual words)."""
 
     def __init__(self, lanes: int, words: np.ndarray | None = None, heads: np.ndarray | None = None):
-        self.head = initial_heads(lanes) if heads is None else np.array(heads, np.uint64)
+        self.head = np.full(lanes, HEAD_MIN, np.uint64) if heads is None else np.array(heads, np.uint64)
+        self.opened = 0 if heads is None else len(self.head)  # lanes in use: the first `opened`
         words = np.zeros(0, np.uint32) if words is None else np.asarray(words, np.uint32)
         self._buf = np.empty(max(1024, 2 * len(words)), np.uint32)
         self._buf[: len(words)] = words
@@ -83,6 +80,23 @@ class Message:
         self.ptr = lo
         return out
 
+    # -- lanes -------------------------------------------------------------------------------
+    def open(self, n: int) -> None:
+        """Bring lanes up to n into use: each new head is 2^32 plus one word off the stack (coded
+        bits of earlier lanes, virtual for the very first), so a lane costs no bits of its own."""
+        if n > self.opened:
+            self.head[self.opened:n] = HEAD_MIN | self._take(n - self.opened).astype(np.uint64)
+            self.opened = n
+
+    def close(self, n: int) -> None:
+        """The inverse of open: lanes from n on give their word back to the stack."""
+        if n < self.opened:
+            h = self.head[n:self.opened]
+            if np.any(h >> _32 != 1):
+                raise ANSError("a lane does not close where it opened")
+            self._put((h & _LOW).astype(np.uint32))
+            self.opened = n
+
     # -- coding ------------------------------------------------------------------------------
     def push(self, start: np.ndarray, freq: np.ndarray, prec: int) -> None:
         """Code one symbol on each of the first len(freq) lanes: interval [start, start+freq) of 2^prec."""
@@ -120,9 +134,10 @@ class Message:
         """How many virtual words the pops drew (the start-up cost, in 32-bit words)."""
         return -self.floor
 
-    def check_start(self, virtual: int, lanes: int) -> None:
-        """After decoding everything: the state must be the fresh one with `virtual` words drawn."""
-        if self.floor != 0 or self.ptr != virtual or not np.array_equal(self.head[:lanes], initial_heads(lanes)):
+    def check_start(self, virtual: int) -> None:
+        """After decoding everything (every lane closed): the state must be the fresh one, with
+        exactly the `virtual` words drawn given back."""
+        if self.floor != 0 or self.ptr != virtual or self.opened:
             raise ANSError("the message does not decode back to its start")
         if virtual and not np.array_equal(self._buf[:virtual], virtual_words(np.arange(-virtual, 0, dtype=np.int64))):
             raise ANSError("the message does not decode back to its start")

@@ -306,6 +306,7 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
     used = min(lanes, max(schedule(len(x), lanes)))
     m = Message(used)
     for a, b in _chunks(len(x), lanes):
+        m.open(b - a)
         codec.push_chunk(m, x[a:b])
     words = m.stored_words()
     body = (_short(rt.info.name or "") + _short(rt.variant) + _short(device_label())
@@ -407,9 +408,13 @@ def decompress(rt, data: bytes, where: object = "file") -> np.ndarray:
     m = Message(len(heads), words=words, heads=heads)
     out = np.empty((h["images"], *h["shape"]), np.float32)
     try:
-        for a, b in reversed(list(_chunks(h["images"], h["lanes"]))):
+        chunks = list(_chunks(h["images"], h["lanes"]))
+        opened = np.maximum.accumulate([b - a for a, b in chunks])  # lanes open during each chunk
+        for k in range(len(chunks) - 1, -1, -1):
+            a, b = chunks[k]
             out[a:b] = codec.pop_chunk(m, b - a)
-        m.check_start(h["virtual"], len(heads))
+            m.close(int(opened[k - 1]) if k else 0)
+        m.check_start(h["virtual"])
     except (ANSError, ZeroDivisionError, FloatingPointError) as e:
         raise CompressError(f"{where} did not decode ({e}): its numbers differ from this device's") from None
     if data_digest(out) != h["data"]:

@@ -384,6 +384,12 @@ class VAERuntime:
         logits = self._dec_run.plain(self._logits, {"z": z, **labels})[0]
         return bce_with_logits(logits, x)
 
+    def bits_per_dim_8bit(self, nats: np.ndarray) -> np.ndarray:
+        """Scores of a Gaussian model (nats of the density of images in [0, 1]) as the literature
+        reports 8-bit images: bits per dimension of the data in [0, 256), i.e. (nats + D ln 256) / (D ln 2)."""
+        d = int(np.prod(self.image_shape))
+        return (np.asarray(nats, np.float64) + d * math.log(256)) / (d * math.log(2))
+
     def compress(self, x) -> bytes:
         """Binary images [N, C, H, W] (every pixel 0 or 1) -> a lossless file's bytes: bits-back
         coding with this model (runtime/compress.py); about the -ELBO in bits per image."""

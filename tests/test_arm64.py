@@ -171,3 +171,39 @@ def test_cli_on_arm64(arm, spec, tmp_path, mnist_dir):
     rep = json.loads(res.stdout)
     assert res.returncode == 1 and rep["variants"]["int8-dynamic"]["self_check"] == "FAIL"
     assert rep["variants"]["int8-dynamic-arm64"]["self_check"] == "pass"
+
+
+def test_compressed_files_across_x86_and_arm64(arm, mnist_dir):
+    """A file compressed on x86 decompressed on ARM64 and the other way, for each shipped
+    unconditional model's variants: exact, or refused with the line naming the other device's
+    numerics (never other images). Each device's own files come back exactly."""
+    from vae_edge.data import binarize, load_slice
+
+    env, stage, root = arm
+    d = root / "compress"
+    d.mkdir()
+    shutil.copy(HERE / "compress_probe.py", d / "compress_probe.py")
+    x, _ = load_slice("mnist:test[0:8]", mnist_dir)
+    np.save(d / "x.npy", binarize(x, 0))
+    pairs = [["mlp-mnist", "fp32"], ["mlp-mnist", "int8-dynamic-arm64"], ["conv-mnist", "fp32"],
+             ["conv-mnist", "int8-static"]]
+    (d / "pairs.json").write_text(json.dumps(pairs))
+    probe = [str(d / "compress_probe.py"), str(d)]
+    res = subprocess.run([sys.executable, *probe, "x86"], capture_output=True, text=True, cwd=d,
+                         env={"PYTHONPATH": str(stage), "PATH": "/usr/bin"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = env.run([*probe, "arm", "x86"], "neoverse-n1", stage)
+    assert res.returncode == 0, res.stderr[-2000:]
+    on_arm = json.loads(res.stdout.strip().splitlines()[-1])
+    res = subprocess.run([sys.executable, *probe, "x86", "arm"], capture_output=True, text=True, cwd=d,
+                         env={"PYTHONPATH": str(stage), "PATH": "/usr/bin"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    on_x86 = json.loads(res.stdout.strip().splitlines()[-1])
+    named = "was made on a device that computes"
+    table = []
+    for pair in on_arm:
+        assert on_arm[pair]["own"] == "exact" and on_x86[pair]["own"] == "exact", (pair, on_arm, on_x86)
+        for where, got in (("x86 -> arm64", on_arm[pair]["other"]), ("arm64 -> x86", on_x86[pair]["other"])):
+            assert got == "exact" or (got.startswith("refused: ") and named in got), (pair, where, got)
+            table.append(f"{pair} {where}: {'exact' if got == 'exact' else 'refused (numerics differ)'}")
+    print("\n" + "\n".join(table))

@@ -137,7 +137,10 @@ def test_every_on_device_command_through_the_cli(user, tmp_path):
     assert np.load(tmp_path / "d.npy").shape == (5, *SHAPE)
     ok("interpolate", str(folder / "0.png"), str(folder / "1.png"), "--bundle", b, "-o", str(tmp_path / "m.gif"))
     r = ok("score", str(root / "x.npy"), "--bundle", b, "--json")
-    assert len(json.loads(r.output.strip().splitlines()[-1])) == 5
+    rows = json.loads(r.output.strip().splitlines()[-1])
+    assert len(rows) == 5
+    d = int(np.prod(SHAPE))  # 8-bit images' bits per dimension, as the literature reports them
+    assert np.isclose(rows[0]["bits_per_dim_8bit"], (rows[0]["neg_elbo"] + d * np.log(256)) / (d * np.log(2)), atol=1e-3)
     r = run.invoke(cli, ["denoise", str(root / "x.npy"), "--bundle", b, "-o", str(tmp_path / "n.png")])
     assert r.exit_code == 1 and "Bernoulli" in r.output and not (tmp_path / "n.png").exists()
     r = run.invoke(cli, ["reconstruct", "mnist:test[0:2]", "--bundle", b, "-o", str(tmp_path / "q.png")])
@@ -267,3 +270,32 @@ def test_graphs_exported_elsewhere_are_wrapped_into_a_bundle(user, tmp_path):
                                  "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "gives ['sample']" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_quantize_with_the_users_calibration_data(user, tmp_path):
+    """Static int8 of the colour conv VAE, calibrated on the user's own images: the variant runs,
+    its recorded accuracy and calibration say whose data; without data the bundle is refused."""
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(user["bundle"], b)
+    rng = np.random.default_rng(3)  # smooth colour images: blurred noise, like the model's domain
+    raw = rng.random((64, 3, 4, 4), dtype=np.float32)
+    data = np.clip(raw.repeat(4, axis=2).repeat(4, axis=3) + 0.05 * rng.standard_normal((64, *SHAPE)), 0, 1)
+    np.save(tmp_path / "mine.npy", data.astype(np.float32))
+    run = CliRunner()
+    r = run.invoke(cli, ["quantize", str(b), "--mode", "static"])
+    assert r.exit_code == 1 and "give --calibration-data" in r.output
+    r = run.invoke(cli, ["quantize", str(b), "--mode", "static", "--calibration-data", str(tmp_path / "mine.npy"),
+                         "--json"])
+    assert r.exit_code == 0, r.output
+    entry = json.loads(r.output.strip().splitlines()[-1])
+    assert entry["variant"] == "int8-static"
+    assert "32 images of 64 images from" in entry["quantization"]["calibration"]["encoder"]
+    assert entry["accuracy"]["test_images"] == 16  # the user's held-out quarter
+    rt = VAERuntime.load(b, variant="int8-static", warn=lambda s: None)
+    fp = VAERuntime.load(b, warn=lambda s: None)
+    assert np.max(np.abs(rt.reconstruct(data[:4]) - fp.reconstruct(data[:4]))) < 0.2
+    assert abs(entry["accuracy"]["neg_elbo_delta"]) < 0.05 * abs(entry["accuracy"]["neg_elbo_fp32"]) + 5
+    r = run.invoke(cli, ["quantize", str(b), "--calibration-data", "mnist:test[0:8]"])
+    assert r.exit_code == 1 and "takes [3, 16, 16]" in r.output

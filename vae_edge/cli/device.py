@@ -234,19 +234,24 @@ def score(rt, inputs, iw_samples, elbo_samples, complexity, seed, digit, data_di
                  if complexity else None)
     inked = [has_ink(xi) for xi in x]
     kind = f"iw_nll_k{iw_samples}" if iw_samples else "neg_elbo"
+    bpd = rt.bits_per_dim_8bit(scores) if rt.likelihood == "gaussian" else None
     if as_json:
         rows = []
         for i, (nm, s) in enumerate(zip(names, scores, strict=True)):
             row = {"input": nm, kind: round(float(s), 4), "ink": inked[i]}
+            if bpd is not None:
+                row["bits_per_dim_8bit"] = round(float(bpd[i]), 4)
             if corrected is not None:
                 row["complexity_corrected"] = round(float(corrected[i]), 4)
             rows.append(row)
         click.echo(json.dumps(rows))
         return
     label = f"IW-NLL k={iw_samples}" if iw_samples else "-ELBO"
-    click.echo(f"{label:>10}" + (f"  {'corrected':>10}" if corrected is not None else "") + "  input (nats)")
+    click.echo(f"{label:>10}" + (f"  {'corrected':>10}" if corrected is not None else "")
+               + (f"  {'bits/dim':>8}" if bpd is not None else "") + "  input (nats)")
     for i, (nm, s) in enumerate(zip(names, scores, strict=True)):
         extra = f"  {corrected[i]:10.2f}" if corrected is not None else ""
+        extra += f"  {bpd[i]:8.3f}" if bpd is not None else ""
         click.echo(f"{s:10.2f}{extra}  {nm}" + ("" if inked[i] else "   (no ink found: blank image?)"))
     if not all(inked) and corrected is None:
         click.echo("note: images without ink get low likelihood scores (they look 'normal'); use --complexity",

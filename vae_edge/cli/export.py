@@ -104,7 +104,11 @@ def _export_module(spec: str, adapter, weights, input_shape, likelihood, sigma, 
 @click.option("--mode", type=click.Choice(["auto", "dynamic", "static", "fp16"]), default="auto", show_default=True,
               help="auto: static int8 for conv graphs, dynamic int8 for MLP graphs.")
 @data_dir_option
-@click.option("--calibration-size", type=int, default=512, show_default=True, help="MNIST training images to calibrate on.")
+@click.option("--calibration-size", type=int, default=512, show_default=True, help="Images to calibrate on (at most).")
+@click.option("--calibration-data", "calibration_data", multiple=True, metavar="DATA",
+              help="Your images (.npy/.npz, image files, folders, dataset slices; repeatable) instead of MNIST's: "
+                   "half calibrate, a quarter chooses the float layers, a quarter measures the accuracy. Needed "
+                   "for a bundle of your own VAE.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True, help="How static calibration picks activation ranges.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight scales.")
 @click.option("--reduce-range", is_flag=True,
@@ -123,8 +127,8 @@ def _export_module(spec: str, adapter, weights, input_shape, likelihood, sigma, 
                    "tune for those families; here: this machine's family.")
 @json_option
 @click.pass_context
-def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel, reduce_range, activation_type,
-             weight_type, quantize_outputs, eval_size, target, as_json) -> None:
+def quantize(ctx, bundle, mode, data_dir, calibration_size, calibration_data, method, per_channel, reduce_range,
+             activation_type, weight_type, quantize_outputs, eval_size, target, as_json) -> None:
     """Add a quantized variant (int8 dynamic/static, fp16) to a bundle, with its accuracy.
 
     \b
@@ -133,6 +137,7 @@ def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel,
              vae-edge quantize bundles/conv --mode static --reduce-range   # x86 without VNNI
              vae-edge quantize bundles/mlp --mode dynamic --target arm64   # -> int8-dynamic-arm64
              vae-edge quantize bundles/conv --target here   # this CPU family's settings (x86-vnni, ...)
+             vae-edge quantize bundles/mine --calibration-data my_images.npy   # your own VAE's data
     """
     from vae_edge.export.quantize import QuantizeConfig, quantize_bundle
     from vae_edge.export.targets import detected
@@ -148,8 +153,17 @@ def quantize(ctx, bundle, mode, data_dir, calibration_size, method, per_channel,
                         target=target)
     explicit = {name for name in ("activation_type", "weight_type", "per_channel", "reduce_range")
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=progress_log(),
-                                     explicit=explicit)
+    images = None
+    if calibration_data:
+        from vae_edge.runtime.bundle import read_manifest
+        from vae_edge.runtime.images import load_inputs
+
+        shape = read_manifest(bundle).model.image_shape
+        images = load_inputs(calibration_data, data_dir, shape=shape)[0]
+    variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=progress_log(), explicit=explicit,
+                                     calibration_data=images,
+                                     calibration_label=f"{len(images)} images from {', '.join(calibration_data)}"[:200]
+                                     if images is not None else "")
     if as_json:
         click.echo(json.dumps({"variant": variant, **entry}))
         return
