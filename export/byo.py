@@ -61,6 +61,23 @@ class _Decoder(nn.Module):
         return (out,)
 
 
+class TorchBaseline(nn.Module):
+    """The user's module as the benchmark's PyTorch contender: encode(x, y) and probs(z, y), the
+    same outputs the bundle's graphs give (y ignored: the protocol has no labels)."""
+
+    def __init__(self, model: nn.Module, likelihood: str):
+        super().__init__()
+        self.model, self.likelihood = model, likelihood
+
+    def encode(self, x: torch.Tensor, y=None):
+        return self.model.encode(x)
+
+    def probs(self, z: torch.Tensor, y=None):
+        out = self.model.decode(z)
+        out = out[0] if isinstance(out, tuple) else out
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+
 def load_module(spec: str, weights: str | os.PathLike | None = None) -> nn.Module:
     """PATH.py:FACTORY -> FACTORY() (a torch module), with a state_dict loaded (weights_only=True)."""
     import importlib.util

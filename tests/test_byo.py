@@ -299,3 +299,16 @@ def test_quantize_with_the_users_calibration_data(user, tmp_path):
     assert abs(entry["accuracy"]["neg_elbo_delta"]) < 0.05 * abs(entry["accuracy"]["neg_elbo_fp32"]) + 5
     r = run.invoke(cli, ["quantize", str(b), "--calibration-data", "mnist:test[0:8]"])
     assert r.exit_code == 1 and "takes [3, 16, 16]" in r.output
+
+
+def test_bench_times_the_bundle_against_the_users_module(user):
+    """`vae-edge bench --module`: the user's torch module is the PyTorch contender, on inputs of
+    the bundle's own shapes (a [3, 16, 16] image, a [4, 4, 4] latent)."""
+    root = user["root"]
+    r = CliRunner().invoke(cli, ["bench", "--bundle", str(user["bundle"]), "--batch-sizes", "2", "--min-time", "0.02",
+                                 "--warmup", "1", "--module", f"{root / 'my_vae.py'}:make", "--weights",
+                                 str(root / "weights.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output.strip().splitlines()[-1])
+    rows = {(row["graph"], row["variant"]) for row in report["rows"]}
+    assert {("encoder", "torch"), ("decoder", "torch"), ("encoder", "fp32"), ("decoder", "fp32")} <= rows

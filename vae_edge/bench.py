@@ -24,6 +24,7 @@ from vae_edge import VaeEdgeError
 from vae_edge.runtime import providers as prov
 from vae_edge.runtime.bundle import GRAPHS, load_manifest, variant_files
 from vae_edge.runtime.files import write_json_atomic
+from vae_edge.runtime.manifest import Manifest
 from vae_edge.runtime.sysinfo import environment, int8_features_text
 
 logger = logging.getLogger(__name__)
@@ -169,9 +170,9 @@ class BenchConfig:
 
 
 def _inputs(manifest: dict, graph: str, batch: int, rng) -> dict[str, np.ndarray]:
-    d = manifest["model"]["latent_dim"]
-    feeds = ({"x": rng.random((batch, 1, 28, 28), dtype=np.float32)} if graph == "encoder"
-             else {"z": rng.standard_normal((batch, d), dtype=np.float32)})
+    model = Manifest.from_dict(manifest).model
+    feeds = ({"x": rng.random((batch, *model.image_shape), dtype=np.float32)} if graph == "encoder"
+             else {"z": rng.standard_normal((batch, *model.latent_shape), dtype=np.float32)})
     if manifest["model"]["conditional"]:
         feeds["y"] = rng.integers(0, 10, batch).astype(np.int64)
     return feeds
@@ -190,8 +191,11 @@ def find_checkpoint(bundle: Path) -> Path | None:
     return None
 
 
-def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=None) -> dict:
+def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=None, module: str | None = None,
+              weights=None, adapter: str | None = None) -> dict:
     """Measure every (variant, graph, provider, threads, batch) of a bundle; returns the report.
+    The PyTorch baseline is vae-edge's checkpoint, or the user's own module (module=PATH.py:FACTORY,
+    weights, adapter: as `vae-edge export --module` takes them).
     Phases: what to time (_providers, _torch_baseline), for each provider and thread count the
     variants loaded (_load_variants) and each graph and batch timed (_time_setting), then the
     report (_report, with the fp32 efficiency against this machine's peak)."""
@@ -204,7 +208,7 @@ def benchmark(bundle, cfg: BenchConfig, checkpoint=None, progress=None, warn=Non
     for v in variants:
         variant_files(manifest, v)  # a clear error for a variant the bundle lacks
     providers = _providers(cfg, warn)
-    tmodel, torch_version = _torch_baseline(cfg, bundle, checkpoint, warn)
+    tmodel, torch_version = _torch_baseline(cfg, bundle, checkpoint, warn, (module, weights, adapter), manifest)
     rng = np.random.default_rng(0)
     rows, cold = [], []
     total = len(providers) * len(cfg.threads) * (len(cfg.graphs) * len(cfg.batch_sizes) + len(variants))
@@ -242,10 +246,19 @@ def _providers(cfg: BenchConfig, warn) -> list[str]:
     return providers
 
 
-def _torch_baseline(cfg: BenchConfig, bundle: Path, checkpoint, warn) -> tuple[object, str | None]:
+def _torch_baseline(cfg: BenchConfig, bundle: Path, checkpoint, warn, user=(None, None, None),
+                    manifest: dict | None = None) -> tuple[object, str | None]:
     """(the PyTorch model on the same weights, torch's version), or None where there is none."""
     if not cfg.baseline_torch:
         return None, None
+    if user[0] is not None:
+        import torch
+
+        from vae_edge.export.adapters import adapt
+        from vae_edge.export.byo import TorchBaseline, load_module
+
+        model = adapt(load_module(user[0], user[1]), user[2])
+        return TorchBaseline(model, Manifest.from_dict(manifest).model.likelihood).eval(), torch.__version__
     ckpt = Path(checkpoint) if checkpoint else find_checkpoint(bundle)
     try:
         import torch
@@ -369,7 +382,8 @@ def _torch_call(model, graph: str, feeds: dict, threads: int):
     torch.set_num_threads(threads)
     args = [torch.from_numpy(feeds["x" if graph == "encoder" else "z"])]
     y = torch.from_numpy(feeds["y"]) if "y" in feeds else None
-    fn = model.encode if graph == "encoder" else (lambda z, y: torch.sigmoid(model.decode(z, y)))
+    fn = model.encode if graph == "encoder" else (
+        getattr(model, "probs", None) or (lambda z, y: torch.sigmoid(model.decode(z, y))))
 
     def call():
         with torch.inference_mode():

@@ -28,8 +28,8 @@ def cold_start(bundle: str, variant: str, provider: str, threads: int) -> dict:
     created = time.perf_counter() - t0
     y = {"y": np.zeros(1, np.int64)} if rt.conditional else {}
     first = {}
-    for g, feeds in (("encoder", {"x": np.zeros((1, 1, 28, 28), np.float32), **y}),
-                     ("decoder", {"z": np.zeros((1, rt.latent_dim), np.float32), **y})):
+    for g, feeds in (("encoder", {"x": np.zeros((1, *rt.image_shape), np.float32), **y}),
+                     ("decoder", {"z": np.zeros((1, *rt.latent_shape), np.float32), **y})):
         t1 = time.perf_counter()
         (rt.encoder if g == "encoder" else rt.decoder).run(None, feeds)
         first[g] = (time.perf_counter() - t1) * 1e3

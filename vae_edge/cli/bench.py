@@ -31,6 +31,10 @@ from vae_edge.cli.base import (
 @click.option("--min-time", type=float, default=0.3, show_default=True, help="Seconds of calls per contender and setting.")
 @click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True, help="torch: also time PyTorch eager on the same checkpoint; none: onnxruntime only.")
 @click.option("--checkpoint", type=click.Path(), default=None, help="PyTorch weights for the baseline (default: beside the bundle).")
+@click.option("--module", default=None, metavar="PATH.py:FACTORY",
+              help="Your own VAE as the PyTorch baseline (as `vae-edge export --module` takes it).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for --module (weights_only).")
+@click.option("--adapter", type=click.Choice(["diffusers", "attributes"]), default=None, help="Adapter for --module.")
 @click.option("--report", "report_dir", type=click.Path(), default=None, help="Write bench.json, bench.md and PNG charts here.")
 @click.option("--target", type=click.Choice(["cpu", "web"]), default="cpu", show_default=True,
               help="cpu: this machine's execution providers; web: headless Chromium with onnxruntime-web "
@@ -38,12 +42,13 @@ from vae_edge.cli.base import (
 @trusted_key_option
 @json_option
 def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min_time, baseline, checkpoint,
-          report_dir, target, trusted_key, as_json) -> None:
+          module, weights, adapter, report_dir, target, trusted_key, as_json) -> None:
     """Latency of every variant against bare onnxruntime and PyTorch eager, or in the browser.
 
     \b
     Example: vae-edge bench --batch-sizes 1,1024 --report bench-out
              vae-edge bench --target web --batch-sizes 1,256
+             vae-edge bench --bundle bundles/mine --module my_vae.py:make --weights weights.pt
     """
     from vae_edge.bench import BenchConfig, benchmark, markdown, write_report
 
@@ -62,7 +67,8 @@ def bench(bundle, variants, graphs, providers, batch_sizes, threads, warmup, min
         def progress(done, total):
             bar.length = total
             bar.update(done - bar.pos)
-        report = benchmark(bundle, cfg, checkpoint=checkpoint, progress=progress, warn=warner())
+        report = benchmark(bundle, cfg, checkpoint=checkpoint, progress=progress, warn=warner(), module=module,
+                           weights=weights, adapter=adapter)
     if report_dir:
         paths = write_report(report, report_dir)
         click.echo(f"report: {', '.join(str(p) for p in paths.values())}", err=True)
