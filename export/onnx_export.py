@@ -68,7 +68,9 @@ class GraphSpec:
 def graph_specs(model: VAE, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
     d = model.cfg.latent_dim
     label = (TensorSpec("y", "int64", ("batch",)),) if model.cfg.conditional else ()
-    image = ("batch", 1, 28, 28)
+    image = ("batch", *model.cfg.image_shape)
+    outputs = ((TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image))
+               if model.cfg.likelihood == "bernoulli" else (TensorSpec("probs", "float32", image),))
     return {
         "encoder": GraphSpec(
             "encoder",
@@ -79,7 +81,7 @@ def graph_specs(model: VAE, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
         "decoder": GraphSpec(
             "decoder",
             (TensorSpec("z", "float32", ("batch", d)), *label),
-            (TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image)),
+            outputs,
             opset,
         ),
     }
@@ -97,7 +99,7 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """z [B,D] (, y [B]) -> Bernoulli logits and probabilities [B,1,28,28]."""
+    """z [B,D] (, y [B]) -> Bernoulli logits and probabilities [B,C,H,W]; a Gaussian model: its mean."""
 
     def __init__(self, model: VAE):
         super().__init__()
@@ -105,6 +107,8 @@ class DecoderGraph(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None):
         logits = self.model.decode(z, y)
+        if self.model.cfg.likelihood == "gaussian":
+            return (torch.sigmoid(logits),)
         return logits, torch.sigmoid(logits)
 
 
@@ -163,7 +167,19 @@ def save_graph(wrapper: nn.Module, spec: GraphSpec, path: Path, doc: str, meta: 
     onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
-def validation_data(dataset: str, data_dir, n: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def validation_data(dataset: str, data_dir, n: int = 256, ckpt: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Real images to validate the graphs on: the dataset's test split; for a model trained on the
+    user's own images, those images where they still are (else uniform noise of their shape)."""
+    if dataset == "custom":
+        shape = tuple(ckpt["config"]["image_shape"])
+        data = (ckpt.get("train_config") or {}).get("data") or []
+        try:
+            from vae_edge.runtime.images import load_inputs
+
+            x = load_inputs(list(data), data_dir, shape=shape)[0][:n]
+        except VaeEdgeError:
+            x = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+        return np.ascontiguousarray(x, np.float32), np.zeros(len(x), np.int64)
     directory = resolve_data_dir(dataset, data_dir, split="test")
     images, labels = load_split(directory, "test")
     return to_float(images[:n]), labels[:n].astype(np.int64)
@@ -292,7 +308,9 @@ def _new_manifest(ckpt: dict, name: str, release: int, dataset: str, specs: dict
         "training": {"train_config": ckpt.get("train_config"), "epoch": ckpt.get("epoch"),
                      "step": ckpt.get("step"), "metrics": ckpt.get("metrics")},
         "evaluation": ckpt.get("evaluation"),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": PREPROCESSING if dataset != "custom" else {
+            "input": f"float32 [batch, {', '.join(map(str, ckpt['config']['image_shape']))}], values in [0, 1]",
+            "image_files": "resized to HxW, converted to the model's channels"},
         "graphs": {g: s.to_dict() for g, s in specs.items()},
         "variants": {},
         "files": {},
@@ -321,7 +339,7 @@ def export_bundle(
     name = model_name(ckpt, checkpoint)
     specs = graph_specs(model, opset)
     dataset = ckpt.get("dataset", "mnist")
-    x, y = validation_data(dataset, data_dir)
+    x, y = validation_data(dataset, data_dir, ckpt=ckpt)
     feeds = _feeds(model, x, y)
 
     check_bundle_out(out)

@@ -44,10 +44,15 @@ class VAEConfig:
     # beside the 7x7 and 14x14 feature maps (decoder), not only beside the flat features: the
     # decoder then draws the asked-for digit from y rather than from z.
     cond_planes: bool = False
-    likelihood: str = "bernoulli"
+    likelihood: str = "bernoulli"  # bernoulli (the decoder's logits) | gaussian (sigmoid(logits) is the mean)
+    sigma: float | None = None  # gaussian: the fixed per-pixel standard deviation
+    # [C, H, W] of the images: MNIST's by default; conv models need H and W divisible by 4 (two
+    # stride-2 stages), MLPs flatten any size.
+    image_shape: tuple[int, int, int] = IMAGE_SHAPE
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
+        self.image_shape = tuple(int(n) for n in self.image_shape)
         if self.arch not in ARCHS:
             raise VaeEdgeError(f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
         if int(self.latent_dim) <= 0:
@@ -66,12 +71,22 @@ class VAEConfig:
             raise VaeEdgeError(f"res blocks: a count >= 0, for conv models only (got {self.res_blocks} for {self.arch})")
         if self.cond_planes and not (self.conditional and self.arch == "conv"):
             raise VaeEdgeError("cond_planes needs a conditional conv model (--arch conv --conditional)")
-        if self.likelihood != "bernoulli":
-            raise VaeEdgeError(f"unknown likelihood {self.likelihood!r}: only bernoulli")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise VaeEdgeError(f"unknown likelihood {self.likelihood!r}: bernoulli or gaussian")
+        if self.likelihood == "gaussian" and not (self.sigma and self.sigma > 0):
+            raise VaeEdgeError("a gaussian likelihood needs sigma, the per-pixel standard deviation (> 0)")
+        if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
+            raise VaeEdgeError(f"image shape must be C,H,W (three positive sizes), got {list(self.image_shape)}")
+        if self.arch == "conv" and (self.image_shape[1] % 4 or self.image_shape[2] % 4):
+            raise VaeEdgeError(f"a conv model halves H and W twice: they must be multiples of 4, got "
+                               f"{self.image_shape[1]}x{self.image_shape[2]} (pad or crop the images, or use --arch mlp)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        d["image_shape"] = list(self.image_shape)
+        if self.sigma is None:  # MNIST models' configs as they always were
+            d.pop("sigma")
         return d
 
     @classmethod
@@ -96,6 +111,8 @@ class VAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, cond = cfg.latent_dim, (NUM_CLASSES if cfg.conditional else 0)
+        c0, h0, w0 = cfg.image_shape
+        pixels, self.feat = c0 * h0 * w0, (h0 // 4, w0 // 4)  # the conv feature map at 1/4 size
         # One-hot rows picked by a Gather: exports to a plain ONNX Gather on the int64 label.
         self.register_buffer("onehot", torch.eye(NUM_CLASSES), persistent=False)
         if cfg.arch == "mlp":
@@ -107,29 +124,30 @@ class VAE(nn.Module):
                     layers += [nn.Linear(h, h), act()]
                 return layers
 
-            self.enc = nn.Sequential(*stack(784 + cond, h))
+            self.enc = nn.Sequential(*stack(pixels + cond, h))
             self.enc_out = nn.Linear(h, 2 * d)
-            self.dec = nn.Sequential(*stack(d + cond, hd), nn.Linear(hd, 784))
+            self.dec = nn.Sequential(*stack(d + cond, hd), nn.Linear(hd, pixels))
         else:
             c1, c2 = cfg.channels
             p = NUM_CLASSES if cfg.cond_planes else 0  # one-hot planes beside the feature maps
+            fa = self.feat[0] * self.feat[1]  # 49 for 28x28
             self.enc = nn.Sequential(
-                nn.Conv2d(1 + p, c1, 4, stride=2, padding=1), nn.ReLU(),  # [B, c1, 14, 14]
+                nn.Conv2d(c0 + p, c1, 4, stride=2, padding=1), nn.ReLU(),  # [B, c1, 14, 14]
                 nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # [B, c2, 7, 7]
                 *[ResBlock(c2) for _ in range(cfg.res_blocks)],
             )
-            self.enc_out = nn.Linear(c2 * 49 + cond, 2 * d)
-            self.dec_in = nn.Sequential(nn.Linear(d + cond, c2 * 49), nn.ReLU())
+            self.enc_out = nn.Linear(c2 * fa + cond, 2 * d)
+            self.dec_in = nn.Sequential(nn.Linear(d + cond, c2 * fa), nn.ReLU())
             self.dec_res = nn.Sequential(*[ResBlock(c2) for _ in range(cfg.res_blocks)])  # empty: no op
             if cfg.upsample == "resize-subpixel":
                 up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2 + p, c1, 3, padding=1)]
-                up2 = [nn.Conv2d(c1 + p, 4, 3, padding=1), nn.PixelShuffle(2)]  # ONNX DepthToSpace
+                up2 = [nn.Conv2d(c1 + p, 4 * c0, 3, padding=1), nn.PixelShuffle(2)]  # ONNX DepthToSpace
             elif cfg.upsample == "resize":
                 up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2 + p, c1, 3, padding=1)]
-                up2 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c1 + p, 1, 3, padding=1)]
+                up2 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c1 + p, c0, 3, padding=1)]
             else:
                 up1 = [nn.ConvTranspose2d(c2 + p, c1, 4, stride=2, padding=1)]
-                up2 = [nn.ConvTranspose2d(c1 + p, 1, 4, stride=2, padding=1)]
+                up2 = [nn.ConvTranspose2d(c1 + p, c0, 4, stride=2, padding=1)]
             if p:  # the planes go in before each stage, so the stages run one at a time
                 self.dec_up1, self.dec_up2 = nn.Sequential(*up1, nn.ReLU()), nn.Sequential(*up2)
             else:
@@ -143,12 +161,12 @@ class VAE(nn.Module):
         return torch.cat([h, self.onehot[y]], dim=1)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, 1, 28, 28] in [0, 1] -> (mu, logvar), each [B, latent_dim]."""
+        """x [B, C, H, W] in [0, 1] (image_shape; MNIST's [B, 1, 28, 28]) -> (mu, logvar), each [B, latent_dim]."""
         if self.cfg.arch == "mlp":
             h = self.enc(self._cond(x.flatten(1), y))  # [B, hidden]
         else:
             if self.cfg.cond_planes:
-                x = torch.cat([x, self._planes(y, 28)], dim=1)  # [B, 11, 28, 28]
+                x = torch.cat([x, self._planes(y, *self.cfg.image_shape[1:])], dim=1)  # [B, 11, 28, 28]
             h = self._cond(self.enc(x).flatten(1), y)  # [B, c2*49 (+10)]
         mu, logvar = self.enc_out(h).chunk(2, dim=1)  # [B, D] each
         return mu, logvar
@@ -161,40 +179,56 @@ class VAE(nn.Module):
         return mu + eps * torch.exp(0.5 * logvar)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """z [B, latent_dim] -> Bernoulli logits [B, 1, 28, 28]."""
+        """z [B, latent_dim] -> logits [B, C, H, W]: Bernoulli logits, or (gaussian) the mean's
+        logits (sigmoid of them is the mean)."""
         h = self._cond(z, y)
         if self.cfg.arch == "mlp":
-            return self.dec(h).view(-1, 1, 28, 28)
-        c2 = self.cfg.channels[1]
-        h = self.dec_res(self.dec_in(h).view(-1, c2, 7, 7))  # static trailing dims: shape inference can follow
+            return self.dec(h).view(-1, *self.cfg.image_shape)
+        c2, (fh, fw) = self.cfg.channels[1], self.feat
+        h = self.dec_res(self.dec_in(h).view(-1, c2, fh, fw))  # static trailing dims: shape inference can follow
         if not self.cfg.cond_planes:
-            return self.dec(h)  # [B, 1, 28, 28]
-        h = self.dec_up1(torch.cat([h, self._planes(y, 7)], dim=1))  # [B, c1, 14, 14]
-        return self.dec_up2(torch.cat([h, self._planes(y, 14)], dim=1))  # [B, 1, 28, 28]
+            return self.dec(h)  # [B, C, H, W]
+        h = self.dec_up1(torch.cat([h, self._planes(y, fh, fw)], dim=1))  # [B, c1, H/2, W/2]
+        return self.dec_up2(torch.cat([h, self._planes(y, 2 * fh, 2 * fw)], dim=1))  # [B, C, H, W]
 
-    def _planes(self, y: torch.Tensor, size: int) -> torch.Tensor:
-        """One-hot digit planes [B, 10, size, size]: a Gather and a Mul by constant ones in ONNX
+    def _planes(self, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """One-hot digit planes [B, 10, h, w]: a Gather and a Mul by constant ones in ONNX
         (no Shape/Expand, so every shape but the batch is static for quantization)."""
         oh = self.onehot[y]
-        return oh[:, :, None, None] * torch.ones(1, 1, size, size, dtype=oh.dtype, device=oh.device)
+        return oh[:, :, None, None] * torch.ones(1, 1, h, w, dtype=oh.dtype, device=oh.device)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """eps: the reparameterization noise, given (distributed training draws the global batch's
+        noise on every rank and hands each its rows); else drawn from generator."""
         mu, logvar = self.encode(x, y)
-        z = self.reparameterize(mu, logvar, generator)
+        z = self.reparameterize(mu, logvar, generator) if eps is None else mu + eps * torch.exp(0.5 * logvar)
         return self.decode(z, y), mu, logvar
 
 
+def reconstruction_nll(logits: torch.Tensor, target: torch.Tensor, cfg: VAEConfig | None = None) -> torch.Tensor:
+    """-log p(target | z) per value (nats): Bernoulli on the logits, or Gaussian around sigmoid(logits)."""
+    if cfg is not None and cfg.likelihood == "gaussian":
+        d = (target - torch.sigmoid(logits)) / cfg.sigma
+        return 0.5 * d * d + (math.log(cfg.sigma) + 0.5 * math.log(2 * math.pi))
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
 def elbo_terms(
-    target: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "none"
+    target: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "none",
+    cfg: VAEConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction NLL (Bernoulli, nats) and KL(q(z|x) || N(0, I)): per image [B], or with
-    reduction="sum" summed over the batch (one fused pass: what the training loop uses)."""
+    """Reconstruction NLL (the model's likelihood, nats) and KL(q(z|x) || N(0, I)): per image [B],
+    or with reduction="sum" summed over the batch (one fused pass: what the training loop uses)."""
     if reduction == "sum":
-        rec = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        if cfg is None or cfg.likelihood == "bernoulli":
+            rec = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        else:
+            rec = reconstruction_nll(logits, target, cfg).sum()
         return rec, -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-    rec = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+    rec = reconstruction_nll(logits, target, cfg).flatten(1).sum(1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
     return rec, kl
 

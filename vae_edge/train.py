@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vae_edge import VaeEdgeError
 from vae_edge.data import get_spec, load_split, resolve_data_dir
-from vae_edge.model import VAE, VAEConfig, elbo_terms
+from vae_edge.model import VAE, VAEConfig, elbo_terms, reconstruction_nll
 from vae_edge.runtime.files import fsync_dir, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -44,6 +43,9 @@ class TrainConfig:
     # Importance samples per image in the objective: 1 is the ELBO; k > 1 is the IWAE bound
     # (Burda et al. 2015), tighter, which trains models with a better log-likelihood.
     iw_k: int = 1
+    # Your own images instead of a named dataset (.npy/.npz arrays, image files, folders): dataset
+    # is then "custom", and their sha256 is recorded so that --resume refuses other data.
+    data: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,7 +60,11 @@ class TrainConfig:
             raise VaeEdgeError(f"unknown lr schedule {self.lr_schedule!r}: none or cosine")
         if self.max_steps is not None and self.max_steps <= 0:
             raise VaeEdgeError(f"max steps must be positive, got {self.max_steps}")
-        get_spec(self.dataset)
+        self.data = tuple(self.data)
+        if self.data:
+            self.dataset = "custom"
+        else:
+            get_spec(self.dataset)
 
 
 def pick_device(device: str) -> torch.device:
@@ -150,11 +156,25 @@ def fp16_weights(ckpt: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_train_tensors(dataset: str, data_dir, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def load_train_tensors(dataset: str, data_dir, device: torch.device, data: tuple[str, ...] = (),
+                       shape: tuple[int, int, int] = (1, 28, 28)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images [N, C, H, W] in [0, 1] and their labels (-1 for the user's own data)."""
+    if data:
+        from vae_edge.runtime.images import load_inputs
+
+        images, _ = load_inputs(list(data), data_dir, shape=shape)
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        return x, torch.full((len(x),), -1, dtype=torch.int64, device=device)
     directory = resolve_data_dir(dataset, data_dir, split="train")
     images, labels = load_split(directory, "train")
     x = torch.from_numpy(images).to(device).float().div_(255.0).unsqueeze(1)  # [N, 1, 28, 28]
     return x, torch.from_numpy(labels.astype(np.int64)).to(device)
+
+
+def data_digest(x: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
 
 
 def kl_weight(tc: TrainConfig, progress_epochs: float) -> float:
@@ -172,13 +192,38 @@ def iwae_loss(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, kl_w:
     eps = torch.randn((k, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)
     z = mu + eps * torch.exp(0.5 * logvar)  # [k, B, D]
     yk = None if y is None else y.repeat(k)
-    logits = model.decode(z.flatten(0, 1), yk).view(k, len(x), -1)  # [k, B, 784]
-    rec = F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand(k, -1, -1), reduction="none").sum(-1)
+    logits = model.decode(z.flatten(0, 1), yk).view(k, len(x), -1)  # [k, B, C*H*W]
+    rec = reconstruction_nll(logits, x.flatten(1).expand(k, -1, -1), model.cfg).sum(-1)
     # log q(z|x) - log p(z), per sample [k, B] (the 2*pi terms cancel)
     kl = 0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
     log_w = -rec - kl_w * kl
     loss = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
     return loss, rec.mean(0).sum().detach(), kl.mean(0).sum().detach()
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a distributed run (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env() -> Dist:
+    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _init_distributed(dist: Dist, dev: torch.device) -> None:
+    """gloo on CPUs, NCCL on GPUs (torchrun gives the rendezvous in MASTER_ADDR/MASTER_PORT)."""
+    import torch.distributed as td
+
+    if not td.is_initialized():
+        td.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=dist.rank, world_size=dist.world)
 
 
 @dataclass
@@ -199,6 +244,8 @@ class _Run:
     step: int = 0
     perm: torch.Tensor | None = None
     metrics: dict = field(default_factory=dict)
+    dist: Dist = field(default_factory=Dist)
+    ddp: object = None  # the DistributedDataParallel wrapper when dist.world > 1
 
 
 def train(
@@ -226,16 +273,39 @@ def train(
     if not out.parent.is_dir():
         raise VaeEdgeError(f"the folder of --out {out} does not exist (only the last level is created)")
     log = log or logger.info
+    dist = dist_from_env()
     dev = pick_device(device)
+    if dist.world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
     model_cfg, tc, state, parent = _starting_point(model_cfg, tc, out / CHECKPOINT_NAME, resume, init_from, dev)
+    if dist.world > 1:
+        if tc.iw_k != 1:
+            raise VaeEdgeError("distributed training runs the ELBO (--iw-k 1); train the IWAE bound on one process")
+        _init_distributed(dist, dev)
     run = _new_run(model_cfg, tc, dev, data_dir)
     _restore(run, state, parent)
-    out.mkdir(exist_ok=True)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        run.dist = dist
+        run.ddp = DistributedDataParallel(run.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        log = log if dist.main else (lambda s: None)
+        progress = progress and dist.main
+    if dist.main:
+        out.mkdir(exist_ok=True)
     run.model.train()
     stopped = False
     while run.epoch < tc.epochs and not stopped:
         row, stopped = _train_epoch(run, progress)
-        _save(run, row, out)
+        if dist.main:  # one checkpoint, written by rank 0; the others wait for it
+            _save(run, row, out)
+        elif run.step_in_epoch == 0:
+            run.perm = None
+        if dist.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
         log(f"epoch {row['epoch']:.2f}  loss {row['train_loss']:.2f}  rec {row['train_rec']:.2f}  "
             f"kl {row['train_kl']:.2f}  {row['images_per_s'] or 0:.0f} img/s")
     return run.metrics
@@ -271,7 +341,17 @@ def _new_run(model_cfg: VAEConfig, tc: TrainConfig, dev: torch.device, data_dir)
     torch.manual_seed(tc.seed)
     model = VAE(model_cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    x_all, y_all = load_train_tensors(tc.dataset, data_dir, dev)
+    if tc.binarize == "dynamic" and model_cfg.likelihood != "bernoulli":
+        raise VaeEdgeError("--binarize dynamic draws binary targets: it needs --likelihood bernoulli")
+    x_all, y_all = load_train_tensors(tc.dataset, data_dir, dev, tc.data, model_cfg.image_shape)
+    if tc.data:
+        if model_cfg.conditional:
+            raise VaeEdgeError("a conditional model needs labels: train it on a dataset (--dataset), not --data")
+        digest = data_digest(x_all)
+        if tc.extra.get("data_sha256", digest) != digest:
+            raise VaeEdgeError("--data holds other images than the run was started on (their sha256 differs): "
+                               "an exact resume needs the same data")
+        tc.extra["data_sha256"] = digest
     steps_per_epoch = math.ceil(len(x_all) / tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
     sched = None
@@ -310,9 +390,11 @@ def _train_step(run: _Run, idx: torch.Tensor, b: int) -> tuple[torch.Tensor, int
     w = kl_weight(tc, run.epoch + b / run.steps_per_epoch)
     bs = len(idx)
     yc = y if run.cfg.conditional else None
+    if run.ddp is not None:
+        return _distributed_step(run, x, yc, w, bs)
     if tc.iw_k == 1:
         logits, mu, logvar = model(x, yc, generator=run.gen)
-        rec, kl = elbo_terms(x, logits, mu, logvar, reduction="sum")
+        rec, kl = elbo_terms(x, logits, mu, logvar, reduction="sum", cfg=run.cfg)
         loss = (rec + w * kl) / bs
     else:
         loss, rec, kl = iwae_loss(model, x, yc, tc.iw_k, w, run.gen)
@@ -323,6 +405,31 @@ def _train_step(run: _Run, idx: torch.Tensor, b: int) -> tuple[torch.Tensor, int
         run.sched.step()
     with torch.no_grad():
         return torch.stack([rec + w * kl, rec, kl]), bs
+
+
+def _distributed_step(run: _Run, x: torch.Tensor, y: torch.Tensor | None, w: float, bs: int) -> tuple[torch.Tensor, int]:
+    """The same step with the global batch split across ranks: every rank draws the whole batch's
+    targets and noise (so the draws are the single process's), computes its rows, and DDP's
+    all-reduce (a mean) of world x (its rows' loss / the global batch) gives every rank the
+    gradient of the global batch's loss: the step of one process, up to float summation order."""
+    import torch.distributed as td
+
+    d = run.dist
+    eps = torch.randn((bs, run.cfg.latent_dim), generator=run.gen, device=run.dev)
+    rows = torch.tensor_split(torch.arange(bs, device=run.dev), d.world)[d.rank]
+    xs, es = x[rows], eps[rows]
+    logits, mu, logvar = run.ddp(xs, None if y is None else y[rows], eps=es)
+    rec, kl = elbo_terms(xs, logits, mu, logvar, reduction="sum", cfg=run.cfg)
+    loss = d.world * (rec + w * kl) / bs
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    if run.sched is not None:
+        run.sched.step()
+    with torch.no_grad():
+        terms = torch.stack([rec + w * kl, rec, kl])
+        td.all_reduce(terms)  # the global batch's sums, for the log
+        return terms, bs
 
 
 def _train_epoch(run: _Run, progress: bool) -> tuple[dict, bool]:

@@ -81,6 +81,14 @@ def _apply_recipe(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Importance samples per image: 1 trains on the ELBO, k > 1 on the tighter IWAE bound (k times the decoder work).")
 @click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True, help="none: greyscale targets; dynamic: a fresh Bernoulli draw of each image every epoch.")
 @dataset_option
+@click.option("--data", "data", multiple=True, metavar="DATA",
+              help="Your own images instead of --dataset: .npy/.npz arrays [N, C, H, W] (float in [0, 1] or uint8), "
+                   "image files or folders (resized to --input-shape); repeatable.")
+@click.option("--input-shape", default="1,28,28", show_default=True, metavar="C,H,W",
+              help="Image shape: conv models need H and W divisible by 4; MLPs flatten any size.")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian"]), default="bernoulli", show_default=True,
+              help="bernoulli: binary or grey targets (MNIST); gaussian: natural images, with --sigma.")
+@click.option("--sigma", type=float, default=None, help="Gaussian likelihood: the per-pixel standard deviation (e.g. 0.1).")
 @data_dir_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, help="Where to train: auto picks cuda, then mps, then cpu.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialization, shuffling and noise (runs are reproducible).")
@@ -94,13 +102,16 @@ def _apply_recipe(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt and metrics.jsonl.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(arch, latent_dim, hidden, dec_hidden, depth, activation, channels, res_blocks, upsample, conditional, cond_planes, epochs, batch_size, lr, lr_schedule, beta,
-          kl_warmup, iw_k, binarize, dataset, data_dir, device, seed, resume, init_from, max_steps, threads, out, quiet) -> None:
-    """Train a VAE on MNIST and write OUT/model.pt every epoch.
+          kl_warmup, iw_k, binarize, dataset, data, input_shape, likelihood, sigma, data_dir, device, seed, resume,
+          init_from, max_steps, threads, out, quiet) -> None:
+    """Train a VAE on MNIST (or your own images) and write OUT/model.pt every epoch.
 
     \b
     Example: vae-edge train --arch mlp --epochs 10 --out runs/mlp
              vae-edge train --recipe conv-mnist --out runs/conv       # the shipped conv-mnist's first stage
              vae-edge train --recipe conv-mnist:2 --init-from runs/conv --out runs/conv-iw5
+             vae-edge train --arch conv --data faces.npy --input-shape 3,32,32 --likelihood gaussian \
+                 --sigma 0.1 --out runs/faces                             # your own images
     """
     from vae_edge.model import VAEConfig
 
@@ -117,11 +128,18 @@ def train(arch, latent_dim, hidden, dec_hidden, depth, activation, channels, res
         chans = tuple(int(c) for c in channels.split(","))
     except ValueError:
         raise VaeEdgeError(f"--channels takes two integers such as 32,64, got {channels!r}") from None
+    try:
+        shape = tuple(int(c) for c in input_shape.split(","))
+    except ValueError:
+        raise VaeEdgeError(f"--input-shape takes C,H,W such as 3,32,32, got {input_shape!r}") from None
+    if shape != (1, 28, 28) and not data:
+        raise VaeEdgeError(f"--input-shape {input_shape}: the named datasets hold 1x28x28 images; give --data")
     cfg = VAEConfig(arch=arch, latent_dim=latent_dim, hidden=hidden, dec_hidden=dec_hidden, depth=depth, activation=activation,
                     channels=chans, res_blocks=res_blocks, upsample=upsample, conditional=conditional,
-                   cond_planes=cond_planes)
+                    cond_planes=cond_planes, likelihood=likelihood, sigma=sigma, image_shape=shape)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, beta=beta,
-                     kl_warmup=kl_warmup, iw_k=iw_k, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps)
+                     kl_warmup=kl_warmup, iw_k=iw_k, binarize=binarize, dataset=dataset, seed=seed, max_steps=max_steps,
+                     data=data)
     metrics = run_train(cfg, tc, out, data_dir=data_dir, device=device, resume=resume, init_from=init_from, progress=not quiet)
     click.echo(f"checkpoint: {Path(out) / 'model.pt'}  (train loss {metrics.get('train_loss', float('nan')):.2f})")
 
