@@ -335,3 +335,64 @@ def test_bench_and_tune_in_the_browser(tmp_path, quantized, browser):
     assert config["variants"] == [rec["choice"]["variant"]] and "tune --target web" in config["why"]
     tune(bundle, max_elbo_delta=1e9, measure=lambda v, p, t: 1.0)  # re-tuning the CPU keeps the web record
     assert tuning(load_manifest(bundle))["web"]["choice"] == rec["choice"]
+
+
+@pytest.mark.browser
+def test_a_users_colour_vae_on_the_page(tmp_path, browser):
+    """A bundle of a user's own VAE (3x16x16 colour images, a [4, 4, 4] latent, a Gaussian decoder):
+    the page samples and morphs in colour, shows no drawing pad, and an uploaded image is
+    reconstructed and scored as the Python runtime does (the Gaussian -ELBO over the same draws)."""
+    import importlib.util
+    from pathlib import Path
+
+    from vae_edge.export import export_vae
+
+    spec = importlib.util.spec_from_file_location("test_byo_module", Path(__file__).parent / "test_byo.py")
+    byo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(byo)
+    namespace: dict = {}
+    exec(compile(byo.MODULE, "my_vae.py", "exec"), namespace)
+    bundle = export_vae(namespace["make"]().eval(), byo.SHAPE, tmp_path / "bundle", likelihood="gaussian",
+                        sigma=byo.SIGMA, name="tiny-colour")
+    build_site(bundle, ("auto",), tmp_path / "site", log=lambda s: None)
+    config = json.loads((tmp_path / "site" / "config.json").read_text())
+    assert config["pad"] is None and config["model"]["image_shape"] == [3, 16, 16] and config["score"]["range"] == {}
+    rt = VAERuntime.load(bundle, warn=lambda s: None)
+    x = np.random.default_rng(4).random((1, *byo.SHAPE), dtype=np.float32)
+    with serving(tmp_path / "site") as url, open_page(url, browser) as (page, errors):
+        assert page.locator("#draw").is_hidden() and page.locator("#upload-card").is_visible()
+        width = page.evaluate("document.getElementById('samples').width")
+        assert width == 4 * (16 + 2) - 2  # a 4x4 grid of 16x16 samples
+        z = np.random.default_rng(3).standard_normal((2, *byo.LATENT)).astype(np.float32)
+        got = np.array(page.evaluate("(z) => window.vaeEdge.decode(z)", z.reshape(2, -1).tolist())["probs"])
+        assert np.max(np.abs(got - rt.decode(z).reshape(-1))) < 1e-4
+        up = page.evaluate("(x) => window.vaeEdge.upload(x)", x.reshape(-1).tolist())
+        assert abs(up["score"] - float(rt.score(x, seed=0, elbo_samples=SCORE_SAMPLES)[0])) < 1e-2
+        assert np.max(np.abs(np.array(up["reconstruction"]) - rt.reconstruct(x).reshape(-1))) < 1e-4
+        png = tmp_path / "mine.png"  # the UI path: a picture at another size, resized by the page
+        Image.fromarray((x[0].transpose(1, 2, 0) * 255).astype(np.uint8)).resize((32, 32)).save(png)
+        page.set_input_files("#upload", str(png))
+        page.wait_for_function("window.vaeEdge.uploaded() && window.vaeEdge.uploaded().input.length === 768 && "
+                               "document.getElementById('upload-score').textContent.includes('nats')")
+        shown = page.evaluate("window.vaeEdge.uploaded()")
+        assert np.isfinite(shown["score"]) and len(shown["reconstruction"]) == 768
+        assert errors == []
+
+
+@pytest.mark.browser
+def test_an_uploaded_digit_is_framed_and_scored_as_in_python(pages, tmp_path, mnist_dir):
+    """On a digit model's page an uploaded picture is framed as `vae-edge score FILE` frames it."""
+    from vae_edge.data import load_slice
+
+    page, errors = pages["mlp-mnist"]
+    x, _ = load_slice("mnist:test[3:4]", mnist_dir)
+    png = tmp_path / "digit.png"  # a larger, dark-on-light picture of a test digit
+    Image.fromarray(255 - (x[0, 0] * 255).astype(np.uint8)).resize((84, 84), Image.Resampling.BILINEAR).save(png)
+    page.set_input_files("#upload", str(png))
+    page.wait_for_function("window.vaeEdge.uploaded() && document.getElementById('upload-score').textContent")
+    shown = page.evaluate("window.vaeEdge.uploaded()")
+    x_py = load_image(png)
+    assert np.abs(np.array(shown["input"], np.float32).reshape(1, 28, 28) - x_py).max() <= 1 / 255 + 1e-6
+    with VAERuntime.load("mlp-mnist") as rt:
+        assert abs(shown["score"] - float(rt.score(x_py[None], seed=0, elbo_samples=SCORE_SAMPLES)[0])) < 0.1
+    assert errors == []

@@ -1,5 +1,7 @@
-"""The browser as an edge target: `vae-edge web` builds a static site that samples, morphs and
-scores hand-drawn digits with onnxruntime-web (WebAssembly), with no server-side code.
+"""The browser as an edge target: `vae-edge web` builds a static site that samples, morphs,
+reconstructs and scores uploaded images, and for digit-style models hand-drawn digits, with
+onnxruntime-web (WebAssembly), with no server-side code. Any bundle: grey or colour images of any
+size, vector or spatial latents, Bernoulli or Gaussian decoders.
 
 The site holds the page (static/: index.html, app.js wiring the page, vae.js with the numerics
 that mirror the Python runtime), the chosen graphs exactly as the bundle reader checked them,
@@ -185,14 +187,17 @@ def _site_config(info: Manifest, path: Path, chosen, default: str, why: str, rng
     return {
         "schema": "vae-edge-site", "schema_version": 1,
         "name": info.name or path.name,
-        "model": {"arch": info.model.arch, "latent_dim": info.model.latent_dim},
+        "model": {"arch": info.model.arch, "latent_dim": info.model.latent_dim,
+                  "latent_shape": list(info.model.latent_shape), "image_shape": list(info.model.image_shape),
+                  "likelihood": info.model.likelihood, "sigma": info.model.sigma, "mnist_like": info.model.mnist_like},
         "variants": {v: {"encoder": f"models/{info.variants[v].files['encoder']}",
                          "decoder": f"models/{info.variants[v].files['decoder']}",
                          "dtype": info.variants[v].dtype,
                          "accuracy": dict(info.variants[v].accuracy)} for v in chosen},
         "default_variant": default, "why": why,
         "score": {"draws": score_draws(info.model.latent_dim).tolist(), "range": rng},
-        "pad": {"size": PAD_SIZE, "stroke": PAD_STROKE},
+        # the drawing pad draws digits: for one-channel digit-style (MNIST-like) models only
+        "pad": {"size": PAD_SIZE, "stroke": PAD_STROKE} if info.model.mnist_like else None,
         "onnxruntime_web": ORT_WEB_VERSION,
         "signature": signature,
         "evaluation": info.evaluation,
@@ -252,7 +257,7 @@ def build_site(
     chosen, default, why = choose_variants(info, tuple(variants))
     graphs = {v: opened.variant_bytes(v) for v in chosen}  # checked (and signature-verified) bytes
     ort_dir = ort_web_dir(log)
-    rng = score_range(path, default, data_dir, warn=log) if with_score_range else {}
+    rng = score_range(path, default, data_dir, warn=log) if with_score_range and info.model.mnist_like else {}
     config = _site_config(info, path, chosen, default, why, rng, opened.signature)
     _write_site(out, info, chosen, graphs, ort_dir, config, path)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

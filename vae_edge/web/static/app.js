@@ -20,7 +20,7 @@ ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 ort.env.wasm.numThreads = Math.max(1, Number(params.get("threads") || 1));
 ort.env.logLevel = "error";
 
-let config, D, current;
+let config, D, LS, IS, P, current;  // latent size and shape, image shape [C, H, W], its size
 const sessions = {};
 
 async function fetchBytes(url) {
@@ -58,20 +58,25 @@ async function loadVariant(v) {
 
 async function decode(z, n, v = current, outputs = ["probs"]) {
   const s = await loadVariant(v);
-  return s.dec.run({ z: new ort.Tensor("float32", z, [n, D]) }, outputs);
+  return s.dec.run({ z: new ort.Tensor("float32", z, [n, ...LS]) }, outputs);
 }
 
 async function encode(x, n, v = current) {
   const s = await loadVariant(v);
-  const r = await s.enc.run({ x: new ort.Tensor("float32", x, [n, 1, 28, 28]) });
+  const r = await s.enc.run({ x: new ort.Tensor("float32", x, [n, ...IS]) });
   return { mu: r.mu.data, logvar: r.logvar.data };
 }
 
-/** -ELBO of one preprocessed image (Float32Array 784), as rt.score(x, seed=0, elbo_samples=16). */
+/** -ELBO of one preprocessed image (Float32Array C*H*W), as rt.score(x, seed=0, elbo_samples=16),
+ * under the model's own likelihood (Bernoulli logits, or a Gaussian around the decoded mean). */
 async function score(x, v = current) {
   const { mu, logvar } = await encode(x, 1, v);
   const draws = config.score.draws;
   const z = V.scoreLatents(mu, logvar, draws);
+  if (config.model.likelihood === "gaussian") {
+    const r = await decode(z, draws.length, v, ["probs"]);
+    return { score: V.negElboGaussian(x, mu, logvar, r.probs.data, config.model.sigma), mu, logvar };
+  }
   const r = await decode(z, draws.length, v, ["logits"]);
   return { score: V.negElbo(x, mu, logvar, r.logits.data), mu, logvar };
 }
@@ -80,20 +85,22 @@ async function score(x, v = current) {
 // Drawing digits on canvases
 // ------------------------------------------------------------------------------------------
 
+/** Images [n, C, H, W] (C = 1: grey, 3: colour) as a grid on a canvas. */
 function paint(canvas, images, n, cols, scale = 1) {
-  const rows = Math.ceil(n / cols), pad = 2;
-  canvas.width = cols * (28 + pad) - pad;
-  canvas.height = rows * (28 + pad) - pad;
+  const [c, h, w] = IS, rows = Math.ceil(n / cols), pad = 2;
+  canvas.width = cols * (w + pad) - pad;
+  canvas.height = rows * (h + pad) - pad;
   const ctx = canvas.getContext("2d");
   const img = ctx.createImageData(canvas.width, canvas.height);
   img.data.fill(0);
   for (let i = 3; i < img.data.length; i += 4) img.data[i] = 255;
   for (let k = 0; k < n; k++) {
-    const ox = (k % cols) * (28 + pad), oy = Math.floor(k / cols) * (28 + pad);
-    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
-      const v = Math.round(255 * images[k * 784 + y * 28 + x]);
-      const o = ((oy + y) * canvas.width + ox + x) * 4;
-      img.data[o] = img.data[o + 1] = img.data[o + 2] = v;
+    const ox = (k % cols) * (w + pad), oy = Math.floor(k / cols) * (h + pad);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+      const o = ((oy + y) * canvas.width + ox + x) * 4, at = k * P + y * w + x;
+      for (let ch = 0; ch < 3; ch++) {
+        img.data[o + ch] = Math.round(255 * Math.min(1, Math.max(0, images[at + (c === 3 ? ch * h * w : 0)])));
+      }
     }
   }
   ctx.putImageData(img, 0, 0);
@@ -120,7 +127,7 @@ async function showSamples() {
   const z = latents(seed, 16);
   const t0 = performance.now();
   const r = await decode(z, 16);
-  $("samples-time").textContent = `16 digits decoded in one call: ${ms(performance.now() - t0)}`;
+  $("samples-time").textContent = `16 samples decoded in one call: ${ms(performance.now() - t0)}`;
   paint($("samples"), r.probs.data, 16, 4);
 }
 
@@ -207,8 +214,8 @@ function setupPad() {
   padCtx = c.getContext("2d");
   ink = new Float64Array(size * size);
   padShow();
-  paint($("pad-input"), new Float32Array(784), 1, 1);
-  paint($("pad-recon"), new Float32Array(784), 1, 1);
+  paint($("pad-input"), new Float32Array(P), 1, 1);
+  paint($("pad-recon"), new Float32Array(P), 1, 1);
   let drawing = false;
   c.addEventListener("pointerdown", (e) => {
     e.preventDefault();
@@ -244,11 +251,66 @@ function setupPad() {
   });
 }
 
+// ------------------------------------------------------------------------------------------
+// An uploaded image: reconstructed and scored (any model)
+// ------------------------------------------------------------------------------------------
+
+let lastUpload = null;
+
+/** An image file's pixels -> the model's input: MNIST framing for digit-style models (as the pad),
+ * else resized to W x H by the canvas and converted to grey (ITU-R 601 luma, as pillow) or RGB. */
+async function fileInput(file) {
+  const bmp = await createImageBitmap(file);
+  const [c, h, w] = IS;
+  const full = !config.pad ? null : new OffscreenCanvas(bmp.width, bmp.height);
+  const cv = full || new OffscreenCanvas(w, h), ctx = cv.getContext("2d");
+  ctx.drawImage(bmp, 0, 0, cv.width, cv.height);
+  const rgba = ctx.getImageData(0, 0, cv.width, cv.height).data;
+  const grey = (i) => (rgba[4 * i] * 299 + rgba[4 * i + 1] * 587 + rgba[4 * i + 2] * 114) / 1000;
+  if (full) {
+    const g = new Uint8Array(cv.width * cv.height);
+    for (let i = 0; i < g.length; i++) g[i] = Math.round(grey(i));
+    return V.preprocess(g, cv.width, cv.height);
+  }
+  const x = new Float32Array(P);
+  for (let i = 0; i < h * w; i++) {
+    if (c === 1) x[i] = Math.round(grey(i)) / 255;
+    else for (let ch = 0; ch < 3; ch++) x[ch * h * w + i] = rgba[4 * i + ch] / 255;
+  }
+  return x;
+}
+
+async function showUpload(x) {
+  lastUpload = x;
+  const t0 = performance.now();
+  const { score: s, mu } = await score(x);
+  const rec = await decode(new Float32Array(mu), 1);
+  paint($("upload-input"), x, 1, 1);
+  paint($("upload-recon"), rec.probs.data, 1, 1);
+  $("upload-score").textContent = `${s.toFixed(1)} nats (-ELBO; ${ms(performance.now() - t0)})`;
+  api.lastUpload = { score: s, input: Array.from(x), reconstruction: Array.from(rec.probs.data) };
+  return api.lastUpload;
+}
+
+function setupUpload() {
+  paint($("upload-input"), new Float32Array(P), 1, 1);
+  paint($("upload-recon"), new Float32Array(P), 1, 1);
+  $("upload").addEventListener("change", async (e) => {
+    const file = e.target.files && e.target.files[0];
+    if (!file) return;
+    try {
+      await showUpload(await fileInput(file));
+    } catch (err) {
+      fail(`could not read ${file.name}: ${err.message || err}`);
+    }
+  });
+}
+
 function showRange() {
   const r = config.score.range, p = r && r.percentiles;
   $("range").textContent = p
     ? `MNIST test digits (${r.images}): median ${p["50"].toFixed(0)}, 5–95% ${p["5"].toFixed(0)}–${p["95"].toFixed(0)}, 99% ${p["99"].toFixed(0)} nats`
-    : "no test-set range was recorded when this site was built";
+    : config.pad ? "no test-set range was recorded when this site was built" : "";
 }
 
 // ------------------------------------------------------------------------------------------
@@ -264,6 +326,7 @@ async function useVariant(v) {
     `cross-origin isolated: ${self.crossOriginIsolated ? "yes" : "no"} · ${v} loaded in ${ms(s.loadMs)}`;
   await Promise.all([showSamples(), showMorph()]);
   if (api.strokes.length) await padScore();
+  if (lastUpload) await showUpload(lastUpload);
 }
 
 async function main() {
@@ -276,7 +339,10 @@ async function main() {
     return;
   }
   D = config.model.latent_dim;
-  $("model").textContent = `${config.name} (${config.model.arch}, latent ${D})`;
+  LS = config.model.latent_shape;
+  IS = config.model.image_shape;
+  P = IS[0] * IS[1] * IS[2];
+  $("model").textContent = `${config.name} (${config.model.arch}, ${IS.join("x")} images, latent ${LS.join("x")})`;
   const sel = $("variant");
   for (const v of Object.keys(config.variants)) sel.add(new Option(v, v));
   sel.addEventListener("change", () => useVariant(sel.value).catch((e) => fail(e.message)));
@@ -286,7 +352,9 @@ async function main() {
   });
   $("seed").addEventListener("change", () => Promise.all([showSamples(), showMorph()]).catch((e) => fail(e.message)));
   showRange();
-  setupPad();
+  if (config.pad) setupPad();
+  else $("draw").hidden = true;  // the pad draws digits: for one-channel digit-style models only
+  setupUpload();
   try {
     await useVariant(params.get("variant") || config.default_variant);
   } catch (e) {
@@ -304,8 +372,9 @@ Object.assign(api, {
   load: async (v) => (await loadVariant(v)).loadMs,
   setVariant: (v) => useVariant(v),
   decode: async (zRows, v = current) => {
-    const n = zRows.length, r = await decode(Float32Array.from(zRows.flat()), n, v, ["logits", "probs"]);
-    return { logits: Array.from(r.logits.data), probs: Array.from(r.probs.data) };
+    const gaussian = config.model.likelihood === "gaussian";  // its decoder gives the mean only
+    const n = zRows.length, r = await decode(Float32Array.from(zRows.flat()), n, v, gaussian ? ["probs"] : ["logits", "probs"]);
+    return { logits: gaussian ? null : Array.from(r.logits.data), probs: Array.from(r.probs.data) };
   },
   encode: async (xRows, v = current) => {
     const r = await encode(Float32Array.from(xRows.flat()), xRows.length, v);
@@ -314,14 +383,17 @@ Object.assign(api, {
   preprocess: (grey, w, h) => Array.from(V.preprocess(Uint8Array.from(grey), w, h)),
   score: async (x, v = current) => (await score(Float32Array.from(x), v)).score,
   pad: () => ({ strokes: api.strokes, input: Array.from(padInput()), score: api.lastScore }),
+  /** An image given as the model's input (C*H*W values in [0, 1]): reconstructed and scored on the page. */
+  upload: async (x) => showUpload(Float32Array.from(x)),
+  uploaded: () => api.lastUpload || null,
   settled: async () => { while (scoring) await new Promise((r) => setTimeout(r, 5)); },
   /** One timed block: `calls` calls of a graph at batch `batch`; returns ms per call. */
   bench: async ({ variant, graph, batch, calls }) => {
     const s = await loadVariant(variant);
     const sess = graph === "encoder" ? s.enc : s.dec;
     const feeds = graph === "encoder"
-      ? { x: new ort.Tensor("float32", new Float32Array(batch * 784).fill(0.5), [batch, 1, 28, 28]) }
-      : { z: new ort.Tensor("float32", latents(7, batch), [batch, D]) };
+      ? { x: new ort.Tensor("float32", new Float32Array(batch * P).fill(0.5), [batch, ...IS]) }
+      : { z: new ort.Tensor("float32", latents(7, batch), [batch, ...LS]) };
     const fetches = graph === "encoder" ? ["mu", "logvar"] : ["probs"];
     const t0 = performance.now();
     for (let i = 0; i < calls; i++) await sess.run(feeds, fetches);

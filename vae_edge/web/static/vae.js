@@ -262,6 +262,22 @@ export function negElbo(x, mu, logvar, logits) {
   return total / k;
 }
 
+/** -ELBO of a Gaussian decoder: -log N(x; mean, sigma^2 I) (runtime/mathops.py gaussian_nll) + KL,
+ * the mean over the draws (means: the decoder's outputs for each draw, one after the other). */
+export function negElboGaussian(x, mu, logvar, means, sigma) {
+  const k = means.length / x.length, kl = klToPrior(mu, logvar), c = Math.log(sigma) + 0.5 * Math.log(2 * Math.PI);
+  let total = 0;
+  for (let i = 0; i < k; i++) {
+    let s = 0;
+    for (let j = 0; j < x.length; j++) {
+      const d = (x[j] - means[i * x.length + j]) / sigma;
+      s += 0.5 * d * d + c;
+    }
+    total += s + kl;
+  }
+  return total / k;
+}
+
 /** Where a score falls in the test set's range: a short verdict. */
 export function verdict(score, range) {
   const p = range && range.percentiles;
