@@ -431,9 +431,7 @@ def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit, 
     try:
         _prepare(job)
         _calibrate(job, data_dir)
-        for g in GRAPHS:
-            log(f"quantizing {g}: {methods[g]}")
-            _build(job, g)
+        _build_all(job)
         # Which layers stay in float is decided on held-out training images (never used for
         # calibration); the accuracy recorded is measured on the test set only at the end.
         if user is None:
@@ -478,13 +476,43 @@ def _calibrate(job: _Job, data_dir) -> None:
                                         user=job.user)
 
 
+class QuantizerFailed(VaeEdgeError):
+    """onnxruntime's quantizer could not quantize a graph this way."""
+
+
+def _build_all(job: _Job) -> None:
+    """Every graph; in auto mode a graph static int8 fails on (onnxruntime's quantizer on the
+    attention block of diffusers' AutoencoderKL, say) falls back to dynamic int8, with a note."""
+    for g in GRAPHS:
+        job.log(f"quantizing {g}: {job.methods[g]}")
+        try:
+            _build(job, g)
+        except QuantizerFailed as e:
+            if job.qc.mode != "auto" or job.methods[g] != "static":
+                raise
+            logger.warning("note: %s; falling back to dynamic int8 for the %s", str(e).split(": try")[0], g)
+            job.methods[g] = "dynamic"
+            _build(job, g)
+    name = variant_name(job.methods, job.qc.target)
+    if name != job.variant:  # a fallback changed what the variant is: its files are named after it
+        job.variant = name
+        for g in GRAPHS:
+            _build(job, g)
+
+
 def _build(job: _Job, g: str) -> None:
     """Quantize graph g with the current choice of float layers."""
     qc, method, pre = job.qc, job.methods[g], job.pre.get(g)
     out = job.out[g] = job.tmp / variant_filename(g, job.variant)
     excluded = job.excluded[g]
     if method == "static":
-        _static(pre, out, ArrayReader(job.calib[g]), qc, sorted(set(excluded) | set(job.tails[g])))
+        try:  # onnxruntime's quantizer can fail on, or write an invalid graph from, some graphs
+            _static(pre, out, ArrayReader(job.calib[g]), qc, sorted(set(excluded) | set(job.tails[g])))
+            ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise QuantizerFailed(f"onnxruntime's static quantizer failed on the {g} ({first[:160]}): "
+                                  "try --mode dynamic (MatMul/Gemm weights only)") from None
         hybrid = [n for n in job.tail_matmuls[g] if n not in excluded]
         if hybrid:  # uint8 weights: exact on every CPU (int8 ones take KleidiAI's SME path on ARM)
             _dynamic(out, out, replace(qc, weight_type="uint8", per_channel=False), [], only=hybrid)
@@ -510,7 +538,7 @@ def _choose_float_layers(job: _Job, select: dict) -> None:
     in float, graph by graph, each set of layers tried once."""
     acc = measure_accuracy(job.bundle, job.manifest, job.out, select)
     job.log(f"  -ELBO delta {acc['neg_elbo_delta']:+.3f}, PSNR {acc['decoder_psnr_db']:.1f} dB "
-            f"on {len(select['x'])} held-out training images")
+            f"on {len(select['x'])} held-out {'training images' if job.user is None else 'images of your data'}")
     if set(job.methods.values()) == {"fp16"} or within_budget(acc):
         return
     for g in ("decoder", "encoder"):

@@ -219,6 +219,18 @@ def test_diffusers_autoencoderkl_through_the_adapter(tmp_path):
     assert np.max(np.abs(got_mu - mu.numpy())) < 1e-4 and np.max(np.abs(got_logvar - logvar.numpy())) < 1e-4
     assert np.max(np.abs(rt.reconstruct(x) - image.numpy())) < 1e-4
     assert rt.sample(2, seed=0).shape == (2, 3, 16, 16)
+    # then every stage, as for any bundle: quantize on the user's images, the commands, the page, bench
+    from stages import every_command, page_and_bench
+
+    calib = np.random.default_rng(5).random((32, 3, 16, 16), dtype=np.float32)
+    np.save(tmp_path / "calib.npy", calib)
+    r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "b"), "--calibration-data", str(tmp_path / "calib.npy")])
+    assert r.exit_code == 0, r.output
+    variant = [v for v in VAERuntime.load(tmp_path / "b", warn=lambda s: None).info.variants if v != "fp32"][0]
+    np.save(tmp_path / "few.npy", x)
+    (tmp_path / "cmds").mkdir()
+    every_command(tmp_path / "b", tmp_path / "few.npy", tmp_path / "cmds", variant)
+    page_and_bench(tmp_path / "b", tmp_path, x[:1])
     r = CliRunner().invoke(cli, ["export", "--module", f"{tmp_path / 'sd_vae.py'}:make", "--adapter", "diffusers",
                                  "--input-shape", "3,16,16", "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "--likelihood gaussian" in r.output

@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from stages import every_command, page_and_bench
 from vae_edge.cli import cli
 from vae_edge.runtime import VAERuntime
 from vae_edge.train import load_checkpoint, model_from_checkpoint
@@ -78,6 +79,11 @@ def test_quantize_and_the_on_device_commands_on_the_users_data(colour, tmp_path)
     assert np.load(tmp_path / "r.npy").shape == (512, 3, 16, 16)
     rows = json.loads(ok("score", data, "--bundle", b, "--json").output)
     assert "bits_per_dim_8bit" in rows[0]
+    np.save(tmp_path / "few.npy", colour_blobs(4, seed=7))
+    for variant in ("fp32", "int8-static"):
+        (tmp_path / variant).mkdir()
+        every_command(colour / "bundle", tmp_path / "few.npy", tmp_path / variant, variant)
+    page_and_bench(colour / "bundle", tmp_path, colour_blobs(1, seed=8))
 
 
 def test_resume_on_the_users_data_is_exact_and_refuses_other_data(tmp_path):
@@ -120,6 +126,10 @@ def test_an_mlp_on_scikit_learns_8x8_digits(tmp_path):
     ok("compress", str(tmp_path / "bits.npy"), "--bundle", b, "-o", str(tmp_path / "d.vaez"))
     ok("decompress", str(tmp_path / "d.vaez"), "--bundle", b, "-o", str(tmp_path / "back.npy"))
     assert np.array_equal(np.load(tmp_path / "back.npy"), binary)
+    np.save(tmp_path / "few.npy", x[:4])
+    (tmp_path / "cmds").mkdir()
+    every_command(tmp_path / "b", tmp_path / "few.npy", tmp_path / "cmds", "int8-dynamic")
+    page_and_bench(tmp_path / "b", tmp_path, x[:1])
 
 
 def test_the_conv_model_on_fashion_mnist(tmp_path):
@@ -136,3 +146,7 @@ def test_the_conv_model_on_fashion_mnist(tmp_path):
     xf, _ = load_slice("fashion-mnist:test[0:8]")
     assert rt.reconstruct(xf).shape == (8, 1, 28, 28)
     ok("reconstruct", "fashion-mnist:test[0:8]", "--bundle", b, "-o", str(tmp_path / "r.png"))
+    np.save(tmp_path / "few.npy", xf[:4])
+    (tmp_path / "cmds").mkdir()
+    every_command(tmp_path / "b", tmp_path / "few.npy", tmp_path / "cmds", "int8-static")
+    page_and_bench(tmp_path / "b", tmp_path, xf[:1])
