@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from stages import every_command, page_and_bench
+
 from vae_edge.cli import cli
 from vae_edge.runtime import VAERuntime
 from vae_edge.train import load_checkpoint, model_from_checkpoint
