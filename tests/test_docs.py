@@ -48,6 +48,23 @@ def test_quick_start_runs_as_written(tmp_path, mnist_dir):
     assert (work / "bundles" / "mlp" / "decoder.int8-dynamic.onnx").is_file()
 
 
+@pytest.mark.slow
+def test_bring_your_own_vae_worked_example_runs_as_written(tmp_path):
+    """docs/byo.md's worked example, line by line: a ten-line module to a quantized bundle, its
+    commands, the benchmark against the module and the page (about 30 s)."""
+    import json
+
+    block = _block((ROOT / "docs" / "byo.md").read_text(), "Worked example: a ten-line module to a page on a phone")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(json.loads((tmp_path / "scores.json").read_text())) == 64
+    assert (tmp_path / "mine" / "decoder.int8-static.onnx").is_file() and (tmp_path / "bench" / "bench.md").is_file()
+    config = json.loads((tmp_path / "site" / "config.json").read_text())
+    assert config["model"]["image_shape"] == [3, 16, 16] and set(config["variants"]) == {"fp32", "int8-static"}
+
+
 def _commands(group: click.Group, prefix: str = "vae-edge"):
     for name, cmd in group.commands.items():
         yield f"{prefix} {name}", cmd
