@@ -56,6 +56,8 @@ class _Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor):
         out = self.model.decode(z)
+        if isinstance(out, (tuple, list)):  # (mean, log_sigma): a Gaussian with its own variance
+            return out[0], out[1]
         if self.likelihood == "bernoulli":
             return out, torch.sigmoid(out)
         return (out,)
@@ -109,8 +111,9 @@ def load_module(spec: str, weights: str | os.PathLike | None = None) -> nn.Modul
     return model
 
 
-def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
-    """The latent shape, from one call of each method; one line on what is wrong otherwise."""
+def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[tuple[int, ...], bool]:
+    """(the latent shape, whether decode gives (mean, log_sigma)), from one call of each method;
+    one line on what is wrong otherwise."""
     for name in ("encode", "decode"):
         if not callable(getattr(model, name, None)):
             raise VaeEdgeError(f"the model has no {name}() method: it must have encode(x) -> (mu, logvar) and "
@@ -125,9 +128,13 @@ def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tupl
             raise VaeEdgeError(f"encode(x) gave mu {list(mu.shape)} and logvar {list(logvar.shape)}: they must "
                                "have the same shape [N, *latent_shape]")
         img = _call(model.decode, mu, "decode", input_shape)
+    learned = isinstance(img, (tuple, list))
+    if learned and not (len(img) == 2 and img[0].shape == img[1].shape):
+        raise VaeEdgeError("decode(z) returned a tuple: it must be (mean, log_sigma), of the same shape")
+    img = img[0] if learned else img
     if tuple(img.shape) != (2, *input_shape):
         raise VaeEdgeError(f"decode(z) gave {list(img.shape)}, not [N, {', '.join(map(str, input_shape))}]")
-    return tuple(int(n) for n in mu.shape[1:])
+    return tuple(int(n) for n in mu.shape[1:]), learned
 
 
 def _call(fn, arg, what: str, input_shape):
@@ -139,10 +146,12 @@ def _call(fn, arg, what: str, input_shape):
                            f"(is --input-shape right?): {type(e).__name__}: {first}") from None
 
 
-def _specs(input_shape, latent_shape, likelihood: str, opset: int) -> dict[str, GraphSpec]:
+def _specs(input_shape, latent_shape, likelihood: str, opset: int, learned: bool = False) -> dict[str, GraphSpec]:
     image, latent = ("batch", *input_shape), ("batch", *latent_shape)
     outputs = ((TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image))
                if likelihood == "bernoulli" else (TensorSpec("probs", "float32", image),))
+    if learned:
+        outputs = (TensorSpec("probs", "float32", image), TensorSpec("log_sigma", "float32", image))
     return {"encoder": GraphSpec("encoder", (TensorSpec("x", "float32", image),),
                                  (TensorSpec("mu", "float32", latent), TensorSpec("logvar", "float32", latent)), opset),
             "decoder": GraphSpec("decoder", (TensorSpec("z", "float32", latent),), outputs, opset)}
@@ -157,15 +166,19 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
     input_shape = tuple(int(n) for n in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise VaeEdgeError(f"input shape must be C,H,W, got {list(input_shape)}")
-    _check_likelihood(likelihood, sigma)
     if opset < MIN_OPSET:
         raise VaeEdgeError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
     out = Path(out)
     check_bundle_out(out)
     model = model.eval()
-    latent_shape = _check_protocol(model, input_shape)
+    latent_shape, learned = _check_protocol(model, input_shape)
+    if learned and (likelihood != "gaussian" or sigma is not None):
+        raise VaeEdgeError("decode(z) returns (mean, log_sigma): a Gaussian with its own variance; export it with "
+                           "--likelihood gaussian and no --sigma")
+    if not learned:
+        _check_likelihood(likelihood, sigma)
     name = name or type(model).__name__.lower()
-    specs = _specs(input_shape, latent_shape, likelihood, opset)
+    specs = _specs(input_shape, latent_shape, likelihood, opset, learned)
     wrappers = {"encoder": _Encoder(model), "decoder": _Decoder(model, likelihood)}
     rng = np.random.default_rng(0)
     feeds = {"encoder": {b: {"x": rng.random((b, *input_shape), dtype=np.float32)} for b in BYO_BATCH_SIZES},
@@ -180,7 +193,7 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
             validation[g] = validate_graph(tmp / files[g], spec, wrappers[g], feeds[g])
             log(f"  validated {g} against the module at batch {', '.join(map(str, BYO_BATCH_SIZES))}: "
                 + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
-        manifest = _manifest(name, release, input_shape, latent_shape, likelihood, sigma, specs)
+        manifest = _manifest(name, release, input_shape, latent_shape, likelihood, sigma, specs, learned)
         entry = {"files": files, "dtype": "float32", "quantization": None, "weights_storage": "float32",
                  "validation": {"against": "pytorch (the user's module)", "batch_sizes": list(BYO_BATCH_SIZES),
                                 "max_abs_diff": validation}}
@@ -188,15 +201,18 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
     return out
 
 
-def _manifest(name: str, release: int, input_shape, latent_shape, likelihood: str, sigma, specs) -> dict:
+def _manifest(name: str, release: int, input_shape, latent_shape, likelihood: str, sigma, specs,
+              learned: bool = False) -> dict:
     d = int(np.prod(latent_shape))
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "name": name, "release": int(release),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "producer": {"vae_edge": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "model": {"arch": "custom", "latent_dim": d, "latent_shape": list(latent_shape),
-                  "image_shape": list(input_shape), "conditional": False, "likelihood": likelihood,
-                  **({"sigma": float(sigma)} if likelihood == "gaussian" else {})},
+                  "image_shape": list(input_shape), "value_range": [0.0, 1.0], "conditional": False,
+                  "likelihood": likelihood,
+                  **({"learned_sigma": True} if learned else {"sigma": float(sigma)} if likelihood == "gaussian"
+                     else {})},
         "dataset": "custom",
         "training": None, "evaluation": None,
         "preprocessing": {"input": f"float32 [batch, {', '.join(map(str, input_shape))}], values in [0, 1]",

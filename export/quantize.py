@@ -322,8 +322,12 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
 
     def neg_elbo(sess, mu, lv) -> float:
         out = decoded(sess, (mu + np.exp(0.5 * lv) * eps).astype(np.float32))
-        nll = (gaussian_nll(out["probs"], x, float(model["sigma"])) if model.get("likelihood") == "gaussian"
-               else bce_with_logits(out["logits"], x))
+        if model.get("likelihood") != "gaussian":
+            nll = bce_with_logits(out["logits"], x)
+        elif "log_sigma" in out:  # the decoder's own variance
+            nll = gaussian_nll(out["probs"], x, log_sigma=out["log_sigma"])
+        else:
+            nll = gaussian_nll(out["probs"], x, float(model["sigma"]))
         return float(np.mean(nll + kl_to_prior(mu.reshape(len(mu), -1), lv.reshape(len(lv), -1))))
 
     # decoder alone, on the same (fp32) latents

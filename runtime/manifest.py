@@ -77,6 +77,7 @@ class ModelInfo:
     latent_shape: tuple[int, ...] = ()  # a vector (latent_dim,) or spatial, such as (4, 8, 8)
     likelihood: str = "bernoulli"  # bernoulli (the decoder gives logits) | gaussian (its mean)
     sigma: float | None = None  # the Gaussian likelihood's fixed per-pixel standard deviation
+    learned_sigma: bool = False  # Gaussian: the decoder also gives log_sigma per value (sigma is None)
 
     @property
     def mnist_like(self) -> bool:
@@ -153,11 +154,12 @@ def _model_info(model: Mapping) -> ModelInfo:
     if likelihood not in ("bernoulli", "gaussian"):
         raise ValueError(f"likelihood {likelihood!r}")
     sigma = model.get("sigma")
-    if likelihood == "gaussian" and not (isinstance(sigma, (int, float)) and sigma > 0):
-        raise ValueError("a gaussian likelihood needs a positive sigma")
+    learned = bool(model.get("learned_sigma"))
+    if likelihood == "gaussian" and not learned and not (isinstance(sigma, (int, float)) and sigma > 0):
+        raise ValueError("a gaussian likelihood needs a positive sigma (or a decoder that gives log_sigma)")
     return ModelInfo(arch=str(model["arch"]), latent_dim=d, conditional=bool(model.get("conditional", False)),
                      config=_frozen(model), image_shape=image, latent_shape=latent, likelihood=likelihood,
-                     sigma=None if sigma is None else float(sigma))
+                     sigma=None if sigma is None else float(sigma), learned_sigma=learned)
 
 
 def _prod(shape) -> int:

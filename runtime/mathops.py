@@ -16,10 +16,15 @@ def bce_with_logits(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     return per_pixel.reshape(*per_pixel.shape[: per_pixel.ndim - 3], -1).sum(-1)
 
 
-def gaussian_nll(mean: np.ndarray, target: np.ndarray, sigma: float) -> np.ndarray:
-    """-log N(target; mean, sigma^2 I) per image, summed over its C x H x W values (nats of the
-    continuous density): [..., B]."""
-    per = 0.5 * ((target - mean) / sigma) ** 2 + math.log(sigma) + 0.5 * LOG_2PI
+def gaussian_nll(mean: np.ndarray, target: np.ndarray, sigma: float | None = None,
+                 log_sigma: np.ndarray | None = None) -> np.ndarray:
+    """-log N(target; mean, sigma^2) per image, summed over its C x H x W values (nats of the
+    continuous density): [..., B]. sigma: one fixed standard deviation; or log_sigma: the
+    decoder's own, per value (a learned variance)."""
+    if log_sigma is not None:
+        per = 0.5 * (target - mean) ** 2 * np.exp(-2.0 * log_sigma) + log_sigma + 0.5 * LOG_2PI
+    else:
+        per = 0.5 * ((target - mean) / sigma) ** 2 + math.log(sigma) + 0.5 * LOG_2PI
     return per.reshape(*per.shape[: per.ndim - 3], -1).sum(-1)
 
 

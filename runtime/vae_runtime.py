@@ -103,7 +103,7 @@ class VAERuntime:
         self.latent_dim: int = model.latent_dim
         self.latent_shape: tuple[int, ...] = model.latent_shape  # (latent_dim,) or spatial
         self.image_shape: tuple[int, int, int] = model.image_shape  # [C, H, W]
-        self.likelihood, self.sigma = model.likelihood, model.sigma
+        self.likelihood, self.sigma, self.learned_sigma = model.likelihood, model.sigma, model.learned_sigma
         self._vector = len(self.latent_shape) == 1  # the decoder's fast path takes [B, latent_dim]
         self.conditional: bool = model.conditional
         # Outputs are called by name: load checked them against the manifest (graphcheck.check_io).
@@ -378,6 +378,9 @@ class VAERuntime:
     def _nll(self, z: np.ndarray, x: np.ndarray, labels: dict) -> np.ndarray:
         """-log p(x | z) per image in nats, the model's own likelihood: Bernoulli on the decoder's
         logits, or Gaussian around its mean with the bundle's sigma."""
+        if self.likelihood == "gaussian" and self.learned_sigma:
+            mean, log_sigma = self._dec_run.plain(["probs", "log_sigma"], {"z": z, **labels})
+            return gaussian_nll(mean, x, log_sigma=log_sigma)
         if self.likelihood == "gaussian":
             mean = self._dec_run.plain(self._probs, {"z": z, **labels})[0]
             return gaussian_nll(mean, x, self.sigma)

@@ -324,3 +324,64 @@ def test_bench_times_the_bundle_against_the_users_module(user):
     report = json.loads(r.output.strip().splitlines()[-1])
     rows = {(row["graph"], row["variant"]) for row in report["rows"]}
     assert {("encoder", "torch"), ("decoder", "torch"), ("encoder", "fp32"), ("decoder", "fp32")} <= rows
+
+
+LEARNED = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class LearnedSigmaVAE(nn.Module):
+        """decode(z) -> (mean, log_sigma): a Gaussian decoder with its own variance per value."""
+
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 12))
+            self.dec = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 2 * 3 * 8 * 8))
+
+        def encode(self, x):
+            h = self.enc(x)
+            return h[:, :6], h[:, 6:]
+
+        def decode(self, z):
+            h = self.dec(z).view(-1, 2, 3, 8, 8)
+            return torch.sigmoid(h[:, 0]), h[:, 1].clamp(-4, 1)
+
+    def make():
+        torch.manual_seed(0)
+        return LearnedSigmaVAE()
+''')
+
+
+def test_a_decoder_with_its_own_variance(tmp_path):
+    """decode returning (mean, log_sigma): exported with both outputs, scored with the per-value
+    variance (as the torch module computes it), quantized, and on the page."""
+    (tmp_path / "v.py").write_text(LEARNED)
+    run = CliRunner()
+    r = run.invoke(cli, ["export", "--module", f"{tmp_path / 'v.py'}:make", "--input-shape", "3,8,8",
+                         "--likelihood", "gaussian", "--sigma", "0.1", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 1 and "no --sigma" in r.output
+    r = run.invoke(cli, ["export", "--module", f"{tmp_path / 'v.py'}:make", "--input-shape", "3,8,8",
+                         "--likelihood", "gaussian", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    rt = VAERuntime.load(tmp_path / "b", warn=lambda s: None)
+    assert rt.learned_sigma and rt.sigma is None
+    namespace: dict = {}
+    exec(compile(LEARNED, "v.py", "exec"), namespace)
+    model = namespace["make"]().eval()
+    x = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        mu, logvar = (t.double() for t in model.encode(torch.from_numpy(x)))
+        eps = torch.from_numpy(np.random.default_rng(0).standard_normal((16, 6), dtype=np.float32)).double()
+        total = torch.zeros(2, dtype=torch.float64)
+        for e in eps:
+            mean, ls = (t.double() for t in model.decode((mu + torch.exp(0.5 * logvar) * e).float()))
+            nll = (0.5 * (torch.from_numpy(x).double() - mean) ** 2 * torch.exp(-2 * ls) + ls
+                   + 0.5 * np.log(2 * np.pi)).reshape(2, -1).sum(-1)
+            total += nll - 0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(-1)
+    assert np.allclose(rt.score(x, seed=0), (total / 16).numpy(), rtol=1e-4, atol=1e-2)
+    np.save(tmp_path / "cal.npy", np.random.default_rng(2).random((16, 3, 8, 8), dtype=np.float32))
+    r = run.invoke(cli, ["quantize", str(tmp_path / "b"), "--calibration-data", str(tmp_path / "cal.npy")])
+    assert r.exit_code == 0, r.output
+    from stages import page_and_bench
+
+    page_and_bench(tmp_path / "b", tmp_path, x[:1])

@@ -74,8 +74,10 @@ async function score(x, v = current) {
   const draws = config.score.draws;
   const z = V.scoreLatents(mu, logvar, draws);
   if (config.model.likelihood === "gaussian") {
-    const r = await decode(z, draws.length, v, ["probs"]);
-    return { score: V.negElboGaussian(x, mu, logvar, r.probs.data, config.model.sigma), mu, logvar };
+    const learned = config.model.learned_sigma;  // the decoder's own log_sigma per value
+    const r = await decode(z, draws.length, v, learned ? ["probs", "log_sigma"] : ["probs"]);
+    return { score: V.negElboGaussian(x, mu, logvar, r.probs.data, config.model.sigma, learned ? r.log_sigma.data : null),
+             mu, logvar };
   }
   const r = await decode(z, draws.length, v, ["logits"]);
   return { score: V.negElbo(x, mu, logvar, r.logits.data), mu, logvar };

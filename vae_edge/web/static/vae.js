@@ -264,14 +264,15 @@ export function negElbo(x, mu, logvar, logits) {
 
 /** -ELBO of a Gaussian decoder: -log N(x; mean, sigma^2 I) (runtime/mathops.py gaussian_nll) + KL,
  * the mean over the draws (means: the decoder's outputs for each draw, one after the other). */
-export function negElboGaussian(x, mu, logvar, means, sigma) {
-  const k = means.length / x.length, kl = klToPrior(mu, logvar), c = Math.log(sigma) + 0.5 * Math.log(2 * Math.PI);
+export function negElboGaussian(x, mu, logvar, means, sigma, logSigmas = null) {
+  const k = means.length / x.length, kl = klToPrior(mu, logvar), half = 0.5 * Math.log(2 * Math.PI);
   let total = 0;
   for (let i = 0; i < k; i++) {
     let s = 0;
     for (let j = 0; j < x.length; j++) {
-      const d = (x[j] - means[i * x.length + j]) / sigma;
-      s += 0.5 * d * d + c;
+      const ls = logSigmas ? logSigmas[i * x.length + j] : Math.log(sigma);
+      const d = (x[j] - means[i * x.length + j]) * Math.exp(-ls);
+      s += 0.5 * d * d + ls + half;
     }
     total += s + kl;
   }
