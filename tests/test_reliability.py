@@ -64,17 +64,24 @@ def _train_args(out: Path, data: Path, resume: bool) -> list[str]:
 
 
 def _run_until(args: list[str], kill_on: str | None, after: float | None, nth: int = 1) -> str:
-    """Run the child; SIGKILL it at the nth `kill_on` marker, or `after` seconds; return how it ended."""
+    """Run the child; SIGKILL it at the nth `kill_on` marker (with `after`: that many seconds after
+    it, at whatever point training has reached), or `after` seconds from the start; return how it ended."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     timer = None
-    if after is not None:
+
+    def kill_later():
+        nonlocal timer
         timer = threading.Timer(after, lambda: proc.poll() is None and proc.send_signal(signal.SIGKILL))
         timer.start()
+    if after is not None and not kill_on:
+        kill_later()
     seen = 0
     for line in proc.stdout:
         if kill_on and line.strip() == kill_on:
             seen += 1
-            if seen == nth:
+            if seen == nth and after is not None:
+                kill_later()
+            elif seen == nth:
                 proc.send_signal(signal.SIGKILL)
                 break
     proc.wait(timeout=120)
@@ -92,9 +99,11 @@ def test_killed_training_resumes_bit_identical(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert _run_until(_train_args(ref, data, False), None, None) == "exit 0"
 
+    # Kills at a save's markers, and at arbitrary points: a random delay after a checkpoint, so
+    # that how far training got does not depend on how fast this machine starts a process.
     rng = random.Random(0)
-    kills = [("SAVE-MID", None, 2), (None, rng.uniform(2.5, 4.0), 1), ("SAVE-MID", None, 1),
-             ("SAVE-BEGIN", None, 2), (None, rng.uniform(2.5, 4.5), 1)]
+    kills = [("SAVE-MID", None, 2), ("SAVE-END", rng.uniform(0.02, 0.25), 2), ("SAVE-MID", None, 1),
+             ("SAVE-BEGIN", None, 2), ("SAVE-END", rng.uniform(0.02, 0.25), 1)]
     outcomes = []
     for marker, after, nth in kills:
         resume = (run / "model.pt").exists()
