@@ -45,7 +45,7 @@ from vae_edge.runtime.bundle import (
 from vae_edge.runtime.bundle_writer import add_variant, fresh_name, remove_orphans
 from vae_edge.runtime.files import fsync_dir, locked, sha256_file
 from vae_edge.runtime.manifest import Manifest
-from vae_edge.runtime.mathops import bce_with_logits, gaussian_nll, kl_to_prior, psnr
+from vae_edge.runtime.mathops import decoder_nll, kl_to_prior, psnr
 
 logger = logging.getLogger(__name__)
 MODES = ("auto", "dynamic", "static", "fp16")
@@ -322,12 +322,7 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
 
     def neg_elbo(sess, mu, lv) -> float:
         out = decoded(sess, (mu + np.exp(0.5 * lv) * eps).astype(np.float32))
-        if model.get("likelihood") != "gaussian":
-            nll = bce_with_logits(out["logits"], x)
-        elif "log_sigma" in out:  # the decoder's own variance
-            nll = gaussian_nll(out["probs"], x, log_sigma=out["log_sigma"])
-        else:
-            nll = gaussian_nll(out["probs"], x, float(model["sigma"]))
+        nll = decoder_nll(out, x, model.get("likelihood", "bernoulli"), model.get("sigma"))
         return float(np.mean(nll + kl_to_prior(mu.reshape(len(mu), -1), lv.reshape(len(lv), -1))))
 
     # decoder alone, on the same (fp32) latents

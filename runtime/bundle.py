@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae_edge import VaeEdgeError
-from vae_edge.runtime.files import kind_of, sha256_bytes
+from vae_edge.runtime.files import READ_FLAGS, kind_of, sha256_bytes
 from vae_edge.runtime.manifest import Manifest
 
 MANIFEST = "manifest.json"
@@ -72,10 +72,8 @@ def _open(bundle: Path, name: str, max_bytes: int, size: int | None) -> tuple[in
     file is refused at once instead of waiting for a writer; O_NOFOLLOW: links are refused."""
     check_name(name, bundle)
     path = Path(bundle) / name
-    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-             | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0))
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
         raise BundleError(f"{bundle}: {name} is missing") from None
     except OSError as e:

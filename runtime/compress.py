@@ -291,6 +291,11 @@ def _short(s: str) -> bytes:
     return bytes([len(b)]) + b
 
 
+def lanes_used(n: int, lanes: int) -> int:
+    """How many lanes a file of n images opens (the heads it stores)."""
+    return min(lanes, max(schedule(n, lanes))) if n else 0
+
+
 def lanes_for(n: int) -> int:
     return min(LANES, max(1, n // IMAGES_PER_LANE))
 
@@ -303,7 +308,7 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
         raise VaeEdgeError(f"at most {MAX_IMAGES:,} images per file")
     codec = Codec(rt)
     lanes = lanes or lanes_for(len(x))
-    used = min(lanes, max(schedule(len(x), lanes)))
+    used = lanes_used(len(x), lanes)
     m = Message(used)
     for a, b in _chunks(len(x), lanes):
         m.open(b - a)
@@ -369,7 +374,7 @@ def read_header(data: bytes, where: object = "file") -> tuple[Header, np.ndarray
     h = Header(name=strs[0], variant=strs[1], device=strs[2], manifest=f[0], graphs=f[1], fingerprint=f[2],
                images=f[3], shape=tuple(f[4:7]), lanes=f[7], latent_bits=f[8], post_prec=f[9], pix_prec=f[10],
                layout=f[11], virtual=f[12], data=f[13], words=f[14])
-    used = min(h["lanes"], max(schedule(h["images"], h["lanes"]))) if h["images"] else 0
+    used = lanes_used(h["images"], h["lanes"])
     if pos + 8 * used + 4 * h["words"] + 4 != len(data) or not h["images"] or not h["lanes"]:
         raise CompressError(f"{where} is damaged (its length does not match its header)")
     heads = np.frombuffer(data, "<u8", used, pos).astype(np.uint64)
@@ -384,10 +389,11 @@ def check_match(rt, h: Header, where: object = "file") -> None:
     if h["shape"] != tuple(rt.image_shape):
         raise CompressError(f"{where} holds {list(h['shape'])} images made with {made}; this bundle's are "
                             f"{list(rt.image_shape)}: use the bundle it was made with")
-    if h["variant"] != rt.variant and h["graphs"] != graphs_digest(rt):
+    same_graphs = h["graphs"] == graphs_digest(rt)
+    if h["variant"] != rt.variant and not same_graphs:
         raise CompressError(f"{where} was made with variant {h['variant']} of {made}; this is {rt.variant}: "
                             f"pass --variant {h['variant']}")
-    if h["graphs"] != graphs_digest(rt):
+    if not same_graphs:
         raise CompressError(f"{where} was made with {made} (variant {h['variant']}, manifest sha256 "
                             f"{h['manifest'].hex()[:12]}...), whose graphs differ from this bundle's "
                             f"({rt.info.name or rt.bundle}): use the bundle it was made with")

@@ -26,6 +26,11 @@ STDOUT = "-"
 CHUNK = 1 << 20
 
 
+# How every user file is opened for reading: never through a link, never blocking on a FIFO.
+READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+              | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0))
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -28,6 +28,24 @@ def gaussian_nll(mean: np.ndarray, target: np.ndarray, sigma: float | None = Non
     return per.reshape(*per.shape[: per.ndim - 3], -1).sum(-1)
 
 
+def decoder_nll(out: dict[str, np.ndarray], target: np.ndarray, likelihood: str, sigma: float | None = None) -> np.ndarray:
+    """-log p(target | z) per image (nats) from a decoder's outputs by name, the model's own
+    likelihood: Bernoulli on `logits`; Gaussian around `probs` (the mean) with its own `log_sigma`
+    when the decoder gives one, else the fixed sigma."""
+    if likelihood != "gaussian":
+        return bce_with_logits(out["logits"], target)
+    if "log_sigma" in out:
+        return gaussian_nll(out["probs"], target, log_sigma=out["log_sigma"])
+    return gaussian_nll(out["probs"], target, sigma)
+
+
+def decoder_outputs(likelihood: str, learned_sigma: bool) -> list[str]:
+    """The decoder outputs decoder_nll needs."""
+    if likelihood != "gaussian":
+        return ["logits"]
+    return ["probs", "log_sigma"] if learned_sigma else ["probs"]
+
+
 def kl_to_prior(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return -0.5 * np.sum(1 + logvar - mu**2 - np.exp(logvar), axis=-1)
 

@@ -23,6 +23,8 @@ from vae_edge.runtime.graphcheck import GraphError, check_io
 from vae_edge.runtime.manifest import Manifest
 from vae_edge.runtime.mathops import (  # noqa: F401
     bce_with_logits,
+    decoder_nll,
+    decoder_outputs,
     gaussian_nll,
     kl_to_prior,
     log_ndtr,
@@ -109,6 +111,7 @@ class VAERuntime:
         # Outputs are called by name: load checked them against the manifest (graphcheck.check_io).
         self._probs, self._logits = ["probs"], ["logits"]
         self._enc_out = ["mu", "logvar"]
+        self._nll_outputs = decoder_outputs(self.likelihood, self.learned_sigma)
         # Inputs are checked here first, so the calls skip the Python wrapper's own checks; small
         # batches run through buffers bound once (runtime/calls.py).
         self._enc_run = GraphCall(self.encoder)
@@ -377,15 +380,9 @@ class VAERuntime:
 
     def _nll(self, z: np.ndarray, x: np.ndarray, labels: dict) -> np.ndarray:
         """-log p(x | z) per image in nats, the model's own likelihood: Bernoulli on the decoder's
-        logits, or Gaussian around its mean with the bundle's sigma."""
-        if self.likelihood == "gaussian" and self.learned_sigma:
-            mean, log_sigma = self._dec_run.plain(["probs", "log_sigma"], {"z": z, **labels})
-            return gaussian_nll(mean, x, log_sigma=log_sigma)
-        if self.likelihood == "gaussian":
-            mean = self._dec_run.plain(self._probs, {"z": z, **labels})[0]
-            return gaussian_nll(mean, x, self.sigma)
-        logits = self._dec_run.plain(self._logits, {"z": z, **labels})[0]
-        return bce_with_logits(logits, x)
+        logits, or Gaussian around its mean with the bundle's sigma (or the decoder's log_sigma)."""
+        out = self._dec_run.plain(self._nll_outputs, {"z": z, **labels})
+        return decoder_nll(dict(zip(self._nll_outputs, out, strict=True)), x, self.likelihood, self.sigma)
 
     def bits_per_dim_8bit(self, nats: np.ndarray) -> np.ndarray:
         """Scores of a Gaussian model (nats of the density of images in [0, 1]) as the literature

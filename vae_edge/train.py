@@ -300,7 +300,7 @@ def train(
         row, stopped = _train_epoch(run, progress)
         if dist.main:  # one checkpoint, written by rank 0; the others wait for it
             _save(run, row, out)
-        elif run.step_in_epoch == 0:
+        if run.step_in_epoch == 0:  # the epoch finished: the next one draws a new order
             run.perm = None
         if dist.world > 1:
             import torch.distributed as td
@@ -398,13 +398,17 @@ def _train_step(run: _Run, idx: torch.Tensor, b: int) -> tuple[torch.Tensor, int
         loss = (rec + w * kl) / bs
     else:
         loss, rec, kl = iwae_loss(model, x, yc, tc.iw_k, w, run.gen)
+    _optimize(run, loss)
+    with torch.no_grad():
+        return torch.stack([rec + w * kl, rec, kl]), bs
+
+
+def _optimize(run: _Run, loss: torch.Tensor) -> None:
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
     if run.sched is not None:
         run.sched.step()
-    with torch.no_grad():
-        return torch.stack([rec + w * kl, rec, kl]), bs
 
 
 def _distributed_step(run: _Run, x: torch.Tensor, y: torch.Tensor | None, w: float, bs: int) -> tuple[torch.Tensor, int]:
@@ -420,12 +424,7 @@ def _distributed_step(run: _Run, x: torch.Tensor, y: torch.Tensor | None, w: flo
     xs, es = x[rows], eps[rows]
     logits, mu, logvar = run.ddp(xs, None if y is None else y[rows], eps=es)
     rec, kl = elbo_terms(xs, logits, mu, logvar, reduction="sum", cfg=run.cfg)
-    loss = d.world * (rec + w * kl) / bs
-    run.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    run.opt.step()
-    if run.sched is not None:
-        run.sched.step()
+    _optimize(run, d.world * (rec + w * kl) / bs)
     with torch.no_grad():
         terms = torch.stack([rec + w * kl, rec, kl])
         td.all_reduce(terms)  # the global batch's sums, for the log
@@ -497,8 +496,6 @@ def _save(run: _Run, row: dict, out: Path) -> None:
     atomic_torch_save(ckpt, out / CHECKPOINT_NAME)
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    if run.step_in_epoch == 0:  # the epoch finished: the next one draws a new order
-        run.perm = None
 
 
 class _Bar:

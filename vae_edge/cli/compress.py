@@ -105,8 +105,10 @@ def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
 
 def read_compressed(path: Path) -> bytes:
     """The file's bytes: a regular file of at most 2 GiB (never blocks on a FIFO)."""
+    from vae_edge.runtime.files import READ_FLAGS
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
         raise VaeEdgeError(f"{path} does not exist") from None
     except OSError as e:
