@@ -37,7 +37,9 @@ class Message:
     """The coder's state: heads [lanes] uint64 and a stack of uint32 words (logical index 0 is
     the stored bottom; below it lie the virtual words)."""
 
-    def __init__(self, lanes: int, words: np.ndarray | None = None, heads: np.ndarray | None = None):
+    def __init__(self, lanes: int, words: np.ndarray | None = None, heads: np.ndarray | None = None,
+                 strict: bool = False):
+        self.strict = strict  # decoding: a pop below the stored bottom means the message is not ours
         self.head = np.full(lanes, HEAD_MIN, np.uint64) if heads is None else np.array(heads, np.uint64)
         self.opened = 0 if heads is None else len(self.head)  # lanes in use: the first `opened`
         words = np.zeros(0, np.uint32) if words is None else np.asarray(words, np.uint32)
@@ -68,6 +70,8 @@ class Message:
         out = np.empty(k, np.uint32)
         if hi > 0:
             out[max(0, -lo):] = self._buf[max(lo, 0):hi]
+        if lo < 0 and self.strict:  # a decoder retraces the coder's states: never below what was stored
+            raise ANSError("the message ran out of stored words")
         if lo < 0:  # below the stored bottom
             n_neg = min(k, -lo)
             depth = -lo  # positions lo .. lo + n_neg - 1, all negative

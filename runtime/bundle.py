@@ -16,6 +16,7 @@ read again and checked against the signed digests, so nothing is ever copied to 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -23,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae_edge import VaeEdgeError
-from vae_edge.runtime.files import READ_FLAGS, kind_of, sha256_bytes
+from vae_edge.runtime.files import (
+    READ_FLAGS,
+    cache_base,
+    check_cache_path,
+    kind_of,
+    loads_json,
+    sha256_bytes,
+)
 from vae_edge.runtime.manifest import Manifest
 
 MANIFEST = "manifest.json"
@@ -145,7 +153,7 @@ def list_folder(bundle: Path) -> dict[str, int]:
 
 def parse_manifest(raw: bytes, where: object) -> dict:
     try:
-        manifest = json.loads(raw)
+        manifest = loads_json(raw)
     except UnicodeDecodeError:
         raise BundleError(f"{where} is not a vae-edge manifest (not UTF-8 text)") from None
     except ValueError as e:
@@ -185,6 +193,8 @@ def _check_identity(manifest: dict, where: object) -> None:
     name, release = manifest.get("name"), manifest.get("release", 0)
     if name is not None and not isinstance(name, str):
         raise BundleError(f"{where}: the manifest's name must be a string")
+    if name is not None and (len(name) > 200 or not name.isprintable()):
+        raise BundleError(f"{where}: the manifest's name must be printable text of at most 200 characters")
     if not isinstance(release, int) or isinstance(release, bool) or release < 0:
         raise BundleError(f"{where}: the manifest's release must be a whole number >= 0")
 
@@ -249,9 +259,8 @@ def variant_files(manifest: dict, variant: str, bundle: object = "BUNDLE") -> di
 def user_tuning_file(manifest: dict) -> Path:
     """Where `vae-edge tune` records its choice for a bundle it must not modify (a shipped or a
     signed one): the user cache, keyed by the manifest's content."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     key = sha256_bytes(json.dumps({k: v for k, v in manifest.items() if k != "tuning"}, sort_keys=True).encode())
-    return Path(base) / "vae-edge" / "tuning" / f"{key[:32]}.json"
+    return cache_base() / "vae-edge" / "tuning" / f"{key[:32]}.json"
 
 
 MAX_TUNING_BYTES = 1 << 20
@@ -259,15 +268,21 @@ MAX_TUNING_BYTES = 1 << 20
 
 def tuning(manifest: dict) -> dict:
     """The recorded tuning of a bundle, as it is written: in its manifest, else in the user cache;
-    {} if never tuned or unreadable. Its fields are checked by `vae_edge.runtime.choice`."""
+    {} if never tuned, and {} with one note if the cache's record cannot be used (unreadable, not
+    JSON, too large or deep, behind a link). Its fields are checked by `vae_edge.runtime.choice`."""
     if manifest.get("tuning"):
         return manifest["tuning"] if isinstance(manifest["tuning"], dict) else {}
     path = user_tuning_file(manifest)
+    if not path.exists() and not path.is_symlink():
+        return {}
     try:
-        if path.stat().st_size > MAX_TUNING_BYTES or not path.is_file():
-            return {}
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        check_cache_path(path)
+        fd, _ = _open(path.parent, path.name, MAX_TUNING_BYTES, None)
+        with os.fdopen(fd, "rb") as f:
+            data = loads_json(f.read(MAX_TUNING_BYTES + 1))
+    except (OSError, ValueError, VaeEdgeError) as e:
+        logging.getLogger(__name__).warning(f"note: the tuning record {path} is ignored ({str(e)[:200]}); run "
+                                            "`vae-edge tune` again")
         return {}
     return data if isinstance(data, dict) else {}
 

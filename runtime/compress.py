@@ -40,6 +40,8 @@ PIX_PREC = 20  # each pixel's Bernoulli probability, in units of 2^-20
 LANES = 128  # images coded side by side in a full chunk, at most
 IMAGES_PER_LANE = 50  # fewer images: fewer lanes (each costs its 64-bit head in the file)
 MAX_IMAGES = 1 << 24
+MAX_VALUES = 1 << 30  # pixels of all images of one file (4 GiB decoded as float32), at most
+MIN_BITS_PER_IMAGE = 1  # a file holds at least this many bits per image (so 8 images per byte, at most)
 
 
 class CompressError(VaeEdgeError):
@@ -162,6 +164,35 @@ def _chunks(n: int, lanes: int) -> Iterator[tuple[int, int]]:
     for size in schedule(n, lanes):
         yield start, start + size
         start += size
+
+
+def _schedule_parts(n: int, lanes: int) -> tuple[list[int], int, int]:
+    """schedule(n, lanes) in O(log lanes) time and memory, for any n a header may claim:
+    (the growing chunks, how many full chunks of `lanes` follow, the last chunk's size or 0).
+    Sizes never shrink but for the last chunk."""
+    sizes, done = [], 0
+    while done < n:
+        size = min(max(1, min(lanes, done // 4)), n - done)
+        if size == lanes:
+            break
+        sizes.append(size)
+        done += size
+    return sizes, (n - done) // lanes, (n - done) % lanes
+
+
+def _chunks_reversed(n: int, lanes: int) -> Iterator[tuple[int, int, int]]:
+    """(start, end, lanes open before it) of each chunk, last chunk first, computed lazily."""
+    grow, full, tail = _schedule_parts(n, lanes)
+    end = n
+    if tail:
+        yield end - tail, end, lanes if full else (grow[-1] if grow else 0)
+        end -= tail
+    for j in range(full):
+        yield end - lanes, end, lanes if j < full - 1 else (grow[-1] if grow else 0)
+        end -= lanes
+    for k in range(len(grow) - 1, -1, -1):
+        yield end - grow[k], end, grow[k - 1] if k else 0
+        end -= grow[k]
 
 
 class Codec:
@@ -293,7 +324,10 @@ def _short(s: str) -> bytes:
 
 def lanes_used(n: int, lanes: int) -> int:
     """How many lanes a file of n images opens (the heads it stores)."""
-    return min(lanes, max(schedule(n, lanes))) if n else 0
+    if not n or not lanes:
+        return 0
+    grow, full, tail = _schedule_parts(n, lanes)
+    return lanes if full else max(grow + [tail])
 
 
 def lanes_for(n: int) -> int:
@@ -304,10 +338,13 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
     """Binary images [N, C, H, W] (the bundle's shape) -> the file's bytes. `layout` records how
     the caller's array looked (see LAYOUTS), for giving it back the same way."""
     x = check_binary(rt._images(x))
-    if len(x) > MAX_IMAGES:
-        raise VaeEdgeError(f"at most {MAX_IMAGES:,} images per file")
+    if len(x) > MAX_IMAGES or x.size > MAX_VALUES:
+        raise VaeEdgeError(f"at most {MAX_IMAGES:,} images and {MAX_VALUES:,} pixels per file: compress "
+                           f"{len(x):,} images of {x[0].size:,} pixels in parts")
     codec = Codec(rt)
     lanes = lanes or lanes_for(len(x))
+    if not lanes_for(len(x)) <= lanes <= LANES:  # what a reader accepts: bounded work per image decoded
+        raise ValueError(f"lanes must be between {lanes_for(len(x))} and {LANES} for {len(x)} images")
     used = lanes_used(len(x), lanes)
     m = Message(used)
     for a, b in _chunks(len(x), lanes):
@@ -319,7 +356,11 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
                           LATENT_BITS, POST_PREC, PIX_PREC, layout, m.virtual_drawn(), data_digest(x), len(words))
             + m.head[:used].astype("<u8").tobytes() + words.astype("<u4").tobytes())
     head = MAGIC + bytes([FORMAT_VERSION])
-    return head + body + struct.pack("<I", zlib.crc32(head + body))
+    data = head + body + struct.pack("<I", zlib.crc32(head + body))
+    if 8 * len(data) < MIN_BITS_PER_IMAGE * len(x):  # what a reader refuses (a bomb's signature)
+        raise VaeEdgeError(f"{len(x):,} images coded in {len(data):,} bytes, under {MIN_BITS_PER_IMAGE} bit each: "
+                           "no vae-edge would open that file; store such images with a classical codec")
+    return data
 
 
 # How the caller's array looked: the dtype and value of a 1, and whether it had no channel axis.
@@ -371,11 +412,19 @@ def read_header(data: bytes, where: object = "file") -> tuple[Header, np.ndarray
     except (IndexError, UnicodeDecodeError, struct.error):
         raise CompressError(f"{where} is damaged (its header does not parse)") from None
     pos += _FIXED.size
+    if any(not s.isprintable() for s in strs):
+        raise CompressError(f"{where} is damaged (its header's names hold control characters)")
     h = Header(name=strs[0], variant=strs[1], device=strs[2], manifest=f[0], graphs=f[1], fingerprint=f[2],
                images=f[3], shape=tuple(f[4:7]), lanes=f[7], latent_bits=f[8], post_prec=f[9], pix_prec=f[10],
                layout=f[11], virtual=f[12], data=f[13], words=f[14])
-    used = lanes_used(h["images"], h["lanes"])
-    if pos + 8 * used + 4 * h["words"] + 4 != len(data) or not h["images"] or not h["lanes"]:
+    # Everything the header claims is bounded by the file's own size before anything is built.
+    n, values = h["images"], h["images"] * int(np.prod(h["shape"], dtype=np.int64))
+    if (not n or n > MAX_IMAGES or values > MAX_VALUES or 8 * len(data) < MIN_BITS_PER_IMAGE * n
+            or not lanes_for(n) <= h["lanes"] <= LANES):  # few lanes: many chunks, each costing a decoder call
+        raise CompressError(f"{where} is damaged (its header claims {n:,} images of {list(h['shape'])} in "
+                            f"{len(data):,} bytes and {h['lanes']} lanes: no file of ours does)")
+    used = lanes_used(n, h["lanes"])
+    if pos + 8 * used + 4 * h["words"] + 4 != len(data):
         raise CompressError(f"{where} is damaged (its length does not match its header)")
     heads = np.frombuffer(data, "<u8", used, pos).astype(np.uint64)
     words = np.frombuffer(data, "<u4", h["words"], pos + 8 * used).astype(np.uint32)
@@ -411,15 +460,12 @@ def decompress(rt, data: bytes, where: object = "file") -> np.ndarray:
     h, heads, words = read_header(data, where)
     check_match(rt, h, where)
     codec = Codec(rt, h["latent_bits"])
-    m = Message(len(heads), words=words, heads=heads)
-    out = np.empty((h["images"], *h["shape"]), np.float32)
+    m = Message(len(heads), words=words, heads=heads, strict=True)
+    out = np.empty((h["images"], *h["shape"]), np.float32)  # bounded by read_header; pages taken as written
     try:
-        chunks = list(_chunks(h["images"], h["lanes"]))
-        opened = np.maximum.accumulate([b - a for a, b in chunks])  # lanes open during each chunk
-        for k in range(len(chunks) - 1, -1, -1):
-            a, b = chunks[k]
+        for a, b, before in _chunks_reversed(h["images"], h["lanes"]):
             out[a:b] = codec.pop_chunk(m, b - a)
-            m.close(int(opened[k - 1]) if k else 0)
+            m.close(before)
         m.check_start(h["virtual"])
     except (ANSError, ZeroDivisionError, FloatingPointError) as e:
         raise CompressError(f"{where} did not decode ({e}): its numbers differ from this device's") from None

@@ -31,6 +31,92 @@ READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLO
               | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0))
 
 
+# ---------------------------------------------------------------------------------------------
+# A user's input file
+# ---------------------------------------------------------------------------------------------
+
+def open_regular(path: str | os.PathLike, what: str = "input", max_bytes: int | None = None) -> tuple[int, int]:
+    """(fd, size) of a regular file opened for reading with READ_FLAGS: a FIFO, a device, a socket
+    or a folder is refused at once (never waited on), and so is a file over `max_bytes`. Links are
+    followed for a user's own input (its last component is checked after the open)."""
+    flags = READ_FLAGS & ~getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise VaeEdgeError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise VaeEdgeError(f"{what} {path} is a folder, not a file") from None
+    except OSError as e:
+        raise VaeEdgeError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VaeEdgeError(f"{what} {path} is {kind_of(st.st_mode)}, not a regular file: refused")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise VaeEdgeError(f"{what} {path} is {st.st_size:,} bytes, over the {max_bytes:,}-byte limit: refused")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a regular file: ordinary reads from here on
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def read_regular(path: str | os.PathLike, what: str = "input", max_bytes: int = 1 << 31) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (see open_regular); never more than
+    that is read, even from a file that grows while it is read."""
+    fd, size = open_regular(path, what, max_bytes)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise VaeEdgeError(f"{what} {path} grew over the {max_bytes:,}-byte limit while it was read: refused")
+    return data
+
+
+def cache_base() -> Path:
+    """The user cache ($XDG_CACHE_HOME, else ~/.cache): vae-edge's caches live in its vae-edge/ folder."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"))
+
+
+def check_cache_path(path: Path) -> Path:
+    """Refuse a cache path any part of which below the user cache (vae-edge/, its folders, the
+    file) is a symbolic link: a cache is written and trusted, so it must be where it says (the
+    bundle reader refuses links for the same reason). The cache base itself may be a link."""
+    base = cache_base()
+    try:
+        rel = Path(path).relative_to(base)
+    except ValueError:
+        return Path(path)
+    here = base
+    for part in rel.parts:
+        here = here / part
+        if here.is_symlink():
+            raise VaeEdgeError(f"the cache path {here} is a symbolic link: refused (remove it; vae-edge makes "
+                               "its cache folders itself)")
+    return Path(path)
+
+
+MAX_JSON_DEPTH = 32  # nesting of any JSON vae-edge reads (its own files need 6)
+
+
+def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH):
+    """json.loads that fails with a ValueError (json.JSONDecodeError) on anything it cannot read,
+    deep nesting included (json.loads itself raises RecursionError past ~1000 levels, and
+    shallower nesting would still reach the recursive code that walks the result)."""
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", "", 0) from None
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", "", 0)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return obj
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -6,14 +6,21 @@ import contextlib
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from vae_edge import VaeEdgeError
-from vae_edge.runtime.files import check_output_path, existing_kind, is_stdout, write_output
+from vae_edge import VaeEdgeError, printable
+from vae_edge.runtime.files import (
+    check_output_path,
+    existing_kind,
+    is_stdout,
+    open_regular,
+    write_output,
+)
 from vae_edge.runtime.manifest import MNIST_SHAPE
 
 _SLICE_LIKE = re.compile(r"^[A-Za-z][\w-]+:")  # mnist:..., fashion-mnist:..., not C:\ or ./x
@@ -175,12 +182,11 @@ def _open_image(path: Path) -> Iterator[Image.Image]:
     """An image file opened for reading, its size checked from the header before any pixel is
     decoded (pillow's global limits are left as they are: thread-safe); what goes wrong while it
     is read, in the body too, is one VaeEdgeError."""
-    if not path.is_file():
-        raise VaeEdgeError(f"input {path} does not exist")
+    fd, _ = open_regular(path, "input")  # a regular file: never blocks on a FIFO
     try:
-        with warnings.catch_warnings():
+        with os.fdopen(fd, "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
-            with Image.open(path) as img:
+            with Image.open(f) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise VaeEdgeError(f"{path} is {img.width}x{img.height}: too large (limit {MAX_PIXELS} pixels)")
                 yield img
@@ -226,7 +232,10 @@ def load_image_as_is(path: str | os.PathLike, size: tuple[int, int] = (28, 28)) 
 def images_from_npy(path: str | os.PathLike, shape=MNIST_SHAPE) -> np.ndarray:
     """A .npy array of images -> [N, C, H, W] float32 in [0, 1]: float in [0, 1], or uint8 (/255);
     [N, H, W] and [H, W] are taken for one channel."""
-    a = load_npy(path, "image array")
+    return images_from_array(load_npy(path, "image array"), path, shape)
+
+
+def images_from_array(a: np.ndarray, path: object, shape=MNIST_SHAPE) -> np.ndarray:
     grey = shape[0] == 1
     if grey and a.ndim == len(shape) - 1:  # [H, W]: one grey image
         a = a[None, None]
@@ -262,23 +271,46 @@ def load_resized(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.nda
     return a[None] if c == 1 else a.transpose(2, 0, 1)
 
 
+MAX_NPZ_MEMBERS = 64  # arrays in one .npz archive, at most
+
+
 def images_from_npz(path: str | os.PathLike, shape=MNIST_SHAPE) -> np.ndarray:
-    """A .npz archive: its array `x` (or its only array) as images_from_npy reads one."""
+    """A .npz archive: its array `x` (or its only array) as images_from_npy reads one. The member
+    is read from the archive itself (never a path its name may point to), streamed through its
+    .npy header's checks: the size it declares, compressed or not, is bounded before a byte of
+    data is inflated, and no more than that is inflated."""
+    return images_from_array(load_npz_member(path), path, shape)
+
+
+def load_npz_member(path: str | os.PathLike, name: str = "x", what: str = "image array") -> np.ndarray:
     import zipfile
 
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-    except (OSError, zipfile.BadZipFile) as e:
-        raise VaeEdgeError(f"{path} is not a .npz archive: {e}") from None
-    name = "x" if "x" in names else (names[0] if len(names) == 1 else None)
-    if name is None:
-        raise VaeEdgeError(f"{path} holds arrays {names}: name the images x")
-    import tempfile
-
-    with zipfile.ZipFile(path) as z, tempfile.TemporaryDirectory() as tmp:
-        z.extract(f"{name}.npy", tmp)
-        return images_from_npy(Path(tmp) / f"{name}.npy", shape)
+    path = Path(path)
+    fd, _ = open_regular(path, "input", MAX_NPY_BYTES)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            z = zipfile.ZipFile(f)
+        except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+            raise VaeEdgeError(f"{path} is not a .npz archive: {printable(e, 200)}") from None
+        with z:
+            infos = z.infolist()
+            if len(infos) > MAX_NPZ_MEMBERS:
+                raise VaeEdgeError(f"{path} holds {len(infos):,} members; a .npz of images holds at most "
+                                   f"{MAX_NPZ_MEMBERS} (name the images x)")
+            arrays = {i.filename[:-4]: i for i in infos if i.filename.endswith(".npy")}
+            member = arrays.get(name) or (next(iter(arrays.values())) if len(arrays) == 1 else None)
+            if member is None:
+                shown = ", ".join(repr(printable(n, 40)) for n in list(arrays)[:8])
+                more = f" and {len(arrays) - 8} more" if len(arrays) > 8 else ""
+                raise VaeEdgeError(f"{path} holds arrays {shown or 'none'}{more}: name the images {name}")
+            if member.file_size > MAX_NPY_BYTES:
+                raise VaeEdgeError(f"{path}: its array {printable(member.filename, 60)!r} unpacks to "
+                                   f"{member.file_size / 2**30:.1f} GiB, over the {MAX_NPY_BYTES >> 30} GiB limit")
+            try:
+                with z.open(member) as src:
+                    return read_npy_stream(src, member.file_size, f"{path}:{printable(member.filename, 60)}", what)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+                raise VaeEdgeError(f"{path} is a damaged .npz archive: {printable(e, 200)}") from None
 
 
 def _folder_images(folder: Path) -> list[Path]:
@@ -443,40 +475,59 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
     return atomic_write(path, write)
 
 
-MAX_NPY_BYTES = 1 << 31  # an array file larger than this is refused (2 GiB)
+MAX_NPY_BYTES = 1 << 31  # an array file larger than this is refused (2 GiB) ...
+MAX_NPY_ELEMENTS = 1 << 29  # ... and so is one of more values than 2 GiB of float32 holds
 _NPY_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 
 def load_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
-    """A .npy file -> array, its header checked before any data is read: real numbers only (no
-    strings, complex numbers or objects), and a declared size that the file really holds."""
+    """A .npy file -> array, its header checked before any data is read: a regular file (never a
+    FIFO or device, which would block), real numbers only (no strings, complex numbers or
+    objects), and a declared size within the limits that the file really holds."""
     path = Path(path)
+    fd, size = open_regular(path, f"{what} file", None)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return read_npy_stream(f, size, path, what)
+        except OSError as e:
+            raise VaeEdgeError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_npy_stream(f, size: int, where: object, what: str = "array") -> np.ndarray:
+    """A .npy from a stream of `size` bytes: the header parsed and bounded first, then exactly the
+    declared bytes read (never more), then the end checked."""
     try:
-        with open(path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                reader = {(1, 0): np.lib.format.read_array_header_1_0,
-                          (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                if reader is None:
-                    raise ValueError(f"unknown .npy version {version}")
-                shape, fortran, dtype = reader(f, max_header_size=10_000)
-            except (ValueError, OSError, SyntaxError, TypeError):
-                raise VaeEdgeError(f"{path} is not a .npy file (write one with numpy.save or `vae-edge encode`)") from None
-            if dtype.kind not in _NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-                raise VaeEdgeError(f"{path} holds {dtype} values; a {what} must be real numbers (float or integer)")
-            nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-            left = os.fstat(f.fileno()).st_size - f.tell()
-            if nbytes > MAX_NPY_BYTES:
-                raise VaeEdgeError(f"{path} declares {list(shape)} ({nbytes / 2**30:.1f} GiB), over the "
-                                   f"{MAX_NPY_BYTES >> 30} GiB limit: split it into smaller files")
-            if nbytes != left:
-                raise VaeEdgeError(f"{path} declares {list(shape)} {dtype} ({nbytes:,} bytes) but holds {left:,}: "
-                                   "truncated or corrupt")
-            data = np.fromfile(f, dtype=dtype, count=int(np.prod(shape))) if nbytes else np.empty(0, dtype)
-    except FileNotFoundError:
-        raise VaeEdgeError(f"{what} file {path} does not exist") from None
-    except IsADirectoryError:
-        raise VaeEdgeError(f"{path} is a folder, not a .npy file") from None
-    except OSError as e:
-        raise VaeEdgeError(f"cannot read {path}: {e.strerror or e}") from None
+        version = np.lib.format.read_magic(f)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"unknown .npy version {version}")
+        header_end = 8  # the magic and version
+        shape, fortran, dtype = reader(f, max_header_size=10_000)
+    except (ValueError, OSError, SyntaxError, TypeError, EOFError):
+        raise VaeEdgeError(f"{where} is not a .npy file (write one with numpy.save or `vae-edge encode`)") from None
+    if dtype.kind not in _NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise VaeEdgeError(f"{where} holds {dtype} values; a {what} must be real numbers (float or integer)")
+    count = int(np.prod(shape, dtype=np.float64))
+    nbytes = count * dtype.itemsize
+    if nbytes > MAX_NPY_BYTES or count > MAX_NPY_ELEMENTS:
+        raise VaeEdgeError(f"{where} declares {list(shape)[:8]} {dtype} ({nbytes / 2**30:.1f} GiB), over the limit "
+                           f"({MAX_NPY_BYTES >> 30} GiB, {MAX_NPY_ELEMENTS:,} values): split it into smaller files")
+    try:
+        left = size - f.tell()
+    except (OSError, AttributeError):
+        left = size - header_end
+    if nbytes != left:
+        raise VaeEdgeError(f"{where} declares {list(shape)[:8]} {dtype} ({nbytes:,} bytes) but holds {left:,}: "
+                           "truncated or corrupt")
+    buf = bytearray(nbytes)
+    view, got = memoryview(buf), 0
+    while got < nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    if got != nbytes or f.read(1):
+        raise VaeEdgeError(f"{where} holds {got:,} bytes of data, not the {nbytes:,} it declares: truncated or corrupt")
+    data = np.frombuffer(buf, dtype=dtype, count=count) if nbytes else np.empty(0, dtype)
     return data.reshape(shape, order="F" if fortran else "C")

@@ -144,12 +144,20 @@ class Manifest:
         )
 
 
+MAX_IMAGE_VALUES = 1 << 28  # values of one image or latent (1 GiB as float32), at most
+MAX_LATENT_AXES = 8
+
+
 def _model_info(model: Mapping) -> ModelInfo:
     d = int(model["latent_dim"])
     latent = tuple(int(n) for n in (model.get("latent_shape") or (d,)))
     image = tuple(int(n) for n in (model.get("image_shape") or MNIST_SHAPE))
-    if len(image) != 3 or min(image) < 1 or min(latent, default=0) < 1 or _prod(latent) != d:
-        raise ValueError(f"image shape {list(image)} / latent shape {list(latent)} of {d} elements")
+    if (len(image) != 3 or min(image) < 1 or min(latent, default=0) < 1 or _prod(latent) != d
+            or len(latent) > MAX_LATENT_AXES):
+        raise ValueError(f"image shape {list(image)[:8]} / latent shape {list(latent)[:8]} of {d} elements")
+    if _prod(image) > MAX_IMAGE_VALUES or d > MAX_IMAGE_VALUES:  # before anything is allocated for them
+        raise ValueError(f"image shape {list(image)} / latent of {d:,} values: over the {MAX_IMAGE_VALUES:,} values "
+                         "an image or latent may hold")
     likelihood = str(model.get("likelihood") or "bernoulli")
     if likelihood not in ("bernoulli", "gaussian"):
         raise ValueError(f"likelihood {likelihood!r}")

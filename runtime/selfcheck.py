@@ -136,12 +136,14 @@ def check(variant: str, golden: dict, run: Callable[[str, dict], np.ndarray]) ->
     return diffs
 
 
-def record_bundle(bundle, only_missing: bool = True, log: Callable[[str], None] | None = None) -> list[str]:
+def record_bundle(bundle, only_missing: bool = True, log: Callable[[str], None] | None = None,
+                  drop_signature_ok: bool = True) -> list[str]:
     """Maker side: (re)record the golden vectors of a bundle's variants on this machine (those
-    without any, or all). Writes the manifest atomically; a signature is voided and removed."""
+    without any, or all). Writes the manifest atomically; a signature is voided and removed, or,
+    with drop_signature_ok=False, the bundle is refused before anything changes."""
     from pathlib import Path
 
-    from vae_edge.runtime.bundle import open_bundle
+    from vae_edge.runtime.bundle import SIGNATURE, open_bundle
     from vae_edge.runtime.bundle_writer import drop_signature
     from vae_edge.runtime.files import locked, write_json_atomic
 
@@ -149,10 +151,14 @@ def record_bundle(bundle, only_missing: bool = True, log: Callable[[str], None] 
     with locked(bundle, "record"):
         opened = open_bundle(bundle)
         manifest = opened.manifest
+        todo = [v for v, entry in manifest["variants"].items() if not (only_missing and entry.get("golden"))]
+        if todo and not drop_signature_ok and (bundle / SIGNATURE).exists():
+            raise VaeEdgeError(f"{bundle} is signed and its variant(s) {', '.join(todo)} have no golden vectors: "
+                               "recording them changes the manifest and would void the signature; record before "
+                               "signing (`vae-edge verify --record`, then `vae-edge sign`)")
         done = []
-        for v, entry in manifest["variants"].items():
-            if only_missing and entry.get("golden"):
-                continue
+        for v in todo:
+            entry = manifest["variants"][v]
             entry["golden"] = record(manifest, entry, session_runner(opened.variant_bytes(v)))
             done.append(v)
         if done:

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from vae_edge import VaeEdgeError
+from vae_edge.runtime.files import loads_json
 
 SIGNATURE = "model.sig"  # OpenSSF model-signing's conventional name
 ENV_KEY = "VAE_EDGE_TRUSTED_KEY"
@@ -192,7 +193,7 @@ def _b64(text: str, what: str, where: str) -> bytes:
 def read_envelope(sig: bytes, where: str) -> tuple[dict, bytes, bytes]:
     """Parse model.sig without checking it: (bundle JSON, payload bytes, signature bytes)."""
     try:
-        bundle = json.loads(sig)
+        bundle = loads_json(sig)
     except (ValueError, UnicodeDecodeError):
         raise SignatureError(f"{where}: {SIGNATURE} is not a signature (not JSON); re-sign with `vae-edge sign`") from None
     if not isinstance(bundle, dict) or bundle.get("mediaType") != BUNDLE_MEDIA_TYPE:
@@ -211,7 +212,7 @@ def read_envelope(sig: bytes, where: str) -> tuple[dict, bytes, bytes]:
 def signed_digests(payload: bytes, where: str) -> dict[str, str]:
     """{file name: sha256 hex} from a statement, checked against its own root digest."""
     try:
-        st = json.loads(payload)
+        st = loads_json(payload)
     except (ValueError, UnicodeDecodeError):
         raise SignatureError(f"{where}: the signed statement is not JSON (malformed signature)") from None
     if not isinstance(st, dict) or st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != PREDICATE_TYPE:

@@ -617,6 +617,7 @@ def save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) 
 
 def _save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict) -> dict:
     from vae_edge.runtime.bundle import SIGNATURE, tuning, user_tuning_file
+    from vae_edge.runtime.files import check_cache_path
     from vae_edge.runtime.vae_runtime import is_shipped
 
     bare = {k: v for k, v in manifest.items() if k != "tuning"}
@@ -627,7 +628,9 @@ def _save_tuning(bundle: Path, manifest: dict, target: str | None, record: dict)
         merged = {**old, target: record}
     if is_shipped(bundle) or (bundle / SIGNATURE).exists():
         path = user_tuning_file(bare)
+        check_cache_path(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_cache_path(path)
         write_json_atomic(path, merged)
     else:
         path = bundle / "manifest.json"

@@ -106,30 +106,42 @@ def get_spec(dataset: str) -> DatasetSpec:
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_IDX_BYTES = 1 << 30  # an IDX file's data, unpacked: MNIST's largest is 47 MB
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or raw) into a numpy array."""
+    """Read an IDX file (gzip-compressed or raw) into a numpy array. The header is read and
+    checked first; then exactly the bytes it declares are inflated (at most MAX_IDX_BYTES), so a
+    gzip bomb costs no more than the file it claims to be."""
+    from vae_edge.runtime.files import open_regular
+
     path = Path(path)
+    fd, _ = open_regular(path, "data file", None)
     try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        opener = gzip.open if head == b"\x1f\x8b" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
+        with os.fdopen(fd, "rb") as raw_file:
+            gz = raw_file.read(2) == b"\x1f\x8b"
+            raw_file.seek(0)
+            f = gzip.GzipFile(fileobj=raw_file, mode="rb") if gz else raw_file
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise VaeEdgeError(f"{path} is not an IDX file (wrong magic number)")
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise VaeEdgeError(f"{path} has a malformed IDX header")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            expected = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise VaeEdgeError(f"{path} declares {list(shape)} ({expected / 2**30:.1f} GiB), over the "
+                                   f"{MAX_IDX_BYTES >> 30} GiB limit of a data file: refused")
+            body = f.read(expected + 1)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise VaeEdgeError(f"cannot read {path}: {e} (the file is truncated or corrupt)") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise VaeEdgeError(f"{path} is not an IDX file (wrong magic number)")
-    ndim = raw[3]
-    if ndim == 0 or len(raw) < 4 + 4 * ndim:
-        raise VaeEdgeError(f"{path} has a malformed IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    body = raw[4 + 4 * ndim :]
     if len(body) != expected:
         raise VaeEdgeError(
             f"{path} is truncated or corrupt: header says {shape} ({expected} bytes), "
-            f"found {len(body)} bytes"
+            f"found {len(body) if len(body) <= expected else 'more than that'} bytes"
         )
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vae_edge import VaeEdgeError, __version__
+from vae_edge import VaeEdgeError, __version__, printable
 
 
 class _Group(click.Group):
@@ -22,10 +22,10 @@ class _Group(click.Group):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:  # bad option or argument: one line, not usage + hint + error
             where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
-            click.echo(f"Error: {e.format_message()}{where}", err=True)
+            click.echo(f"Error: {printable(e.format_message())}{where}", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
-            click.echo(f"Error: {e.format_message()}", err=True)
+            click.echo(f"Error: {printable(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
@@ -40,7 +40,7 @@ class _Group(click.Group):
         except VaeEdgeError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {printable(e)}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -70,7 +70,8 @@ class _Group(click.Group):
         except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: {type(e).__name__}: {e} (run `vae-edge --debug ...` for the traceback)", err=True)
+            click.echo(f"Error: {type(e).__name__}: {printable(e)} (run `vae-edge --debug ...` for the traceback)",
+                       err=True)
             ctx.exit(2)
 
 
@@ -83,7 +84,7 @@ class _Notes(logging.Handler):
         self.seen: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
+        message = printable(record.getMessage(), newlines=True)
         if message not in self.seen:
             self.seen.add(message)
             click.echo(message, err=True)
@@ -180,7 +181,7 @@ def digit_option(help: str = "Digit of the images, for conditional models (datas
 
 def done(message: str, out) -> None:
     """The closing line of a command that wrote `out`: on stderr when the output went to stdout."""
-    click.echo(message, err=str(out) == "-")
+    click.echo(printable(message, newlines=True), err=str(out) == "-")
 
 
 def warner():

@@ -32,7 +32,8 @@ from vae_edge.cli.base import (
 @click.option("--baseline", type=click.Choice(["torch", "none"]), default="torch", show_default=True, help="torch: also time PyTorch eager on the same checkpoint; none: onnxruntime only.")
 @click.option("--checkpoint", type=click.Path(), default=None, help="PyTorch weights for the baseline (default: beside the bundle).")
 @click.option("--module", default=None, metavar="PATH.py:FACTORY",
-              help="Your own VAE as the PyTorch baseline (as `vae-edge export --module` takes it).")
+              help="Your own VAE as the PyTorch baseline (as `vae-edge export --module` takes it; the file runs "
+                   "as Python code: pass only files you trust).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for --module (weights_only).")
 @click.option("--adapter", type=click.Choice(["diffusers", "attributes"]), default=None, help="Adapter for --module.")
 @click.option("--report", "report_dir", type=click.Path(), default=None, help="Write bench.json, bench.md and PNG charts here.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import click
@@ -17,19 +16,15 @@ MAX_FILE_BYTES = 1 << 31
 def _read_image_exact(path: Path, shape: tuple[int, int, int]):
     """An image file, pixel for pixel (no framing, no resizing, no inversion): [C, H, W] float32."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+
+    from vae_edge.runtime.images import _open_image
 
     c, h, w = shape
-    try:
-        with Image.open(path) as img:
-            if (img.height, img.width) != (h, w):
-                raise VaeEdgeError(f"{path} is {img.width}x{img.height}; compress takes images at the model's "
-                                   f"{w}x{h}, pixel for pixel")
-            a = np.asarray(img.convert("L" if c == 1 else "RGB"))
-    except UnidentifiedImageError:
-        raise VaeEdgeError(f"{path} is not an image pillow can read") from None
-    except OSError as e:
-        raise VaeEdgeError(f"cannot read image {path}: {e}") from None
+    with _open_image(path) as img:  # size-checked from the header, one-line errors
+        if (img.height, img.width) != (h, w):
+            raise VaeEdgeError(f"{path} is {img.width}x{img.height}; compress takes images at the model's "
+                               f"{w}x{h}, pixel for pixel")
+        a = np.asarray(img.convert("L" if c == 1 else "RGB"))
     a = a[None] if c == 1 else a.transpose(2, 0, 1)
     return (a / 255.0).astype(np.float32)
 
@@ -54,8 +49,6 @@ def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int):
         elif p.is_dir():
             x = np.stack([_read_image_exact(f, shape) for f in _folder_images(p)])
         elif p.suffix.lower() in IMAGE_SUFFIXES:
-            if not p.is_file():
-                raise VaeEdgeError(f"input {p} does not exist")
             x = _read_image_exact(p, shape)[None]
         else:  # dataset slices and .npz archives
             x, _ = load_inputs([spec], data_dir, shape=shape)
@@ -105,24 +98,22 @@ def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
 
 def read_compressed(path: Path) -> bytes:
     """The file's bytes: a regular file of at most 2 GiB (never blocks on a FIFO)."""
-    from vae_edge.runtime.files import READ_FLAGS
+    from vae_edge.runtime.files import read_regular
 
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
-        raise VaeEdgeError(f"{path} does not exist") from None
-    except OSError as e:
-        raise VaeEdgeError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise VaeEdgeError(f"{path} is not a regular file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise VaeEdgeError(f"{path} is {st.st_size / 2**30:.1f} GiB, over the 2 GiB limit")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
+    return read_regular(path, "compressed file", MAX_FILE_BYTES)
+
+
+def check_output_folder(out: Path) -> None:
+    """A folder output (-o DIR/) that can be written: checked before any decoding."""
+    if out.exists() and not out.is_dir():
+        raise VaeEdgeError(f"output {out} is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise VaeEdgeError(f"output folder {out} is not empty")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise VaeEdgeError(f"the folder of output {out} does not exist (only the last level is created)")
+    if not os.access(parent, os.W_OK):
+        raise VaeEdgeError(f"cannot write output {out}: its folder is not writable")
 
 
 def save_decompressed(out: Path, x, layout: int, folder: bool) -> None:
@@ -185,7 +176,9 @@ def decompress(file, output, **kw) -> None:
 
     out = Path(output)
     folder = str(output).endswith(os.sep) or out.is_dir()
-    if not is_stdout(out) and not folder:
+    if folder:
+        check_output_folder(out)
+    elif not is_stdout(out):
         if out.suffix.lower() not in PICTURE_OR_ARRAY:
             raise VaeEdgeError(f"output {out} must end in .npy or .png, or be a folder ending in /")
         check_output_path(out)

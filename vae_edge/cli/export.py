@@ -22,7 +22,8 @@ from vae_edge.cli.base import (
 @click.option("--out", required=True, type=click.Path(file_okay=True), help="Bundle folder to write.")
 @click.option("--module", "module", default=None, metavar="PATH.py:FACTORY",
               help="Your own VAE instead of a vae-edge checkpoint: FACTORY() in PATH.py returns a torch module "
-                   "with encode(x) -> (mu, logvar) and decode(z) (docs/byo.md).")
+                   "with encode(x) -> (mu, logvar) and decode(z) (docs/byo.md). PATH.py is imported and runs "
+                   "as Python code with your permissions: pass only files you trust.")
 @click.option("--encoder-onnx", type=click.Path(dir_okay=False), default=None,
               help="Graphs exported elsewhere, wrapped into a bundle (with --decoder-onnx; vae-edge's names: x -> mu, "
                    "logvar and z -> probs[, logits]).")

@@ -78,11 +78,13 @@ def verify(bundle, trusted_key, expect, record, as_json) -> None:
     from vae_edge.runtime.vae_runtime import is_shipped, resolve_bundle
 
     path = resolve_bundle(bundle)
-    if record:
-        done = selfcheck.record_bundle(path, log=progress_log())
-        click.echo(f"recorded golden vectors for: {', '.join(done) or 'none needed'}", err=True)
     key, label = trust.resolve_key(trusted_key, shipped=is_shipped(path))
-    b = open_bundle(path, key, key_label=label, expect=expect)
+    b = open_bundle(path, key, key_label=label, expect=expect)  # the signature is checked before anything changes
+    if record:  # a signed bundle is never unsigned here: the maker records before signing
+        done = selfcheck.record_bundle(path, log=progress_log(), drop_signature_ok=False)
+        click.echo(f"recorded golden vectors for: {', '.join(done) or 'none needed'}", err=True)
+        if done:
+            b = open_bundle(path, key, key_label=label, expect=expect)
     changed = b.changed_since_signing() if b.signature == "unchecked" else []
     variants = {}
     for v in b.info.variants:

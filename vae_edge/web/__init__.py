@@ -41,6 +41,14 @@ ORT_WEB_VERSION = "1.30.0"
 ORT_WEB_INTEGRITY = "sha512-q0y+JrrtukXSzsBWEMccVfqX25LRmosXHF+CaRJmg8pZClzcV7svNc4rKY3jL02Vb7QmRMDs1SigqR4CXAfKYQ=="
 # The wasm build without WebGPU/WebGL: the ES module, its loader, and the SIMD (+threads) binary.
 ORT_WEB_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+# Each file's sha256 as the pinned tarball holds it: checked whenever the files are used (the
+# cache and $VAE_EDGE_ORT_WEB are not trusted because npm's check passed once).
+ORT_WEB_SHA256 = {
+    "ort.wasm.min.mjs": "219e6a1fc8a9938268d18efca3c91d310bd2f4a59bbd13744df5b2b7fc6cee3b",
+    "ort-wasm-simd-threaded.mjs": "e13f7f94fc51b4ca72b12faeb1ee95f4ace6dfbc8939bc718aabdc0a27c4299b",
+    "ort-wasm-simd-threaded.wasm": "3398c10d07d229bd91b364548e130e0e51a8e5704b88c7c083ebbeb78842dee2",
+}
+MAX_ORT_FILE_BYTES = 64 << 20
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = ("index.html", "app.js", "vae.js", "style.css")
 SITE_MARKER = ".vae-edge-site"
@@ -60,8 +68,31 @@ MIME = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "applicati
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vae-edge" / "npm"
+    from vae_edge.runtime.files import cache_base
+
+    return cache_base() / "vae-edge" / "npm"
+
+
+def ort_file_bytes(folder: Path, name: str) -> bytes:
+    """One of onnxruntime-web's files, read once and checked against its pinned sha256: the bytes
+    returned are the bytes checked (a site is built from them)."""
+    from vae_edge.runtime.files import read_regular
+
+    data = read_regular(Path(folder) / name, "onnxruntime-web file", MAX_ORT_FILE_BYTES)
+    if hashlib.sha256(data).hexdigest() != ORT_WEB_SHA256[name]:
+        raise VaeEdgeError(f"{Path(folder) / name} is not onnxruntime-web {ORT_WEB_VERSION}'s {name} (its sha256 "
+                           f"differs from the pinned one: changed since it was fetched): refused; delete {folder} "
+                           "and build again")
+    return data
+
+
+def _ort_files_ok(folder: Path) -> bool:
+    try:
+        for name in ORT_WEB_FILES:
+            ort_file_bytes(folder, name)
+    except VaeEdgeError:
+        return False
+    return True
 
 
 def ort_web_dir(log: Callable[[str], None] = lambda s: None) -> Path:
@@ -72,10 +103,16 @@ def ort_web_dir(log: Callable[[str], None] = lambda s: None) -> Path:
         missing = [f for f in ORT_WEB_FILES if not (Path(given) / f).is_file()]
         if missing:
             raise VaeEdgeError(f"$VAE_EDGE_ORT_WEB={given} lacks {', '.join(missing)} (onnxruntime-web's dist/ files)")
+        for name in ORT_WEB_FILES:
+            ort_file_bytes(Path(given), name)
         return Path(given)
-    dest = cache_root() / f"onnxruntime-web-{ORT_WEB_VERSION}"
+    from vae_edge.runtime.files import check_cache_path
+
+    dest = check_cache_path(cache_root() / f"onnxruntime-web-{ORT_WEB_VERSION}")
     if all((dest / f).is_file() for f in ORT_WEB_FILES):
-        return dest
+        if _ort_files_ok(dest):
+            return dest
+        log(f"note: the cached onnxruntime-web in {dest} does not match its pinned checksums: fetched again")
     npm = shutil.which("npm")
     if npm is None:
         raise VaeEdgeError(f"npm is not installed: it fetches onnxruntime-web {ORT_WEB_VERSION} once "
@@ -220,11 +257,11 @@ def _write_site(out: Path, info: Manifest, chosen, graphs: dict, ort_dir: Path, 
                 (tmp / "models" / info.variants[v].files[g]).write_bytes(data)
         (tmp / "models" / "manifest.json").write_text(json.dumps(info.to_dict(), indent=1))
         (tmp / "ort").mkdir()
-        for name in ORT_WEB_FILES:
-            shutil.copyfile(ort_dir / name, tmp / "ort" / name)
+        for name in ORT_WEB_FILES:  # the pinned bytes only, checked as they are copied
+            (tmp / "ort" / name).write_bytes(ort_file_bytes(ort_dir, name))
         (tmp / "config.json").write_text(json.dumps(config))
         (tmp / "_headers").write_text("/*\n" + "".join(f"  {k}: {v}\n" for k, v in ISOLATION_HEADERS.items()))
-        (tmp / SITE_MARKER).write_text(f"built by vae-edge web from {path}\n")
+        (tmp / SITE_MARKER).write_text(f"built by vae-edge web from bundle {info.name or path.name}\n")
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -272,6 +309,11 @@ def build_site(
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME}
+    timeout = 30  # seconds an idle or slow connection may hold its thread
+
+    def list_directory(self, path):  # a site is files, not folders to browse
+        self.send_error(404, "Not found")
+        return None
 
     def end_headers(self) -> None:
         for k, v in ISOLATION_HEADERS.items():
