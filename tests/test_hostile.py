@@ -224,16 +224,16 @@ def test_npz_bombs_are_refused_without_unpacking(tmp_path, case, baseline_rss):
     tmpdir.mkdir()
     shape = {"declares 2.8 GiB": (3000, 1000, 1000), "declares 1 GiB": (1_370_000, 28, 28)}.get(
         case.split(" of")[0], (64, 28, 28))
-    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", compression=zipfile.ZIP_DEFLATED) as z:
-        with z.open("x.npy", "w", force_zip64=True) as w:
-            hdr = io.BytesIO()
-            np.lib.format.write_array_header_1_0(hdr, {"descr": "|u1", "fortran_order": False, "shape": shape})
-            w.write(hdr.getvalue())
-            left = int(np.prod(shape)) if case != "lies about its size" else 400 << 20
-            chunk = b"\0" * (16 << 20)
-            while left > 0:
-                w.write(chunk[: min(left, len(chunk))])
-                left -= len(chunk)
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", compression=zipfile.ZIP_DEFLATED) as z, \
+            z.open("x.npy", "w", force_zip64=True) as w:
+        hdr = io.BytesIO()
+        np.lib.format.write_array_header_1_0(hdr, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        w.write(hdr.getvalue())
+        left = int(np.prod(shape)) if case != "lies about its size" else 400 << 20
+        chunk = b"\0" * (16 << 20)
+        while left > 0:
+            w.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
     run = cli("encode", tmp_path / "bomb.npz", "-o", tmp_path / "z.npy", env={"TMPDIR": str(tmpdir)})
     assert "bomb.npz" in run.line and ("limit" in run.line or "truncated or corrupt" in run.line), run.line
     assert run.peak_mb < baseline_rss + 100 and run.seconds < 30, (run.peak_mb, run.seconds)
@@ -280,8 +280,7 @@ def test_gzip_bombs_in_the_data_folder_are_refused(tmp_path, mnist_dir, case, ba
 # --- 6. onnxruntime-web's files ------------------------------------------------------------------------
 
 def test_tampered_onnxruntime_web_files_never_reach_a_site(tmp_path, monkeypatch):
-    from vae_edge import VaeEdgeError
-    from vae_edge import web
+    from vae_edge import VaeEdgeError, web
 
     good = web.ort_web_dir()
     bad = tmp_path / "ort"

@@ -65,7 +65,8 @@ def ensure() -> Arm64Python:
     if qemu is None:
         raise SetupError("qemu-aarch64-static not found: apt-get install qemu-user-static")
     root = CACHE / "root"
-    if not (root / ".complete").is_file():
+    done = root / ".complete"
+    if not done.is_file() or done.read_text() != "\n".join(DEBS):  # made for another package list: rebuilt
         archs = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True, text=True).stdout
         if "arm64" not in archs.split():
             raise SetupError("dpkg has no arm64 architecture: dpkg --add-architecture arm64 && apt-get update")

@@ -1,7 +1,12 @@
 """A Python with the peer runtimes (ExecuTorch, LiteRT) for tests/test_peers.py: a virtual
-environment over this one (--system-site-packages: torch 2.13 and vae-edge come from here) with
-the `[peers]` pins installed, cached under ~/.cache/vae-edge/peers (or $VAE_EDGE_PEERS_CACHE).
-Kept apart from the main environment because the peers pull in their own pins of shared packages.
+environment over this one (torch 2.13 and vae-edge come from here, whether this is a virtualenv or
+a system-wide install: tools/envs.py) with the `[peers]` pins installed, cached under
+~/.cache/vae-edge/peers (or $VAE_EDGE_PEERS_CACHE). Kept apart from the main environment because
+the peers pull in their own pins of shared packages.
+
+The cache is keyed on everything the environment depends on: the pins, this interpreter, its site
+folders, and the vae-edge it must import (version, where it is installed, its package layout in
+pyproject.toml). An environment that no longer imports what the tests need is rebuilt.
 
     python tools/peers_env.py      # build it ahead (what .ci/run does)
 """
@@ -10,36 +15,57 @@ from __future__ import annotations
 
 import hashlib
 import os
-import site
 import subprocess
 import sys
-import sysconfig
-import venv
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.envs import env_python, make_child_env, parent_sites  # noqa: E402
 
 PINS = ["executorch==1.5.1", "ai-edge-litert==2.3.0", "litert-torch==0.10.0", "torch==2.13.0"]
 CACHE = Path(os.environ.get("VAE_EDGE_PEERS_CACHE", Path.home() / ".cache" / "vae-edge" / "peers"))
+ROOT = Path(__file__).resolve().parents[1]
+# What the tests import there: the peers, and vae-edge's own packages from this environment.
+PROBE = ("import executorch, ai_edge_litert, torch, vae_edge, vae_edge.runtime, vae_edge.export, vae_edge.train; "
+         "print(vae_edge.runtime.__file__)")
 
 
-def _parent_sites() -> list[str]:
-    """This interpreter's own site-packages: a virtualenv's, when it runs in one. The peers'
-    environment sees them after its own (a .pth file), so torch and vae-edge come from the
-    environment the tests run in, whether that is a virtualenv or a system-wide install."""
-    sites = list(site.getsitepackages()) + [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    return list(dict.fromkeys(s for s in sites if os.path.isdir(s)))
+def _vae_edge_fingerprint() -> str:
+    """Where this environment's vae-edge is and how it is laid out (not its code: an editable
+    install's edits need no rebuild)."""
+    try:
+        import vae_edge
+        import vae_edge.runtime as runtime
+
+        where = f"{vae_edge.__version__}|{vae_edge.__file__}|{runtime.__file__}"
+    except ImportError as e:
+        where = f"not importable: {e}"
+    layout = (ROOT / "pyproject.toml").read_bytes() if (ROOT / "pyproject.toml").is_file() else b""
+    return where + "|" + hashlib.sha256(layout).hexdigest()
+
+
+def env_key() -> str:
+    parts = PINS + [sys.version, sys.prefix, *parent_sites(), _vae_edge_fingerprint()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def _works(python: Path) -> bool:
+    res = subprocess.run([str(python), "-W", "ignore", "-c", PROBE], capture_output=True, text=True,
+                         cwd=str(CACHE.parent), timeout=300)
+    return res.returncode == 0
 
 
 def peers_python() -> Path:
-    key = hashlib.sha256(" ".join(PINS + [sys.version, sys.prefix]).encode()).hexdigest()[:12]
-    env = CACHE / f"venv-{key}"
-    python = env / "bin" / "python"
-    if (env / ".complete").is_file():
+    env = CACHE / f"venv-{env_key()}"
+    python = env_python(env)
+    if (env / ".complete").is_file() and _works(python):
         return python
-    venv.EnvBuilder(system_site_packages=True, clear=True, with_pip=True).create(env)
-    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    Path(own, "_vae_edge_parent.pth").write_text("\n".join(_parent_sites()) + "\n")
+    make_child_env(env, with_pip=True, clear=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINS], check=True)
+    if not _works(python):
+        res = subprocess.run([str(python), "-W", "ignore", "-c", PROBE], capture_output=True, text=True)
+        raise RuntimeError(f"the peers' environment {env} does not import what the tests need: "
+                           f"{(res.stderr.strip().splitlines() or ['?'])[-1]}")
     (env / ".complete").write_text(" ".join(PINS) + "\n")
     return python
 

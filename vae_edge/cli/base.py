@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vae_edge import VaeEdgeError, __version__, printable
+from vae_edge import VaeEdgeError, __version__, install_hint, printable
 
 
 class _Group(click.Group):
@@ -59,13 +59,8 @@ class _Group(click.Group):
                            f"{missing} is not importable: run from another folder, or `pip install -e .` here",
                            err=True)
                 ctx.exit(1)
-            extra = {"onnx": "export", "onnxscript": "export", "model_signing": "sign", "OpenSSL": "sign"}.get(
-                missing, "train")
-            click.echo(
-                f"Error: this command needs {missing}, which is not installed: "
-                f"pip install 'vae-edge[{extra}]'",
-                err=True,
-            )
+            click.echo(f"Error: this command needs {printable(missing, 100)}, which is not installed: "
+                       f"{install_hint(missing)}", err=True)
             ctx.exit(1)
         except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from vae_edge import VaeEdgeError
+from vae_edge import VaeEdgeError, install_hint
 
 
 def chromium_path() -> str:
@@ -31,7 +31,7 @@ def _playwright():
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
-        raise VaeEdgeError("the browser tools need playwright: pip install 'vae-edge[web]'") from None
+        raise VaeEdgeError(f"the browser tools need playwright: {install_hint('playwright')}") from None
     return Error, sync_playwright
 
 
