@@ -18,7 +18,7 @@ def main() -> None:
     t0 = time.perf_counter()
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly", "tests/test_reliability.py",
-         "tests/test_trust.py", "tests/test_security.py", "tests/test_properties.py",
+         "tests/test_trust.py", "tests/test_security.py", "tests/test_hostile.py", "tests/test_properties.py",
          "tests/test_cli.py::test_bad_input_corpus"],
         cwd=ROOT, capture_output=True, text=True,
     )

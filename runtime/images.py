@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import struct
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -290,7 +291,8 @@ def load_npz_member(path: str | os.PathLike, name: str = "x", what: str = "image
     with os.fdopen(fd, "rb") as f:
         try:
             z = zipfile.ZipFile(f)
-        except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+        except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError,
+                struct.error) as e:  # zipfile's own errors are of several kinds (fuzzing found each)
             raise VaeEdgeError(f"{path} is not a .npz archive: {printable(e, 200)}") from None
         with z:
             infos = z.infolist()
@@ -309,7 +311,8 @@ def load_npz_member(path: str | os.PathLike, name: str = "x", what: str = "image
             try:
                 with z.open(member) as src:
                     return read_npy_stream(src, member.file_size, f"{path}:{printable(member.filename, 60)}", what)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, struct.error,
+                    ValueError, OSError) as e:
                 raise VaeEdgeError(f"{path} is a damaged .npz archive: {printable(e, 200)}") from None
 
 

@@ -146,3 +146,27 @@ def test_a_missing_package_is_named_with_what_installs_it(tmp_path, missing, say
     assert res.returncode == 1, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and missing in lines[0] and says in lines[0], res.stderr
+
+
+def test_a_stale_peers_environment_is_not_reused(tmp_path, monkeypatch):
+    """The peers' environment is keyed on what it depends on (the project's layout among it), and
+    one that does not import what the tests need (made by an older revision, say) is rebuilt."""
+    from tools import peers_env
+
+    key = peers_env.env_key()
+    monkeypatch.setattr(peers_env, "ROOT", tmp_path)  # another layout: another key
+    assert peers_env.env_key() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(peers_env, "CACHE", tmp_path)
+    stale = tmp_path / f"venv-{peers_env.env_key()}"
+    (stale / "bin").mkdir(parents=True)
+    (stale / "bin" / "python").write_text("#!/bin/sh\necho 'No module named vae_edge.runtime' >&2; exit 1\n")
+    (stale / "bin" / "python").chmod(0o755)
+    (stale / ".complete").write_text("made by an older revision\n")
+
+    def rebuild(env, **kw):
+        raise RuntimeError(f"rebuilt {env}")
+
+    monkeypatch.setattr(peers_env, "make_child_env", rebuild)
+    with pytest.raises(RuntimeError, match="rebuilt"):
+        peers_env.peers_python()

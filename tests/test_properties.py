@@ -216,3 +216,73 @@ def _npy(descr: str, shape: tuple) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
     return buf.getvalue()
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(["x.npy", "y.npy", "../x.npy", "/abs/x.npy", "x", "a/x.npy"]),
+                          st.one_of(st.binary(max_size=120),
+                                    st.builds(lambda d, s, b: _npy(d, s) + b,
+                                              st.sampled_from(["<f4", "|u1", "<c8", "|O", "<f8"]),
+                                              st.lists(st.integers(0, 2**33), max_size=3).map(tuple),
+                                              st.binary(max_size=200)))),
+                min_size=0, max_size=4),
+       st.booleans(), st.integers(0, 400), st.integers(0, 255))
+def test_npz_from_arbitrary_members(members, deflate, at, byte):
+    """An archive of arbitrary members (names that point outside too), possibly with one byte
+    changed: images from the archive's own data, or one VaeEdgeError."""
+    import warnings
+    import zipfile
+
+    from vae_edge.runtime.images import images_from_npz
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "a.npz"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicate names
+            with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as z:
+                for name, data in members:
+                    z.writestr(name, data)
+        raw = bytearray(p.read_bytes())
+        if raw and byte:
+            raw[at % len(raw)] ^= byte
+        p.write_bytes(bytes(raw))
+        try:
+            x = images_from_npz(p)
+        except VaeEdgeError:
+            return
+    assert x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def vaez_file() -> tuple[object, bytes]:
+    from vae_edge.runtime import VAERuntime
+    from vae_edge.runtime.compress import compress
+
+    rt = VAERuntime.load("mlp-mnist")
+    x = (np.random.default_rng(0).random((6, 1, 28, 28)) < 0.2).astype(np.float32)
+    return rt, compress(rt, x)
+
+
+@SETTINGS
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 4]), st.booleans())
+def test_vaez_header_fuzz(vaez_file, at, value, width, fix_crc):
+    """Any header field overwritten with any value (the CRC recomputed, as an attacker would):
+    the original images, or one CompressError, quickly."""
+    import time
+    import zlib
+
+    from vae_edge.runtime.compress import CompressError, decompress
+
+    rt, data = vaez_file
+    raw = bytearray(data)
+    at = at % max(1, len(raw) - 4 - width)
+    raw[at:at + width] = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+    if fix_crc:
+        raw[-4:] = struct.pack("<I", zlib.crc32(bytes(raw[:-4])))
+    t0 = time.perf_counter()
+    try:
+        x = decompress(rt, bytes(raw))
+    except CompressError:
+        assert time.perf_counter() - t0 < 10
+        return
+    assert x.shape == (6, 1, 28, 28)
