@@ -13,6 +13,9 @@ Another adapter is a small `nn.Module` with the two methods around the user's mo
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -33,6 +36,81 @@ class DiffusersVAE(nn.Module):
 
     def decode(self, z: torch.Tensor):
         return ((self.vae.decode(z).sample + 1) / 2).clamp(0, 1)
+
+
+class DiffusionSpaceVAE(DiffusersVAE):
+    """An AutoencoderKL whose latents are those the diffusion model works in:
+    z = (mean - shift_factor) * scaling_factor, as diffusers' pipelines scale them, and decode(z)
+    = vae.decode(z / scaling_factor + shift_factor). A diffusion pipeline's latents decode to the
+    images diffusers' own `vae.decode` gives, and the N(0, I) prior is the diffusion model's."""
+
+    def __init__(self, vae: nn.Module, scaling_factor: float, shift_factor: float = 0.0):
+        super().__init__(vae)
+        self.scale, self.shift = float(scaling_factor), float(shift_factor)
+
+    def encode(self, x: torch.Tensor):
+        dist = self.vae.encode(2 * x - 1).latent_dist
+        return (dist.mean - self.shift) * self.scale, dist.logvar + 2 * math.log(self.scale)
+
+    def decode(self, z: torch.Tensor):
+        return ((self.vae.decode(z / self.scale + self.shift).sample + 1) / 2).clamp(0, 1)
+
+
+DIFFUSERS_CLASSES = ("AutoencoderKL",)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def diffusers_folder(folder, subfolder: str | None = None) -> tuple[Path, str | None, dict]:
+    """(folder, subfolder, config) of a diffusers VAE saved with save_pretrained: the folder itself,
+    or a pipeline folder's `vae/` (model_index.json beside it), or the subfolder named."""
+    from vae_edge.runtime.files import loads_json, read_regular
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VaeEdgeError(f"--diffusers {folder} is not a folder (a diffusers save_pretrained folder)")
+    if subfolder is None and not (folder / "config.json").is_file() and (folder / "model_index.json").is_file():
+        subfolder = "vae"  # a whole pipeline: its VAE
+    where = folder / subfolder if subfolder else folder
+    if not (where / "config.json").is_file():
+        raise VaeEdgeError(f"{where} has no config.json: give a folder written by diffusers' save_pretrained "
+                           "(or a pipeline folder, with --subfolder vae)")
+    try:
+        config = loads_json(read_regular(where / "config.json", "config", MAX_CONFIG_BYTES))
+    except ValueError as e:
+        raise VaeEdgeError(f"{where / 'config.json'} is not JSON ({e})") from None
+    cls = config.get("_class_name") if isinstance(config, dict) else None
+    if cls not in DIFFUSERS_CLASSES:
+        raise VaeEdgeError(f"{where} holds a {cls or 'model of no _class_name'}; vae-edge exports diffusers' "
+                           f"{', '.join(DIFFUSERS_CLASSES)}")
+    if not any(where.glob("*.safetensors")) and not any(where.glob("*.bin")):
+        raise VaeEdgeError(f"{where} has no weights (diffusion_pytorch_model.safetensors)")
+    return folder, subfolder, config
+
+
+def load_diffusers(folder, subfolder: str | None = None) -> tuple[nn.Module, dict]:
+    """A diffusers VAE folder -> (the protocol's module in the diffusion model's latent space, the
+    facts the manifest records). Read locally (no network), the way diffusers' from_pretrained reads it."""
+    folder, subfolder, config = diffusers_folder(folder, subfolder)
+    import diffusers
+
+    cls = getattr(diffusers, config["_class_name"])
+    try:
+        vae = cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True,
+                                  low_cpu_mem_usage=False).eval()  # (True needs accelerate, and says so)
+    except Exception as e:  # diffusers' own errors: one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise VaeEdgeError(f"diffusers could not load {folder}: {first}") from None
+    cfg = vae.config
+    scale = float(cfg.scaling_factor if cfg.get("scaling_factor") is not None else 1.0)
+    shift = float(cfg.shift_factor if cfg.get("shift_factor") is not None else 0.0)
+    size = int(cfg.sample_size[0] if isinstance(cfg.sample_size, (list, tuple)) else cfg.sample_size)
+    facts = {"class": config["_class_name"], "diffusers_version": config.get("_diffusers_version"),
+             "latent_space": "diffusion", "scaling_factor": scale, "shift_factor": shift,
+             "latent_channels": int(cfg.latent_channels), "in_channels": int(cfg.in_channels),
+             "sample_size": size, "spatial_factor": 2 ** (len(cfg.block_out_channels) - 1),
+             "force_upcast": bool(cfg.get("force_upcast", False)),
+             "source": str(Path(folder) / subfolder) if subfolder else str(folder)}
+    return DiffusionSpaceVAE(vae, scale, shift), facts
 
 
 class AttributesVAE(nn.Module):

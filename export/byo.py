@@ -159,7 +159,7 @@ def _specs(input_shape, latent_shape, likelihood: str, opset: int, learned: bool
 
 def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | os.PathLike,
                likelihood: str = "bernoulli", sigma: float | None = None, name: str | None = None,
-               opset: int = DEFAULT_OPSET, release: int = 1, log=None) -> Path:
+               opset: int = DEFAULT_OPSET, release: int = 1, log=None, diffusers: dict | None = None) -> Path:
     """The user's VAE -> a bundle at `out`, each graph validated against the module (batches of 2
     and 5, vae-edge's tolerance) and golden vectors recorded. Sign it with `vae-edge sign`."""
     log = log or logger.info
@@ -194,6 +194,11 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
             log(f"  validated {g} against the module at batch {', '.join(map(str, BYO_BATCH_SIZES))}: "
                 + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
         manifest = _manifest(name, release, input_shape, latent_shape, likelihood, sigma, specs, learned)
+        if diffusers:  # where the model came from, and its latent scaling (the runtime's --latent-space)
+            manifest["model"]["diffusers"] = diffusers
+            manifest["model"]["latent_scaling"] = {"space": diffusers["latent_space"],
+                                                   "scaling_factor": diffusers["scaling_factor"],
+                                                   "shift_factor": diffusers["shift_factor"]}
         entry = {"files": files, "dtype": "float32", "quantization": None, "weights_storage": "float32",
                  "validation": {"against": "pytorch (the user's module)", "batch_sizes": list(BYO_BATCH_SIZES),
                                 "max_abs_diff": validation}}

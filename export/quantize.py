@@ -124,8 +124,25 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], bs: int = 1000) -> list[np.ndarray]:
+BATCH_VALUES = 1000 * 784  # image values one calibration or evaluation run holds at most (1,000 MNIST digits)
+
+
+def images_per_batch(image_values: int, cap: int) -> int:
+    """Images per run for a model of images of `image_values` values: `cap` for small images,
+    down to one for large ones (a 512x512 Stable Diffusion VAE), so that the graphs' activations
+    stay within a laptop's memory: calibration and evaluation stream one batch at a time."""
+    return max(1, min(cap, BATCH_VALUES // max(1, int(image_values))))
+
+
+def image_values(manifest: dict) -> int:
+    return int(np.prod(manifest["model"].get("image_shape") or (1, 28, 28)))
+
+
+def _batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], bs: int = 1000,
+             values: int = 784) -> list[np.ndarray]:
+    """The graph run on `feeds` in batches (of at most bs images, fewer for large images)."""
     n = len(next(iter(feeds.values())))
+    bs = images_per_batch(values, bs)
     parts = [sess.run(None, {k: v[i : i + bs] for k, v in feeds.items()}) for i in range(0, n, bs)]
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
@@ -148,15 +165,15 @@ def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, 
         if _binarized(manifest):  # calibrate on what the model was trained on
             x = binarize(x, seed=qc.seed)
     enc_feeds = {"x": x, **({"y": y} if conditional else {})}
-    mu, logvar = _batched(_session(fp32_encoder), enc_feeds)
+    mu, logvar = _batched(_session(fp32_encoder), enc_feeds, values=image_values(manifest))
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
     half = len(z) // 2
     z[half:] = rng.standard_normal((len(z) - half, *z.shape[1:])).astype(np.float32)
     dec_feeds = {"z": z.astype(np.float32), **({"y": y} if conditional else {})}
 
     def cut(feeds):
-        n = len(next(iter(feeds.values())))
-        return [{k: v[i : i + batch] for k, v in feeds.items()} for i in range(0, n, batch)]
+        n, size = len(next(iter(feeds.values()))), images_per_batch(image_values(manifest), batch)
+        return [{k: v[i : i + size] for k, v in feeds.items()} for i in range(0, n, size)]
 
     return {"encoder": cut(enc_feeds), "decoder": cut(dec_feeds)}
 
@@ -204,6 +221,20 @@ def output_tail(path: Path) -> list[str]:
         if node.op_type not in WEIGHT_OPS:
             todo.extend(i for i in node.input if i and i not in initializers)
     return sorted(tail)
+
+
+NORM_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "BatchNormalization")
+
+
+def float_by_design(path: Path) -> list[str]:
+    """Nodes static int8 keeps in float: normalizations (onnxruntime's QDQ rewrite of a
+    GroupNorm's InstanceNormalization writes an invalid graph) and products of two activations
+    (attention's QK^T and AV: no weights to gain from, and the ranges of their inputs move with
+    the image)."""
+    g = onnx.load(str(path)).graph
+    weights = {i.name for i in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    return sorted(n.name for n in g.node if n.op_type in NORM_OPS
+                  or (n.op_type == "MatMul" and not any(i in weights for i in n.input)))
 
 
 def has_conv(path: Path) -> bool:
@@ -310,15 +341,16 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
     ref = variant_files(manifest, "fp32")
     x, y = data["x"], data["y"]
     extra = {"y": y} if cond else {}
-    mu_f, lv_f = _batched(_session(bundle / ref["encoder"]), {"x": x, **extra})[:2]
-    mu_q, lv_q = _batched(_session(paths["encoder"]), {"x": x, **extra})[:2]
+    values = image_values(manifest)
+    mu_f, lv_f = _batched(_session(bundle / ref["encoder"]), {"x": x, **extra}, values=values)[:2]
+    mu_q, lv_q = _batched(_session(paths["encoder"]), {"x": x, **extra}, values=values)[:2]
     eps = np.random.default_rng(seed).standard_normal(mu_f.shape).astype(np.float32)
     dec_f, dec_q = _session(bundle / ref["decoder"]), _session(paths["decoder"])
     model = manifest["model"]
 
     def decoded(sess, z) -> dict[str, np.ndarray]:
         names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, _batched(sess, {"z": z, **extra}), strict=True))
+        return dict(zip(names, _batched(sess, {"z": z, **extra}, values=values), strict=True))
 
     def neg_elbo(sess, mu, lv) -> float:
         out = decoded(sess, (mu + np.exp(0.5 * lv) * eps).astype(np.float32))
@@ -406,6 +438,7 @@ class _Job:
     calib: dict | None = None
     excluded: dict = field(default_factory=dict)  # graph -> layers in float, weights included
     tails: dict = field(default_factory=dict)  # graph -> output tail (static, float outputs)
+    by_design: dict = field(default_factory=dict)  # graph -> nodes static int8 keeps in float (float_by_design)
     tail_matmuls: dict = field(default_factory=dict)  # graph -> its MatMul/Gemm (int8 weights, float output)
     details: dict = field(default_factory=dict)
     user: UserData | None = None  # --calibration-data, split; None: MNIST
@@ -453,17 +486,32 @@ def _prepare(job: _Job) -> None:
         if job.methods[g] == "fp16":  # fp16 converts the original graph
             continue
         job.pre[g] = job.tmp / f"{g}.pre.onnx"
+        src = _without_value_info(job.src[g], job.tmp / f"{g}.novi.onnx")
         try:  # in the temp folder: a failing symbolic inference saves its model to the cwd
             with contextlib.chdir(job.tmp):
-                quant_pre_process(str(job.src[g].resolve()), str(job.pre[g].resolve()), skip_symbolic_shape=False)
+                quant_pre_process(str(src.resolve()), str(job.pre[g].resolve()), skip_symbolic_shape=False)
         except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs
             # (the one-hot planes of --cond-planes): ONNX's own shape inference suffices
-            quant_pre_process(str(job.src[g]), str(job.pre[g]), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(job.pre[g]), skip_symbolic_shape=True)
     qc = job.qc
     job.excluded = {g: list(qc.exclude.get(g, [])) for g in GRAPHS}
     job.tails = {g: output_tail(job.pre[g]) if job.methods[g] == "static" and qc.float_outputs else []
                  for g in GRAPHS}
     job.tail_matmuls = {g: _output_matmuls(job.pre[g], t) if t else [] for g, t in job.tails.items()}
+    job.by_design = {g: float_by_design(job.pre[g]) if job.methods[g] == "static" else [] for g in GRAPHS}
+
+
+def _without_value_info(src: Path, dst: Path) -> Path:
+    """The graph without its intermediate shape annotations. torch's exporter writes them for
+    every value; the quantizer's rewrites (diffusers' GroupNorm, reshaped to [N, groups, -1] and
+    back) leave some stale, and onnxruntime then fuses a QLinearConv against a wrong shape
+    ("Attribute dilations has incorrect size"). Shape inference writes them again, correctly."""
+    m = onnx.load(str(src))
+    if not len(m.graph.value_info):
+        return src
+    del m.graph.value_info[:]
+    onnx.save_model(m, str(dst), save_as_external_data=False)
+    return dst
 
 
 def _calibrate(job: _Job, data_dir) -> None:
@@ -506,7 +554,8 @@ def _build(job: _Job, g: str) -> None:
     excluded = job.excluded[g]
     if method == "static":
         try:  # onnxruntime's quantizer can fail on, or write an invalid graph from, some graphs
-            _static(pre, out, ArrayReader(job.calib[g]), qc, sorted(set(excluded) | set(job.tails[g])))
+            _static(pre, out, ArrayReader(job.calib[g]), qc,
+                    sorted(set(excluded) | set(job.tails[g]) | set(job.by_design[g])))
             ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -522,6 +571,8 @@ def _build(job: _Job, g: str) -> None:
         _fp16(job.src[g], out)
         d = {"method": "fp16", "io_types": "float32"}
     d["kept_in_float"] = sorted((set(excluded) | set(job.tails[g])) - set(d.get("float_output_int8_weights", [])))
+    if job.by_design.get(g) and method == "static":
+        d["float_by_design"] = job.by_design[g]
     if method != "fp16" and job.src[g] != job.bundle / job.ref[g]:
         # The fp32 graph stores fp16 values: the layers kept in float keep that storage
         # (lossless, and onnxruntime folds the Casts at load), else they would double in size.

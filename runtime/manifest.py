@@ -8,6 +8,7 @@ languages: docs/bundle.md and its JSON Schema, docs/bundle.schema.json.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -78,6 +79,9 @@ class ModelInfo:
     likelihood: str = "bernoulli"  # bernoulli (the decoder gives logits) | gaussian (its mean)
     sigma: float | None = None  # the Gaussian likelihood's fixed per-pixel standard deviation
     learned_sigma: bool = False  # Gaussian: the decoder also gives log_sigma per value (sigma is None)
+    # A diffusers VAE's latents are the diffusion model's: raw = z / latent_scale + latent_shift
+    latent_scale: float = 1.0
+    latent_shift: float = 0.0
 
     @property
     def mnist_like(self) -> bool:
@@ -165,9 +169,14 @@ def _model_info(model: Mapping) -> ModelInfo:
     learned = bool(model.get("learned_sigma"))
     if likelihood == "gaussian" and not learned and not (isinstance(sigma, (int, float)) and sigma > 0):
         raise ValueError("a gaussian likelihood needs a positive sigma (or a decoder that gives log_sigma)")
+    scaling = model.get("latent_scaling") or {}
+    scale, shift = float(scaling.get("scaling_factor", 1.0)), float(scaling.get("shift_factor", 0.0))
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(shift)):
+        raise ValueError(f"latent scaling {scale!r}, shift {shift!r}")
     return ModelInfo(arch=str(model["arch"]), latent_dim=d, conditional=bool(model.get("conditional", False)),
                      config=_frozen(model), image_shape=image, latent_shape=latent, likelihood=likelihood,
-                     sigma=None if sigma is None else float(sigma), learned_sigma=learned)
+                     sigma=None if sigma is None else float(sigma), learned_sigma=learned,
+                     latent_scale=scale, latent_shift=shift)
 
 
 def _prod(shape) -> int:

@@ -284,6 +284,23 @@ class VAERuntime:
         mu, logvar = self._enc_run(self._enc_out, feeds, None, copy)
         return mu, logvar
 
+    LATENT_SPACES = ("model", "raw")
+
+    def to_raw(self, z: np.ndarray, logvar: np.ndarray | None = None):
+        """The model's latents (a diffusers VAE's: the diffusion model's, scaled) -> the raw ones
+        its decoder network takes: z / scaling_factor + shift_factor (identity for other models);
+        with logvar, (z, logvar) both."""
+        m = self.info.model
+        raw = (np.asarray(z, np.float32) / np.float32(m.latent_scale) + np.float32(m.latent_shift)).astype(np.float32)
+        if logvar is None:
+            return raw
+        return raw, (np.asarray(logvar, np.float32) - np.float32(2 * math.log(m.latent_scale))).astype(np.float32)
+
+    def from_raw(self, z: np.ndarray) -> np.ndarray:
+        """The inverse of to_raw: raw latents -> the model's ((raw - shift) * scale)."""
+        m = self.info.model
+        return ((np.asarray(z, np.float32) - np.float32(m.latent_shift)) * np.float32(m.latent_scale)).astype(np.float32)
+
     def decode(self, z, y=None, logits: bool = False, copy: bool = True) -> np.ndarray:
         """z [B, *latent_shape] -> probabilities (the Gaussian mean) [B, C, H, W], or Bernoulli logits.
 

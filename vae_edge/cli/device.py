@@ -278,10 +278,13 @@ def load_inputs_with_names(inputs, data_dir, shape=(1, 28, 28)):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help=".npy file: mu [N, latent] (and logvar with --with-logvar).")
 @click.option("--with-logvar", is_flag=True, help="Save [2, N, latent]: mu and logvar.")
+@click.option("--latent-space", type=click.Choice(["model", "raw"]), default="model", show_default=True,
+              help="model: the bundle's latents (a diffusers VAE's: the diffusion model's, scaled); raw: unscaled, "
+                   "as the VAE's network gives them (z / scaling_factor + shift_factor).")
 @digit_option()
 @data_dir_option
 @with_runtime
-def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
+def encode(rt, inputs, output, with_logvar, latent_space, digit, data_dir) -> None:
     """Encode images to latent vectors (the posterior mean), saved as .npy.
 
     \b
@@ -294,6 +297,8 @@ def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
     out = check_output(output, (".npy",))
     x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape)
     mu, logvar = rt.encode(x, _labels_for(rt, labels, digit))
+    if latent_space == "raw":
+        mu, logvar = rt.to_raw(mu, logvar)
     arr = np.stack([mu, logvar]) if with_logvar else mu
     save_npy(arr, out)
     dims = "x".join(map(str, mu.shape[1:]))
@@ -303,9 +308,12 @@ def encode(rt, inputs, output, with_logvar, digit, data_dir) -> None:
 @click.command()
 @click.argument("latents", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output image (.png, .jpg): a grid; or .npy: the array.")
+@click.option("--latent-space", type=click.Choice(["model", "raw"]), default="model", show_default=True,
+              help="model: the bundle's latents (a diffusers VAE's: a diffusion pipeline's, scaled, which then "
+                   "decode as diffusers' vae.decode(z / scaling_factor + shift_factor)); raw: unscaled.")
 @digit_option()
 @with_runtime
-def decode(rt, latents, output, digit) -> None:
+def decode(rt, latents, output, latent_space, digit) -> None:
     """Decode latent vectors from a .npy file into an image grid.
 
     \b
@@ -324,6 +332,8 @@ def decode(rt, latents, output, digit) -> None:
     z = load_npy(latents, "latents")
     if z.ndim == len(rt.latent_shape) + 2 and z.shape[0] == 2:
         z = z[0]  # [mu, logvar] as written by `encode --with-logvar`
+    if latent_space == "raw":
+        z = rt.from_raw(z)
     images = rt.decode(z, _labels_for(rt, None, digit) if rt.conditional else None)
     save_picture_or_array(out, images, lambda: grid(images))
     done(f"{len(images)} images -> {out}", out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -24,6 +25,11 @@ from vae_edge.cli.base import (
               help="Your own VAE instead of a vae-edge checkpoint: FACTORY() in PATH.py returns a torch module "
                    "with encode(x) -> (mu, logvar) and decode(z) (docs/byo.md). PATH.py is imported and runs "
                    "as Python code with your permissions: pass only files you trust.")
+@click.option("--diffusers", "diffusers_dir", type=click.Path(file_okay=False), default=None,
+              help="A diffusers VAE folder (save_pretrained: config.json + safetensors) or a pipeline folder "
+                   "(its vae/): AutoencoderKL of SD 1.x/2.x, SDXL, SD3/Flux. Read locally, no network; no module "
+                   "file. Latents are the diffusion model's (scaled); --input-shape picks the image size.")
+@click.option("--subfolder", default=None, help="With --diffusers: the VAE's subfolder (default: vae/ of a pipeline).")
 @click.option("--encoder-onnx", type=click.Path(dir_okay=False), default=None,
               help="Graphs exported elsewhere, wrapped into a bundle (with --decoder-onnx; vae-edge's names: x -> mu, "
                    "logvar and z -> probs[, logits]).")
@@ -45,7 +51,7 @@ from vae_edge.cli.base import (
               help="Release number recorded in the (signed) manifest: devices given `--expect NAME@N` refuse "
                    "older releases (rollbacks). Raise it for every bundle you ship.")
 @data_dir_option
-def export(checkpoint, out, module, encoder_onnx, decoder_onnx, adapter, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
+def export(checkpoint, out, module, diffusers_dir, subfolder, encoder_onnx, decoder_onnx, adapter, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
            data_dir) -> None:
     """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
 
@@ -58,8 +64,14 @@ def export(checkpoint, out, module, encoder_onnx, decoder_onnx, adapter, weights
              vae-edge export --module my_vae.py:make --weights vae.pt --input-shape 3,32,32 \\
                  --likelihood gaussian --sigma 0.1 --out bundles/mine
     """
-    if sum(bool(a) for a in (checkpoint, module, encoder_onnx or decoder_onnx)) > 1:
-        raise click.UsageError("give one of a CHECKPOINT, --module, or --encoder-onnx with --decoder-onnx")
+    if sum(bool(a) for a in (checkpoint, module, diffusers_dir, encoder_onnx or decoder_onnx)) > 1:
+        raise click.UsageError("give one of a CHECKPOINT, --module, --diffusers, or --encoder-onnx with --decoder-onnx")
+    if subfolder and not diffusers_dir:
+        raise click.UsageError("--subfolder goes with --diffusers")
+    if diffusers_dir:
+        path = _export_diffusers(diffusers_dir, subfolder, input_shape, sigma, name, out, opset, release)
+        click.echo(f"bundle: {path}")
+        return
     if encoder_onnx or decoder_onnx:
         if not (encoder_onnx and decoder_onnx):
             raise click.UsageError("--encoder-onnx and --decoder-onnx go together")
@@ -70,7 +82,7 @@ def export(checkpoint, out, module, encoder_onnx, decoder_onnx, adapter, weights
         click.echo(f"bundle: {path}")
         return
     if (adapter or weights or input_shape) and not module:
-        raise click.UsageError("--adapter, --weights and --input-shape go with --module")
+        raise click.UsageError("--adapter, --weights and --input-shape go with --module (--input-shape with --diffusers too)")
     if module:
         path = _export_module(module, adapter, weights, input_shape, likelihood, sigma, name, out, opset, release)
     else:
@@ -83,16 +95,41 @@ def export(checkpoint, out, module, encoder_onnx, decoder_onnx, adapter, weights
     click.echo(f"bundle: {path}")
 
 
+DIFFUSERS_SIGMA = 0.05  # the decoder's image as a Gaussian mean: its assumed per-pixel deviation
+
+
+def _parse_shape(input_shape: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in input_shape.split(","))
+    except ValueError:
+        raise click.UsageError(f"--input-shape takes C,H,W such as 3,32,32, got {input_shape!r}") from None
+
+
+def _export_diffusers(folder, subfolder, input_shape, sigma, name, out, opset, release):
+    from vae_edge.export.adapters import load_diffusers
+    from vae_edge.export.byo import export_vae
+
+    model, facts = load_diffusers(folder, subfolder)
+    c, size, k = facts["in_channels"], facts["sample_size"], facts["spatial_factor"]
+    shape = _parse_shape(input_shape) if input_shape else (c, size, size)
+    if len(shape) != 3 or shape[0] != c or shape[1] % k or shape[2] % k or min(shape) < 1:
+        raise click.UsageError(f"--input-shape {','.join(map(str, shape))}: this VAE takes {c} channels and sides "
+                               f"that are multiples of {k}")
+    if sigma is None:
+        progress_log()(f"note: the decoder's image is taken as a Gaussian mean with sigma {DIFFUSERS_SIGMA} per "
+                       "value in [0, 1] (for -ELBO and score; pass --sigma to choose)")
+    return export_vae(model, shape, out, likelihood="gaussian", sigma=sigma or DIFFUSERS_SIGMA,
+                      name=name or Path(facts["source"]).resolve().name, opset=opset, release=release,
+                      log=progress_log(), diffusers=facts)
+
+
 def _export_module(spec: str, adapter, weights, input_shape, likelihood, sigma, name, out, opset, release):
     from vae_edge.export.adapters import adapt
     from vae_edge.export.byo import export_vae, load_module
 
     if not input_shape:
         raise click.UsageError("--module needs --input-shape C,H,W")
-    try:
-        shape = tuple(int(n) for n in input_shape.split(","))
-    except ValueError:
-        raise click.UsageError(f"--input-shape takes C,H,W such as 3,32,32, got {input_shape!r}") from None
+    shape = _parse_shape(input_shape)
     model = adapt(load_module(spec, weights), adapter)
     if adapter == "diffusers" and likelihood != "gaussian":
         raise click.UsageError("--adapter diffusers decodes an image (a Gaussian mean): pass --likelihood gaussian --sigma S")

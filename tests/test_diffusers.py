@@ -1,0 +1,135 @@
+"""Diffusers VAEs from their own folders (issue 31): `export --diffusers DIR` reads a
+save_pretrained folder or a pipeline's vae/ with no module file and no network; the bundle's
+latents are the diffusion model's (scaled, and shifted for the SD3/Flux kind), so a pipeline's
+latents decode to what diffusers' own `vae.decode` gives; static int8 keeps the convolutions int8.
+Small configurations of the real classes (random weights), at two image sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vae_edge.cli import cli
+from vae_edge.runtime import VAERuntime
+
+CONFIGS = {
+    # Stable Diffusion 1.x/2.x and SDXL: 4 channels, scaled by 0.18215 / 0.13025
+    "sd": dict(latent_channels=4, scaling_factor=0.18215, shift_factor=None),
+    # SD3 and Flux: 16 channels, shifted and scaled
+    "sd3": dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609),
+}
+
+
+def _save_kl(folder: Path, kind: str, pipeline: bool = False) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                        block_out_channels=(8, 16), norm_num_groups=4, sample_size=16, **CONFIGS[kind]).eval()
+    if pipeline:
+        vae.save_pretrained(folder / "vae")
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                            "vae": ["diffusers", "AutoencoderKL"]}))
+    else:
+        vae.save_pretrained(folder)
+    return vae
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sd", "sd3"])
+def test_a_diffusers_folder_exports_and_decodes_as_diffusers_does(tmp_path, kind):
+    vae = _save_kl(tmp_path / "pipe", kind, pipeline=True)
+    cfg = vae.config
+    shift = cfg.shift_factor or 0.0
+    for size in (16, 24):  # the config's sample size, and another multiple of 8
+        out = tmp_path / f"b{size}"
+        r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "pipe"), "--input-shape", f"3,{size},{size}",
+                                     "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        rt = VAERuntime.load(out, warn=lambda s: None)
+        m = json.loads((out / "manifest.json").read_text())["model"]
+        assert m["latent_scaling"] == {"space": "diffusion", "scaling_factor": cfg.scaling_factor,
+                                       "shift_factor": shift}
+        assert m["diffusers"]["class"] == "AutoencoderKL" and rt.latent_shape == (cfg.latent_channels, size // 2, size // 2)
+        # a diffusion pipeline's latents -> the image diffusers' own decode gives (as its pipelines call it)
+        latents = np.random.default_rng(1).standard_normal((2, *rt.latent_shape), dtype=np.float32)
+        with torch.no_grad():
+            want = vae.decode(torch.from_numpy(latents) / cfg.scaling_factor + shift).sample
+        want = ((want + 1) / 2).clamp(0, 1).numpy()
+        assert np.max(np.abs(rt.decode(latents) - want)) < 1e-4
+        # an image -> the latents a pipeline would make of it ((mean - shift) * scale)
+        x = np.random.default_rng(2).random((2, 3, size, size), dtype=np.float32)
+        with torch.no_grad():
+            dist = vae.encode(torch.from_numpy(2 * x - 1)).latent_dist
+        mu, logvar = rt.encode(x)
+        assert np.max(np.abs(mu - ((dist.mean - shift) * cfg.scaling_factor).numpy())) < 1e-4
+        raw, raw_logvar = rt.to_raw(mu, logvar)
+        assert np.max(np.abs(raw - dist.mean.numpy())) < 1e-4 and np.max(np.abs(raw_logvar - dist.logvar.numpy())) < 1e-4
+        assert np.max(np.abs(rt.from_raw(raw) - mu)) < 1e-5
+    # the CLI's --latent-space: raw latents in and out
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(cli, ["encode", str(tmp_path / "x.npy"), "--bundle", str(out), "--latent-space", "raw",
+                                 "-o", str(tmp_path / "raw.npy")])
+    assert r.exit_code == 0, r.output
+    assert np.max(np.abs(np.load(tmp_path / "raw.npy") - dist.mean.numpy())) < 1e-4
+    r = CliRunner().invoke(cli, ["decode", str(tmp_path / "raw.npy"), "--bundle", str(out), "--latent-space", "raw",
+                                 "-o", str(tmp_path / "img.npy")])
+    assert r.exit_code == 0, r.output
+    with torch.no_grad():
+        want = ((vae.decode(dist.mean).sample + 1) / 2).clamp(0, 1).numpy()
+    assert np.max(np.abs(np.load(tmp_path / "img.npy") - want)) < 1e-4
+
+
+def test_a_folder_that_is_not_a_diffusers_vae_is_refused_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    for folder, says in ((tmp_path / "empty", "has no config.json"), (tmp_path / "unet", "UNet2DConditionModel"),
+                         (tmp_path / "none", "is not a folder")):
+        r = CliRunner().invoke(cli, ["export", "--diffusers", str(folder), "--out", str(tmp_path / "b")])
+        assert r.exit_code != 0 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_static_int8_of_autoencoderkl_makes_its_convolutions_int8(tmp_path):
+    """onnxruntime's static quantizer used to fail on AutoencoderKL (stale shape annotations of
+    the exported GroupNorm; its InstanceNormalization in QDQ): now every convolution of both graphs
+    runs on int8 weights and activations, the normalizations and attention's activation products
+    in float, and no fall-back to dynamic int8."""
+    _save_kl(tmp_path / "vae", "sd")
+    r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "vae"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    np.save(tmp_path / "calib.npy", np.random.default_rng(5).random((32, 3, 16, 16), dtype=np.float32))
+    r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "b"), "--mode", "static", "--calibration-data",
+                                 str(tmp_path / "calib.npy")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    entry = manifest["variants"]["int8-static"]
+    for g in ("encoder", "decoder"):
+        assert entry["quantization"]["graphs"][g]["method"] == "static"
+        graph = onnx.load(str(tmp_path / "b" / entry["files"][g])).graph
+        int8 = {i.name for i in graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+        producer = {o: n for n in graph.node for o in n.output}
+        kept = set(entry["quantization"]["graphs"][g]["kept_in_float"])  # the output tail: float outputs
+        convs = [n for n in graph.node if n.op_type == "Conv" and n.name not in kept]
+        assert len(convs) >= len([n for n in graph.node if n.op_type == "Conv"]) - 2 >= 5, kept
+        for conv in convs:  # weights: DequantizeLinear of an int8 tensor; input: a QDQ pair
+            w, x = producer.get(conv.input[1]), producer.get(conv.input[0])
+            assert w is not None and w.op_type == "DequantizeLinear" and w.input[0] in int8, conv.name
+            assert x is not None and x.op_type == "DequantizeLinear", conv.name
+        assert any(n.op_type == "InstanceNormalization" for n in graph.node)
+        assert entry["quantization"]["graphs"][g]["float_by_design"]
+    sizes = {v: sum(manifest["files"][f]["size"] for f in manifest["variants"][v]["files"].values())
+             for v in ("fp32", "int8-static")}
+    assert sizes["int8-static"] < 0.35 * sizes["fp32"], sizes
+    rt = VAERuntime.load(tmp_path / "b", variant="int8-static", warn=lambda s: None)
+    assert np.all(np.isfinite(rt.decode(np.zeros((1, *rt.latent_shape), np.float32))))
