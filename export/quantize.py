@@ -292,11 +292,97 @@ def _output_matmuls(path: Path, tail: list[str]) -> list[str]:
     return [n for n in tail if ops.get(n) in DYNAMIC_OPS]
 
 
-def _fp16(src: Path, dst: Path) -> None:
+FP16_MAX = 65504.0
+FP16_HEADROOM = 4.0  # a value seen within 4x of fp16's largest keeps its node in fp32 (inputs vary)
+
+
+def activation_ranges(src: Path, reader: ArrayReader, scratch: Path) -> dict[str, float]:
+    """The largest |value| of every float tensor of the graph over the calibration data, in fp32
+    (onnxruntime's min-max calibrator: only the reduced extremes are kept, batch by batch)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    reader.rewind()
+    scratch.mkdir(parents=True, exist_ok=True)
+    cal = create_calibrator(str(src), None, augmented_model_path=str(scratch / "ranges.onnx"),
+                            calibrate_method=CalibrationMethod.MinMax)
+    cal.collect_data(reader)
+    out = {}
+    for name, r in cal.compute_data().items():
+        lo, hi = (r.range_value if hasattr(r, "range_value") else r)
+        out[name] = float(max(np.max(np.abs(lo)), np.max(np.abs(hi))))
+    return out
+
+
+def overflow_nodes(src: Path, ranges: dict[str, float], limit: float = FP16_MAX / FP16_HEADROOM) -> list[str]:
+    """Nodes that must stay in fp32 for fp16 not to overflow: those producing or consuming a
+    tensor whose range comes within FP16_HEADROOM of fp16's largest value (SDXL's VAE decoder is
+    the known case: its activations pass 65504 and fp16 gives inf, then NaN)."""
+    big = {t for t, v in ranges.items() if not np.isfinite(v) or v >= limit}
+    return sorted({n.name for n in onnx.load(str(src)).graph.node
+                   if big & set(n.output) or big & set(n.input)})
+
+
+def _fp16(src: Path, dst: Path, block: list[str] | None = None) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, node_block_list=block or None)
+    _skip_fp16_round_trips(model.graph)
+    _topological(model.graph)  # the converter appends its input casts last; ONNX wants producers first
     onnx.save_model(model, str(dst), save_as_external_data=False)
+
+
+def _skip_fp16_round_trips(graph) -> None:
+    """Between two nodes kept in fp32 the converter casts to fp16 and back, which is exactly the
+    overflow the nodes were kept for: the fp32 reader takes the fp32 value directly instead."""
+    to_fp16 = {n.output[0]: n.input[0] for n in graph.node
+               if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)}
+    alias = {}
+    for n in graph.node:
+        if (n.op_type == "Cast" and n.input[0] in to_fp16
+                and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)):
+            alias[n.output[0]] = to_fp16[n.input[0]]  # fp32 -> fp16 -> fp32: the first fp32 value
+    if not alias:
+        return
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name in alias:
+                n.input[k] = alias[name]
+    outputs = {o.name for o in graph.output}
+    while True:  # drop what no longer feeds anything
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and not set(n.output) & used]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+
+
+def _topological(graph) -> None:
+    """Reorder a graph's nodes so every node comes after the producers of its inputs (stable)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    nodes, ordered = list(graph.node), []
+    while nodes:
+        ready = [n for n in nodes if all(i in known for i in n.input)]
+        if not ready:  # a cycle or a dangling input: leave the rest as it was
+            ordered += nodes
+            break
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        nodes = [n for n in nodes if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def check_finite(path: Path, batches: list[dict[str, np.ndarray]], g: str) -> None:
+    """Every output of the graph at `path` finite on the calibration data, or one line."""
+    sess = _session(path)
+    for feeds in batches:
+        for o, v in zip(sess.get_outputs(), sess.run(None, feeds), strict=True):
+            if not np.all(np.isfinite(v)):
+                raise VaeEdgeError(f"fp16 gives non-finite values in the {g}'s {o.name} on the calibration data even "
+                                   "with its overflowing layers in fp32: keep fp32 for this model, or use "
+                                   "--mode static (int8)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,10 +601,11 @@ def _without_value_info(src: Path, dst: Path) -> Path:
 
 
 def _calibrate(job: _Job, data_dir) -> None:
-    if "static" in job.methods.values():
+    if {"static", "fp16"} & set(job.methods.values()):
         what = (f"{min(job.qc.calibration_size, len(job.user.calibration))} of {job.user.described}" if job.user
                 else f"{job.qc.calibration_size} MNIST training images")
-        job.log(f"calibrating on {what} ({job.qc.method})")
+        how = job.qc.method if "static" in job.methods.values() else "activation ranges for fp16"
+        job.log(f"calibrating on {what} ({how})")
         job.calib = calibration_batches(job.manifest, job.bundle / job.ref["encoder"], job.qc, data_dir,
                                         user=job.user)
 
@@ -568,8 +655,14 @@ def _build(job: _Job, g: str) -> None:
     elif method == "dynamic":
         d = {"method": "dynamic", "op_types": _dynamic(pre, out, qc, excluded)}
     else:
-        _fp16(job.src[g], out)
-        d = {"method": "fp16", "io_types": "float32"}
+        ranges = activation_ranges(_without_value_info(job.src[g], job.tmp / f"{g}.novi.onnx"),
+                                   ArrayReader(job.calib[g]), job.tmp / f"{g}.ranges")
+        block = overflow_nodes(job.src[g], ranges)
+        _fp16(job.src[g], out, block)
+        check_finite(out, job.calib[g], g)
+        d = {"method": "fp16", "io_types": "float32",
+             "overflow_guard": {"largest_activation": max(ranges.values(), default=0.0),
+                                "limit": FP16_MAX / FP16_HEADROOM, "kept_in_fp32": block}}
     d["kept_in_float"] = sorted((set(excluded) | set(job.tails[g])) - set(d.get("float_output_int8_weights", [])))
     if job.by_design.get(g) and method == "static":
         d["float_by_design"] = job.by_design[g]

@@ -133,3 +133,58 @@ def test_static_int8_of_autoencoderkl_makes_its_convolutions_int8(tmp_path):
     assert sizes["int8-static"] < 0.35 * sizes["fp32"], sizes
     rt = VAERuntime.load(tmp_path / "b", variant="int8-static", warn=lambda s: None)
     assert np.all(np.isfinite(rt.decode(np.zeros((1, *rt.latent_shape), np.float32))))
+
+
+class _OverflowingVAE(torch.nn.Module):
+    """A decoder whose activations pass fp16's 65504 before a GroupNorm brings them back, as SDXL's
+    VAE decoder's do (madebyollin's sdxl-vae-fp16-fix retrains it for that reason)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = torch.nn.Conv2d(3, 8, 4, stride=2, padding=1)
+        self.dec = torch.nn.Conv2d(4, 16, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(4, 16)
+        self.up = torch.nn.ConvTranspose2d(16, 3, 4, stride=2, padding=1)
+
+    def encode(self, x):
+        return self.enc(x).chunk(2, dim=1)
+
+    def decode(self, z):
+        h = self.dec(z) * 1e5  # (a product onnxruntime's CPU kernels compute in fp16 itself)
+        return torch.sigmoid(self.up(torch.nn.functional.silu(self.norm(h + h))))
+
+
+def _strict_fp16(path: Path, z: np.ndarray) -> np.ndarray:
+    """A graph run with every fp16 tensor really in fp16 (onnx's reference evaluator, numpy):
+    onnxruntime's CPU kernels compute most fp16 nodes in fp32 and drop the casts between them, so
+    they never show the overflow a GPU or an NPU gives."""
+    from onnx.reference import ReferenceEvaluator
+
+    with np.errstate(all="ignore"):
+        return ReferenceEvaluator(str(path)).run(None, {"z": z})[-1]
+
+
+@pytest.mark.slow
+def test_fp16_keeps_overflowing_layers_in_fp32(tmp_path):
+    from vae_edge.export import quantize as q
+    from vae_edge.export.byo import export_vae
+
+    export_vae(_OverflowingVAE(), (3, 16, 16), tmp_path / "b", likelihood="gaussian", sigma=0.1)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(5).random((32, 3, 16, 16), dtype=np.float32))
+    z = np.random.default_rng(3).standard_normal((4, 4, 8, 8), dtype=np.float32)
+    # the premise: fp32 activations past fp16's range, so a plain conversion gives inf, then NaN
+    q._fp16(tmp_path / "b" / "decoder.onnx", tmp_path / "plain.fp16.onnx")
+    assert not np.all(np.isfinite(_strict_fp16(tmp_path / "plain.fp16.onnx", z)))
+    r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "b"), "--mode", "fp16", "--calibration-data",
+                                 str(tmp_path / "calib.npy")])
+    assert r.exit_code == 0, r.output
+    entry = json.loads((tmp_path / "b" / "manifest.json").read_text())["variants"]["fp16"]
+    guard = entry["quantization"]["graphs"]["decoder"]["overflow_guard"]
+    assert guard["largest_activation"] > 65504 and guard["kept_in_fp32"], guard
+    assert not entry["quantization"]["graphs"]["encoder"]["overflow_guard"]["kept_in_fp32"]
+    fp32 = VAERuntime.load(tmp_path / "b", warn=lambda s: None).decode(z)
+    strict = _strict_fp16(tmp_path / "b" / entry["files"]["decoder"], z)
+    assert np.all(np.isfinite(strict)) and np.max(np.abs(strict - fp32)) < 0.02
+    fp16 = VAERuntime.load(tmp_path / "b", variant="fp16", warn=lambda s: None).decode(z)
+    assert np.all(np.isfinite(fp16)) and np.max(np.abs(fp16 - fp32)) < 0.02
