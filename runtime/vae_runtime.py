@@ -20,7 +20,7 @@ from vae_edge.runtime.calls import GraphCall
 from vae_edge.runtime.choice import auto_candidates
 from vae_edge.runtime.denoise import noise_loglik, parse_noise  # noqa: F401  (re-exported)
 from vae_edge.runtime.graphcheck import GraphError, check_io
-from vae_edge.runtime.manifest import Manifest
+from vae_edge.runtime.manifest import MAX_IMAGE_VALUES, Manifest
 from vae_edge.runtime.mathops import (  # noqa: F401
     bce_with_logits,
     decoder_nll,
@@ -31,6 +31,7 @@ from vae_edge.runtime.mathops import (  # noqa: F401
     log_normal,
     logsumexp,
 )
+from vae_edge.runtime.tiles import tiled
 
 logger = logging.getLogger(__name__)
 
@@ -279,10 +280,35 @@ class VAERuntime:
         copy=False: for batches of at most 16, return the runtime's own output buffers, which the
         next call with the same batch size overwrites (saves a copy per call; for loops that use
         each result before the next call)."""
+        if self._larger(x, self.image_shape):  # an image larger than the graph's: in overlapping tiles
+            f = self._tile_factor("image", np.shape(x))
+            return tiled(lambda t: self.encode(t, y), np.asarray(x, np.float32), self.latent_shape[1:], f, 1)
         x = self._images(x)
         feeds = {"x": x} if y is None and not self.conditional else {"x": x, **self._labels(y, len(x))}
         mu, logvar = self._enc_run(self._enc_out, feeds, None, copy)
         return mu, logvar
+
+    # -- tiles: larger images and latents than the graphs' own -----------------------------
+    def _larger(self, a, shape: tuple[int, ...]) -> bool:
+        """a is a batch of spatial arrays with shape's channels and more rows or columns than it."""
+        s = np.shape(a)
+        return (len(self.latent_shape) == 3 and len(s) == 4 and s[1] == shape[0] and s[2:] != tuple(shape[1:])
+                and s[2] >= shape[1] and s[3] >= shape[2])
+
+    def _tile_factor(self, what: str, s: tuple[int, ...]) -> int:
+        """Pixels per latent cell, when the graphs tile (spatial latents, the same factor both ways)."""
+        (_, h_img, w_img), (_, h, w) = self.image_shape, self.latent_shape
+        if h_img % h or w_img % w or h_img // h != w_img // w:
+            raise VaeEdgeError(f"{what}s of {list(s[1:])} are larger than this bundle's graphs take, and its "
+                               "latents are not a fixed scale of its images: they cannot be tiled")
+        f = h_img // h
+        per = s[2] * s[3] * (s[1] if what == "image" else self.image_shape[0] * f * f)
+        if per > MAX_IMAGE_VALUES:
+            raise VaeEdgeError(f"{what}s of {list(s[1:])} would give images of {per:,} values, over the "
+                               f"{MAX_IMAGE_VALUES:,} of one image")
+        if what == "image" and (s[2] % f or s[3] % f):
+            raise VaeEdgeError(f"images of {s[2]}x{s[3]}: sides must be multiples of {f} for this model")
+        return f
 
     LATENT_SPACES = ("model", "raw")
 
@@ -305,6 +331,10 @@ class VAERuntime:
         """z [B, *latent_shape] -> probabilities (the Gaussian mean) [B, C, H, W], or Bernoulli logits.
 
         copy=False: as for encode, the runtime's own buffer at batches of at most 16."""
+        if self._larger(z, self.latent_shape):  # larger latents than the graph's: in overlapping tiles
+            f = self._tile_factor("latent", np.shape(z))
+            return tiled(lambda t: (self.decode(t, y, logits=logits),), np.asarray(z, np.float32),
+                         self.latent_shape[1:], 1, f)[0]
         # Fast path for a well-formed float32 batch: attribute checks and one dot product
         # (non-finite if any element is NaN/inf; the exact check runs only then).
         if not (type(z) is np.ndarray and z.dtype == np.float32 and z.ndim == 2 and z.shape[0]
