@@ -56,7 +56,23 @@ class DiffusionSpaceVAE(DiffusersVAE):
         return ((self.vae.decode(z / self.scale + self.shift).sample + 1) / 2).clamp(0, 1)
 
 
-DIFFUSERS_CLASSES = ("AutoencoderKL",)
+class TinyDiffusionVAE(nn.Module):
+    """diffusers.AutoencoderTiny (TAESD) -> the protocol: its encoder is deterministic, so
+    encode(x) gives the latents alone (no invented variance: the bundle records the posterior as
+    deterministic); its latents are already the diffusion model's (scaling_factor 1)."""
+
+    def __init__(self, vae: nn.Module, scaling_factor: float = 1.0, shift_factor: float = 0.0):
+        super().__init__()
+        self.vae, self.scale, self.shift = vae, float(scaling_factor), float(shift_factor)
+
+    def encode(self, x: torch.Tensor):
+        return (self.vae.encode(2 * x - 1).latents - self.shift) * self.scale
+
+    def decode(self, z: torch.Tensor):
+        return ((self.vae.decode(z / self.scale + self.shift).sample + 1) / 2).clamp(0, 1)
+
+
+DIFFUSERS_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -103,14 +119,17 @@ def load_diffusers(folder, subfolder: str | None = None) -> tuple[nn.Module, dic
     cfg = vae.config
     scale = float(cfg.scaling_factor if cfg.get("scaling_factor") is not None else 1.0)
     shift = float(cfg.shift_factor if cfg.get("shift_factor") is not None else 0.0)
-    size = int(cfg.sample_size[0] if isinstance(cfg.sample_size, (list, tuple)) else cfg.sample_size)
+    size = cfg.get("sample_size") or 512  # AutoencoderTiny's config has none: SD's 512
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    tiny = config["_class_name"] == "AutoencoderTiny"
+    factor = int(cfg.get("upsampling_scaling_factor", 2)) ** (len(cfg.block_out_channels) - 1)
     facts = {"class": config["_class_name"], "diffusers_version": config.get("_diffusers_version"),
              "latent_space": "diffusion", "scaling_factor": scale, "shift_factor": shift,
              "latent_channels": int(cfg.latent_channels), "in_channels": int(cfg.in_channels),
-             "sample_size": size, "spatial_factor": 2 ** (len(cfg.block_out_channels) - 1),
-             "force_upcast": bool(cfg.get("force_upcast", False)),
+             "sample_size": size, "spatial_factor": factor, "force_upcast": bool(cfg.get("force_upcast", False)),
+             "posterior": "deterministic" if tiny else "gaussian",
              "source": str(Path(folder) / subfolder) if subfolder else str(folder)}
-    return DiffusionSpaceVAE(vae, scale, shift), facts
+    return (TinyDiffusionVAE if tiny else DiffusionSpaceVAE)(vae, scale, shift), facts
 
 
 class AttributesVAE(nn.Module):

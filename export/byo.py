@@ -45,7 +45,10 @@ class _Encoder(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        mu, logvar = self.model.encode(x)
+        out = self.model.encode(x)
+        if isinstance(out, torch.Tensor):  # a deterministic encoder (TAESD): the latents alone
+            return (out,)
+        mu, logvar = out
         return mu, logvar
 
 
@@ -111,9 +114,9 @@ def load_module(spec: str, weights: str | os.PathLike | None = None) -> nn.Modul
     return model
 
 
-def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[tuple[int, ...], bool]:
-    """(the latent shape, whether decode gives (mean, log_sigma)), from one call of each method;
-    one line on what is wrong otherwise."""
+def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[tuple[int, ...], bool, bool]:
+    """(the latent shape, whether decode gives (mean, log_sigma), whether encode is deterministic:
+    one tensor, no variance), from one call of each method; one line on what is wrong otherwise."""
     for name in ("encode", "decode"):
         if not callable(getattr(model, name, None)):
             raise VaeEdgeError(f"the model has no {name}() method: it must have encode(x) -> (mu, logvar) and "
@@ -121,8 +124,11 @@ def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tupl
     x = torch.rand(2, *input_shape)
     with torch.no_grad():
         out = _call(model.encode, x, "encode", input_shape)
+        deterministic = isinstance(out, torch.Tensor)
+        if deterministic:
+            out = (out, out)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise VaeEdgeError("encode(x) must return (mu, logvar)")
+            raise VaeEdgeError("encode(x) must return (mu, logvar), or the latents alone for a deterministic encoder")
         mu, logvar = out
         if mu.shape != logvar.shape or mu.shape[0] != 2:
             raise VaeEdgeError(f"encode(x) gave mu {list(mu.shape)} and logvar {list(logvar.shape)}: they must "
@@ -134,7 +140,7 @@ def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tupl
     img = img[0] if learned else img
     if tuple(img.shape) != (2, *input_shape):
         raise VaeEdgeError(f"decode(z) gave {list(img.shape)}, not [N, {', '.join(map(str, input_shape))}]")
-    return tuple(int(n) for n in mu.shape[1:]), learned
+    return tuple(int(n) for n in mu.shape[1:]), learned, deterministic
 
 
 def _call(fn, arg, what: str, input_shape):
@@ -146,14 +152,16 @@ def _call(fn, arg, what: str, input_shape):
                            f"(is --input-shape right?): {type(e).__name__}: {first}") from None
 
 
-def _specs(input_shape, latent_shape, likelihood: str, opset: int, learned: bool = False) -> dict[str, GraphSpec]:
+def _specs(input_shape, latent_shape, likelihood: str, opset: int, learned: bool = False,
+           deterministic: bool = False) -> dict[str, GraphSpec]:
     image, latent = ("batch", *input_shape), ("batch", *latent_shape)
     outputs = ((TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image))
                if likelihood == "bernoulli" else (TensorSpec("probs", "float32", image),))
     if learned:
         outputs = (TensorSpec("probs", "float32", image), TensorSpec("log_sigma", "float32", image))
-    return {"encoder": GraphSpec("encoder", (TensorSpec("x", "float32", image),),
-                                 (TensorSpec("mu", "float32", latent), TensorSpec("logvar", "float32", latent)), opset),
+    posterior = ((TensorSpec("mu", "float32", latent),) if deterministic
+                 else (TensorSpec("mu", "float32", latent), TensorSpec("logvar", "float32", latent)))
+    return {"encoder": GraphSpec("encoder", (TensorSpec("x", "float32", image),), posterior, opset),
             "decoder": GraphSpec("decoder", (TensorSpec("z", "float32", latent),), outputs, opset)}
 
 
@@ -171,14 +179,14 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
     out = Path(out)
     check_bundle_out(out)
     model = model.eval()
-    latent_shape, learned = _check_protocol(model, input_shape)
+    latent_shape, learned, deterministic = _check_protocol(model, input_shape)
     if learned and (likelihood != "gaussian" or sigma is not None):
         raise VaeEdgeError("decode(z) returns (mean, log_sigma): a Gaussian with its own variance; export it with "
                            "--likelihood gaussian and no --sigma")
     if not learned:
         _check_likelihood(likelihood, sigma)
     name = name or type(model).__name__.lower()
-    specs = _specs(input_shape, latent_shape, likelihood, opset, learned)
+    specs = _specs(input_shape, latent_shape, likelihood, opset, learned, deterministic)
     wrappers = {"encoder": _Encoder(model), "decoder": _Decoder(model, likelihood)}
     rng = np.random.default_rng(0)
     feeds = {"encoder": {b: {"x": rng.random((b, *input_shape), dtype=np.float32)} for b in BYO_BATCH_SIZES},
@@ -194,6 +202,8 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
             log(f"  validated {g} against the module at batch {', '.join(map(str, BYO_BATCH_SIZES))}: "
                 + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
         manifest = _manifest(name, release, input_shape, latent_shape, likelihood, sigma, specs, learned)
+        if deterministic:  # no variance is invented: what needs one (score, the ELBO) says so
+            manifest["model"]["posterior"] = "deterministic"
         if diffusers:  # where the model came from, and its latent scaling (the runtime's --latent-space)
             manifest["model"]["diffusers"] = diffusers
             manifest["model"]["latent_scaling"] = {"space": diffusers["latent_space"],

@@ -165,7 +165,7 @@ def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, 
         if _binarized(manifest):  # calibrate on what the model was trained on
             x = binarize(x, seed=qc.seed)
     enc_feeds = {"x": x, **({"y": y} if conditional else {})}
-    mu, logvar = _batched(_session(fp32_encoder), enc_feeds, values=image_values(manifest))
+    mu, logvar = _posterior(_batched(_session(fp32_encoder), enc_feeds, values=image_values(manifest)))
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
     half = len(z) // 2
     z[half:] = rng.standard_normal((len(z) - half, *z.shape[1:])).astype(np.float32)
@@ -421,6 +421,11 @@ def selection_set(manifest: dict, data_dir, n: int) -> dict[str, np.ndarray]:
     return eval_set(manifest, data_dir, n, split="train")
 
 
+def _posterior(outs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, logvar) of an encoder's outputs; a deterministic encoder's (mu alone) has logvar -inf."""
+    return (outs[0], outs[1]) if len(outs) > 1 else (outs[0], np.full_like(outs[0], -np.inf))
+
+
 def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data: dict, seed: int = 0) -> dict:
     """Encoder mu max diff, decoder probs max diff and PSNR, end-to-end test -ELBO delta (nats)."""
     cond = manifest["model"]["conditional"]
@@ -428,8 +433,9 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
     x, y = data["x"], data["y"]
     extra = {"y": y} if cond else {}
     values = image_values(manifest)
-    mu_f, lv_f = _batched(_session(bundle / ref["encoder"]), {"x": x, **extra}, values=values)[:2]
-    mu_q, lv_q = _batched(_session(paths["encoder"]), {"x": x, **extra}, values=values)[:2]
+    deterministic = manifest["model"].get("posterior") == "deterministic"
+    mu_f, lv_f = _posterior(_batched(_session(bundle / ref["encoder"]), {"x": x, **extra}, values=values))
+    mu_q, lv_q = _posterior(_batched(_session(paths["encoder"]), {"x": x, **extra}, values=values))
     eps = np.random.default_rng(seed).standard_normal(mu_f.shape).astype(np.float32)
     dec_f, dec_q = _session(bundle / ref["decoder"]), _session(paths["decoder"])
     model = manifest["model"]
@@ -441,6 +447,8 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
     def neg_elbo(sess, mu, lv) -> float:
         out = decoded(sess, (mu + np.exp(0.5 * lv) * eps).astype(np.float32))
         nll = decoder_nll(out, x, model.get("likelihood", "bernoulli"), model.get("sigma"))
+        if deterministic:  # no posterior: the reconstruction's -log p(x | z = mu) alone
+            return float(np.mean(nll))
         return float(np.mean(nll + kl_to_prior(mu.reshape(len(mu), -1), lv.reshape(len(lv), -1))))
 
     # decoder alone, on the same (fp32) latents

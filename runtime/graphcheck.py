@@ -131,7 +131,8 @@ REQUIRED = {"encoder": {"inputs": {"x"}, "outputs": {"mu", "logvar"}},
             "decoder": {"inputs": {"z"}, "outputs": {"logits", "probs"}}}  # a Gaussian decoder: probs (its mean)
 
 
-def check_io(sess, spec: dict, where: object, graph: str = "", likelihood: str = "bernoulli") -> None:
+def check_io(sess, spec: dict, where: object, graph: str = "", likelihood: str = "bernoulli",
+             deterministic: bool = False) -> None:
     """The session's inputs and outputs have the names, dtypes and shapes that the manifest's
     graph description gives (symbolic dimensions such as 'batch' match any size)."""
     if not isinstance(spec, dict) or not spec.get("inputs") or not spec.get("outputs"):
@@ -145,6 +146,8 @@ def check_io(sess, spec: dict, where: object, graph: str = "", likelihood: str =
         needed = REQUIRED.get(graph, {}).get(kind, set())
         if likelihood != "bernoulli":
             needed = needed - {"logits"}
+        if deterministic:  # an encoder that gives the latents alone (the manifest says so)
+            needed = needed - {"logvar"}
         if not needed <= set(have):
             raise GraphError(f"{where}: a vae-edge {graph} needs the {kind} {sorted(needed)}, this one has "
                              f"{sorted(have)} (refused)")

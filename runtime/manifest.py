@@ -82,6 +82,7 @@ class ModelInfo:
     # A diffusers VAE's latents are the diffusion model's: raw = z / latent_scale + latent_shift
     latent_scale: float = 1.0
     latent_shift: float = 0.0
+    deterministic: bool = False  # the encoder gives the latents alone (diffusers' AutoencoderTiny): no variance
 
     @property
     def mnist_like(self) -> bool:
@@ -176,7 +177,7 @@ def _model_info(model: Mapping) -> ModelInfo:
     return ModelInfo(arch=str(model["arch"]), latent_dim=d, conditional=bool(model.get("conditional", False)),
                      config=_frozen(model), image_shape=image, latent_shape=latent, likelihood=likelihood,
                      sigma=None if sigma is None else float(sigma), learned_sigma=learned,
-                     latent_scale=scale, latent_shift=shift)
+                     latent_scale=scale, latent_shift=shift, deterministic=model.get("posterior") == "deterministic")
 
 
 def _prod(shape) -> int:

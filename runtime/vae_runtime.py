@@ -111,7 +111,8 @@ class VAERuntime:
         self.conditional: bool = model.conditional
         # Outputs are called by name: load checked them against the manifest (graphcheck.check_io).
         self._probs, self._logits = ["probs"], ["logits"]
-        self._enc_out = ["mu", "logvar"]
+        self.deterministic: bool = model.deterministic  # no logvar output: encode gives logvar = -inf
+        self._enc_out = ["mu"] if self.deterministic else ["mu", "logvar"]
         self._nll_outputs = decoder_outputs(self.likelihood, self.learned_sigma)
         # Inputs are checked here first, so the calls skip the Python wrapper's own checks; small
         # batches run through buffers bound once (runtime/calls.py).
@@ -186,7 +187,7 @@ class VAERuntime:
         sessions = {g: prov.make_session(data, plist, so, strict, warn, name=str(path / files[g]))
                     for g, data in graphs.items()}
         for g, sess in sessions.items():
-            check_io(sess, info.graphs.get(g), path / files[g], g, info.model.likelihood)
+            check_io(sess, info.graphs.get(g), path / files[g], g, info.model.likelihood, info.model.deterministic)
         return cls(opened, v, sessions, providers, threads)
 
     def self_check(self) -> dict[str, float] | None:
@@ -285,6 +286,9 @@ class VAERuntime:
             return tiled(lambda t: self.encode(t, y), np.asarray(x, np.float32), self.latent_shape[1:], f, 1)
         x = self._images(x)
         feeds = {"x": x} if y is None and not self.conditional else {"x": x, **self._labels(y, len(x))}
+        if self.deterministic:  # a point mass at mu: log-variance -inf, said, not invented
+            mu = self._enc_run(self._enc_out, feeds, None, True)[0]
+            return mu, np.full_like(mu, -np.inf)
         mu, logvar = self._enc_run(self._enc_out, feeds, None, copy)
         return mu, logvar
 
@@ -459,6 +463,9 @@ class VAERuntime:
         elbo_samples standard-normal draws for every image (those of numpy's default_rng(seed),
         which the browser page uses too), and the IW estimate draws each image's noise from a
         stream seeded by the seed and the image itself."""
+        if self.deterministic:
+            raise VaeEdgeError("this model's encoder is deterministic (no posterior variance, as TAESD's): it has "
+                               "no ELBO to score images with; use a VAE with a Gaussian posterior (AutoencoderKL)")
         if not 0 <= iw_samples <= MAX_IW_SAMPLES:
             raise VaeEdgeError(f"iw samples must lie between 0 and {MAX_IW_SAMPLES:,}, got {iw_samples}")
         if not 1 <= elbo_samples <= MAX_ELBO_SAMPLES:

@@ -188,3 +188,39 @@ def test_fp16_keeps_overflowing_layers_in_fp32(tmp_path):
     assert np.all(np.isfinite(strict)) and np.max(np.abs(strict - fp32)) < 0.02
     fp16 = VAERuntime.load(tmp_path / "b", variant="fp16", warn=lambda s: None).decode(z)
     assert np.all(np.isfinite(fp16)) and np.max(np.abs(fp16 - fp32)) < 0.02
+
+
+@pytest.mark.slow
+def test_taesd_exports_with_a_deterministic_encoder(tmp_path):
+    """diffusers' AutoencoderTiny (TAESD): its encoder gives latents, not a distribution; the
+    bundle records that instead of inventing a variance, decodes and encodes as diffusers does,
+    refuses what needs a posterior in one line, and takes static int8."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    vae = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                          num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).eval()
+    vae.save_pretrained(tmp_path / "taesd")
+    r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "taesd"), "--input-shape", "3,32,32",
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["model"]["posterior"] == "deterministic"
+    assert [o["name"] for o in manifest["graphs"]["encoder"]["outputs"]] == ["mu"]
+    rt = VAERuntime.load(tmp_path / "b", warn=lambda s: None)
+    x = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        latents = vae.encode(torch.from_numpy(2 * x - 1)).latents
+        image = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1).numpy()
+    mu, logvar = rt.encode(x)
+    assert np.max(np.abs(mu - latents.numpy())) < 1e-4 and np.all(np.isneginf(logvar))
+    assert np.max(np.abs(rt.decode(mu) - image)) < 1e-4
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(cli, ["score", str(tmp_path / "x.npy"), "--bundle", str(tmp_path / "b")])
+    assert r.exit_code == 1 and "deterministic" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    np.save(tmp_path / "calib.npy", np.random.default_rng(5).random((32, 3, 32, 32), dtype=np.float32))
+    r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "b"), "--mode", "static", "--calibration-data",
+                                 str(tmp_path / "calib.npy")])
+    assert r.exit_code == 0, r.output
+    q = VAERuntime.load(tmp_path / "b", variant="int8-static", warn=lambda s: None)
+    assert np.all(np.isfinite(q.decode(mu)))

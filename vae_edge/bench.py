@@ -315,7 +315,7 @@ def _time_setting(runtimes: dict, tmodel, cfg: BenchConfig, p: str, t: int, g: s
             contenders[f"{v}/ort"] = bare_call(rt.decoder, ["probs"], feeds)
         else:
             contenders[f"{v}/runtime"] = lambda rt=rt, f=feeds: rt.encode(f["x"], f.get("y"))
-            contenders[f"{v}/ort"] = bare_call(rt.encoder, ["mu", "logvar"], feeds)
+            contenders[f"{v}/ort"] = bare_call(rt.encoder, list(rt._enc_out), feeds)
     if tmodel is not None:
         contenders["torch/eager"] = _torch_call(tmodel, g, feeds, t)
     times = run_blocks(contenders, cfg.warmup, cfg.min_time)

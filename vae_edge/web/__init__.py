@@ -292,6 +292,9 @@ def build_site(
     info = opened.info
     if info.model.conditional:
         raise VaeEdgeError("the page supports unconditional models only (this bundle is conditional)")
+    if info.model.deterministic:
+        raise VaeEdgeError("the page scores images by their -ELBO, which needs an encoder with a variance; this "
+                           "bundle's encoder is deterministic (TAESD)")
     chosen, default, why = choose_variants(info, tuple(variants))
     graphs = {v: opened.variant_bytes(v) for v in chosen}  # checked (and signature-verified) bytes
     ort_dir = ort_web_dir(log)
