@@ -33,6 +33,7 @@ SOURCES = {
     "x86_targets": "x86_targets.md",
     "compression": "compression.md",
     "ab_mnist": "ab_mnist.md",
+    "diffusers": "diffusers.md",
 }
 
 
