@@ -120,6 +120,32 @@ class ArrayReader(CalibrationDataReader):
         self._it = iter(self._batches)
 
 
+@contextlib.contextmanager
+def _lean_calibration_sessions():
+    """onnxruntime's calibrators run a copy of the graph with a ReduceMin and a ReduceMax added
+    after every tensor, in a session of their own making: in its default execution order it runs
+    the reductions late and holds every activation until then (3.8x the plain graph's peak on SD's
+    VAE decoder: 20 GB calibrating at 256x256). Sessions made meanwhile run in priority-based order
+    (each reduction right after its tensor: the plain graph's peak) without the memory arena."""
+    import onnxruntime.quantization.calibrate as calibrate
+
+    base = calibrate.onnxruntime.SessionOptions
+    order = getattr(ort.ExecutionOrder, "PRIORITY_BASED", None)
+
+    class Lean(base):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.enable_cpu_mem_arena = False
+            if order is not None:
+                self.execution_order = order
+
+    calibrate.onnxruntime.SessionOptions = Lean
+    try:
+        yield
+    finally:
+        calibrate.onnxruntime.SessionOptions = base
+
+
 def _session(path: Path) -> ort.InferenceSession:
     """A CPU session for quantize's own runs, without onnxruntime's memory arena: an arena keeps
     the largest activations it ever held until the session dies, and measuring a 256x256 Stable
@@ -252,7 +278,7 @@ def _static(src: Path, dst: Path, reader: ArrayReader, qc: QuantizeConfig, exclu
     # onnxruntime's histogram calibrators print their progress ("Percentile : (0.001, 99.999)"):
     # kept out of the user's terminal, logged at debug level instead
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(buf), _lean_calibration_sessions():
         _quantize_static(src, dst, reader, qc, exclude)
     for line in buf.getvalue().splitlines():
         logger.debug("onnxruntime calibration: %s", line)
@@ -309,9 +335,10 @@ def activation_ranges(src: Path, reader: ArrayReader, scratch: Path) -> dict[str
 
     reader.rewind()
     scratch.mkdir(parents=True, exist_ok=True)
-    cal = create_calibrator(str(src), None, augmented_model_path=str(scratch / "ranges.onnx"),
-                            calibrate_method=CalibrationMethod.MinMax)
-    cal.collect_data(reader)
+    with _lean_calibration_sessions():
+        cal = create_calibrator(str(src), None, augmented_model_path=str(scratch / "ranges.onnx"),
+                                calibrate_method=CalibrationMethod.MinMax)
+        cal.collect_data(reader)
     out = {}
     for name, r in cal.compute_data().items():
         lo, hi = (r.range_value if hasattr(r, "range_value") else r)
