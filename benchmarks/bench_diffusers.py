@@ -169,7 +169,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--calibration", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--train-steps", type=int, default=600, help="Steps of the small trained model (quality).")
+    ap.add_argument("--train-steps", type=int, default=600,
+                    help="Steps of the small trained model (quality); 0: no quality part.")
+    ap.add_argument("--name", default="diffusers", help="Results file: benchmarks/results/NAME.md and .json.")
     args = ap.parse_args()
     import torch
     from diffusers import AutoencoderKL
@@ -204,13 +206,14 @@ def main() -> None:
         sizes = {v: sum(manifest["files"][f]["size"] for f in e["files"].values()) / 2**20
                  for v, e in manifest["variants"].items()}
         rows = latency(tmp / "b", tmp / "sd-vae", args.size, args.repeats)
-        qual = quality(tmp, args.train_steps)
+        qual = quality(tmp, args.train_steps) if args.train_steps else None
     info = cpu()
     report = {"cpu": info, "size": args.size, "parameters": params, "steps": steps,
               "bundle_mb": {k: round(v, 1) for k, v in sizes.items()}, "latency": rows, "quality": qual}
     out = ROOT / "benchmarks" / "results"
-    (out / "diffusers.json").write_text(json.dumps(report, indent=1) + "\n")
-    md = [f"Measured by `python benchmarks/bench_diffusers.py --size {args.size} --calibration {args.calibration}` on "
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    cmd = " ".join(sys.argv[1:])
+    md = [f"Measured by `python benchmarks/bench_diffusers.py {cmd}` on "
           f"{info['model']}, {info['cores']} cores: an SD 1.x-config AutoencoderKL ({params['encoder'] / 1e6:.1f}M encoder, "
           f"{params['decoder'] / 1e6:.1f}M decoder parameters; random weights), every step a new process.", "",
           "| step | time | peak RSS |", "|---|---:|---:|"]
@@ -222,6 +225,10 @@ def main() -> None:
            "arithmetic, not of quality):", "", "| who | threads | ms | PSNR vs torch fp32 |", "|---|---:|---:|---:|"]
     md += [f"| {r['who']} | {r['threads']} | {r['ms']:.0f} | "
            f"{'' if r.get('psnr_db') is None else str(r['psnr_db']) + ' dB'} |" for r in rows]
+    if qual is None:
+        (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
+        print("\n".join(md))
+        return
     t = qual["trained"]
     md += ["", f"Quality, on a small AutoencoderKL trained here ({t['parameters'] / 1e6:.2f}M parameters, {t['steps']} "
            f"steps of Adam in {t['seconds']} s on tinted 32x32 Fashion-MNIST), 500 held-out test images "
@@ -231,7 +238,7 @@ def main() -> None:
     md += [f"| {r['variant']} | {r['psnr_vs_images_db']} dB | "
            f"{'(the reference)' if r['psnr_vs_fp32_db'] is None else str(r['psnr_vs_fp32_db']) + ' dB'} | "
            f"{'' if r['neg_elbo_delta_nats'] is None else format(r['neg_elbo_delta_nats'], '+.3f')} |" for r in qual["rows"]]
-    (out / "diffusers.md").write_text("\n".join(md) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
