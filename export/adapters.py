@@ -56,20 +56,14 @@ class DiffusionSpaceVAE(DiffusersVAE):
         return ((self.vae.decode(z / self.scale + self.shift).sample + 1) / 2).clamp(0, 1)
 
 
-class TinyDiffusionVAE(nn.Module):
+class TinyDiffusionVAE(DiffusionSpaceVAE):
     """diffusers.AutoencoderTiny (TAESD) -> the protocol: its encoder is deterministic, so
     encode(x) gives the latents alone (no invented variance: the bundle records the posterior as
-    deterministic); its latents are already the diffusion model's (scaling_factor 1)."""
-
-    def __init__(self, vae: nn.Module, scaling_factor: float = 1.0, shift_factor: float = 0.0):
-        super().__init__()
-        self.vae, self.scale, self.shift = vae, float(scaling_factor), float(shift_factor)
+    deterministic); its latents are already the diffusion model's (scaling_factor 1). Decoding
+    is AutoencoderKL's."""
 
     def encode(self, x: torch.Tensor):
         return (self.vae.encode(2 * x - 1).latents - self.shift) * self.scale
-
-    def decode(self, z: torch.Tensor):
-        return ((self.vae.decode(z / self.scale + self.shift).sample + 1) / 2).clamp(0, 1)
 
 
 DIFFUSERS_CLASSES = ("AutoencoderKL", "AutoencoderTiny")

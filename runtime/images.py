@@ -214,18 +214,11 @@ def load_image_as_is(path: str | os.PathLike, size: tuple[int, int] = (28, 28)) 
     framing, which would resample (and so change) noise a restoration has to model exactly. Dark
     ink on light paper is inverted, as MNIST digits are white on black."""
     path = Path(path)
-    if not path.is_file():
-        raise VaeEdgeError(f"input {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            if (img.height, img.width) != size:
-                raise VaeEdgeError(f"{path} is {img.width}x{img.height}; restoring noise needs the image at the "
-                                   f"model's {size[1]}x{size[0]}, pixel for pixel (resizing changes the noise)")
-            a = np.asarray(img.convert("L"), np.float32) / 255.0
-    except UnidentifiedImageError as e:
-        raise VaeEdgeError(f"{path} is not an image pillow can read") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise VaeEdgeError(f"cannot read image {path}: {e}") from e
+    with _open_image(path) as img:  # a regular file, its size checked, one-line errors
+        if (img.height, img.width) != size:
+            raise VaeEdgeError(f"{path} is {img.width}x{img.height}; restoring noise needs the image at the "
+                               f"model's {size[1]}x{size[0]}, pixel for pixel (resizing changes the noise)")
+        a = np.asarray(img.convert("L"), np.float32) / 255.0
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     return (1.0 - a if np.median(border) > 0.5 else a)[None]
 
@@ -505,7 +498,6 @@ def read_npy_stream(f, size: int, where: object, what: str = "array") -> np.ndar
                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         if reader is None:
             raise ValueError(f"unknown .npy version {version}")
-        header_end = 8  # the magic and version
         shape, fortran, dtype = reader(f, max_header_size=10_000)
     except (ValueError, OSError, SyntaxError, TypeError, EOFError):
         raise VaeEdgeError(f"{where} is not a .npy file (write one with numpy.save or `vae-edge encode`)") from None
@@ -516,10 +508,7 @@ def read_npy_stream(f, size: int, where: object, what: str = "array") -> np.ndar
     if nbytes > MAX_NPY_BYTES or count > MAX_NPY_ELEMENTS:
         raise VaeEdgeError(f"{where} declares {list(shape)[:8]} {dtype} ({nbytes / 2**30:.1f} GiB), over the limit "
                            f"({MAX_NPY_BYTES >> 30} GiB, {MAX_NPY_ELEMENTS:,} values): split it into smaller files")
-    try:
-        left = size - f.tell()
-    except (OSError, AttributeError):
-        left = size - header_end
+    left = size - f.tell()  # files and zip members both tell where the header ended
     if nbytes != left:
         raise VaeEdgeError(f"{where} declares {list(shape)[:8]} {dtype} ({nbytes:,} bytes) but holds {left:,}: "
                            "truncated or corrupt")

@@ -314,8 +314,6 @@ class VAERuntime:
             raise VaeEdgeError(f"images of {s[2]}x{s[3]}: sides must be multiples of {f} for this model")
         return f
 
-    LATENT_SPACES = ("model", "raw")
-
     def to_raw(self, z: np.ndarray, logvar: np.ndarray | None = None):
         """The model's latents (a diffusers VAE's: the diffusion model's, scaled) -> the raw ones
         its decoder network takes: z / scaling_factor + shift_factor (identity for other models);
