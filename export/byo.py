@@ -117,7 +117,7 @@ def load_module(spec: str, weights: str | os.PathLike | None = None) -> nn.Modul
     return model
 
 
-def _check_protocol(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[tuple[int, ...], bool, bool]:
+def _check_protocol(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], bool, bool]:
     """(the latent shape, whether decode gives (mean, log_sigma), whether encode is deterministic:
     one tensor, no variance), from one call of each method; one line on what is wrong otherwise."""
     for name in ("encode", "decode"):
@@ -156,23 +156,33 @@ def _call(fn, arg, what: str, input_shape):
 
 
 def _specs(input_shape, latent_shape, likelihood: str, opset: int, learned: bool = False,
-           deterministic: bool = False) -> dict[str, GraphSpec]:
+           deterministic: bool = False, spatial_factor: int = 0) -> dict[str, GraphSpec]:
     image, latent = ("batch", *input_shape), ("batch", *latent_shape)
+    if spatial_factor:  # any height and width: the image's a multiple of the latent's
+        image = ("batch", input_shape[0], "height", "width")
+        latent = ("batch", latent_shape[0], "latent_height", "latent_width")
     outputs = ((TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image))
                if likelihood == "bernoulli" else (TensorSpec("probs", "float32", image),))
     if learned:
         outputs = (TensorSpec("probs", "float32", image), TensorSpec("log_sigma", "float32", image))
     posterior = ((TensorSpec("mu", "float32", latent),) if deterministic
                  else (TensorSpec("mu", "float32", latent), TensorSpec("logvar", "float32", latent)))
-    return {"encoder": GraphSpec("encoder", (TensorSpec("x", "float32", image),), posterior, opset),
-            "decoder": GraphSpec("decoder", (TensorSpec("z", "float32", latent),), outputs, opset)}
+    return {"encoder": GraphSpec("encoder", (TensorSpec("x", "float32", image),), posterior, opset,
+                                 spatial_factor=spatial_factor),
+            "decoder": GraphSpec("decoder", (TensorSpec("z", "float32", latent),), outputs, opset,
+                                 spatial_factor=spatial_factor)}
 
 
 def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | os.PathLike,
                likelihood: str = "bernoulli", sigma: float | None = None, name: str | None = None,
-               opset: int = DEFAULT_OPSET, release: int = 1, log=None, diffusers: dict | None = None) -> Path:
+               opset: int = DEFAULT_OPSET, release: int = 1, log=None, diffusers: dict | None = None,
+               spatial_factor: int = 0) -> Path:
     """The user's VAE -> a bundle at `out`, each graph validated against the module (batches of 2
-    and 5, vae-edge's tolerance) and golden vectors recorded. Sign it with `vae-edge sign`."""
+    and 5, vae-edge's tolerance) and golden vectors recorded. Sign it with `vae-edge sign`.
+
+    spatial_factor > 0: a fully convolutional VAE whose latent is [C', H / f, W / f] for an image
+    [C, H, W]: the graphs take any height and width (multiples of f), traced, validated and
+    self-checked at small sizes; `input_shape` is then the model's own size (what sample makes)."""
     log = log or logger.info
     input_shape = tuple(int(n) for n in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
@@ -182,19 +192,37 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
     out = Path(out)
     check_bundle_out(out)
     model = model.eval()
-    latent_shape, learned, deterministic = _check_protocol(model, input_shape)
+    f = int(spatial_factor)
+    if f and (input_shape[1] % f or input_shape[2] % f):
+        raise VaeEdgeError(f"input shape {list(input_shape)}: sides must be multiples of {f}")
+    check_shape = (input_shape[0], SPATIAL_CHECK * f, SPATIAL_CHECK * f) if f else input_shape
+    latent_shape, learned, deterministic = _check_protocol(model, check_shape)
+    if f:
+        if len(latent_shape) != 3 or latent_shape[1:] != (SPATIAL_CHECK, SPATIAL_CHECK):
+            raise VaeEdgeError(f"encode(x) of a {check_shape[1]}x{check_shape[2]} image gave latents {list(latent_shape)}: "
+                               f"not 1/{f} of its height and width, so the graphs cannot take any size")
+        check_latent = latent_shape
+        latent_shape = (latent_shape[0], input_shape[1] // f, input_shape[2] // f)
     if learned and (likelihood != "gaussian" or sigma is not None):
         raise VaeEdgeError("decode(z) returns (mean, log_sigma): a Gaussian with its own variance; export it with "
                            "--likelihood gaussian and no --sigma")
     if not learned:
         _check_likelihood(likelihood, sigma)
     name = name or type(model).__name__.lower()
-    specs = _specs(input_shape, latent_shape, likelihood, opset, learned, deterministic)
+    specs = _specs(input_shape, latent_shape, likelihood, opset, learned, deterministic, f)
     wrappers = {"encoder": _Encoder(model), "decoder": _Decoder(model, likelihood)}
     rng = np.random.default_rng(0)
-    batches = LARGE_BATCH_SIZES if int(np.prod(input_shape)) > LARGE_IMAGE else BYO_BATCH_SIZES
-    feeds = {"encoder": {b: {"x": rng.random((b, *input_shape), dtype=np.float32)} for b in batches},
-             "decoder": {b: {"z": rng.standard_normal((b, *latent_shape), dtype=np.float32)} for b in batches}}
+    if f:  # two small sizes, neither the traced one, one not square; batches of 2 and 1
+        sizes = ((2, SPATIAL_CHECK - 2, SPATIAL_CHECK + 2), (1, SPATIAL_CHECK // 2 + 1, SPATIAL_CHECK - 1))
+        batches = [b for b, _, _ in sizes]
+        feeds = {"encoder": {i: {"x": rng.random((b, input_shape[0], h * f, w * f), dtype=np.float32)}
+                             for i, (b, h, w) in enumerate(sizes)},
+                 "decoder": {i: {"z": rng.standard_normal((b, latent_shape[0], h, w), dtype=np.float32)}
+                             for i, (b, h, w) in enumerate(sizes)}}
+    else:
+        batches = LARGE_BATCH_SIZES if int(np.prod(input_shape)) > LARGE_IMAGE else BYO_BATCH_SIZES
+        feeds = {"encoder": {b: {"x": rng.random((b, *input_shape), dtype=np.float32)} for b in batches},
+                 "decoder": {b: {"z": rng.standard_normal((b, *latent_shape), dtype=np.float32)} for b in batches}}
     with new_bundle(out) as tmp:
         files, validation = {}, {}
         for g, spec in specs.items():
@@ -203,9 +231,16 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
             meta = {"model_name": name, "graph": g, "arch": "custom", "latent_shape": ",".join(map(str, latent_shape))}
             save_graph(wrappers[g], spec, tmp / files[g], f"{name}: {g} of a user's VAE (see manifest.json)", meta)
             validation[g] = validate_graph(tmp / files[g], spec, wrappers[g], feeds[g])
-            log(f"  validated {g} against the module at batch {', '.join(map(str, batches))}: "
+            at = (", ".join(f"{b}x{h * f}x{w * f}" for b, h, w in sizes) + " (batch x height x width)" if f
+                  else f"batch {', '.join(map(str, batches))}")
+            log(f"  validated {g} against the module at {at}: "
                 + ", ".join(f"{k} max|diff| {v:.1e}" for k, v in validation[g].items()))
         manifest = _manifest(name, release, input_shape, latent_shape, likelihood, sigma, specs, learned)
+        if f:  # any size: the golden vectors and the runtime's memory estimate at a small one
+            manifest["model"]["spatial"] = {
+                "factor": f, "check_image_shape": list(check_shape), "check_latent_shape": list(check_latent),
+                "activation_bytes_per_pixel": {g: activation_bytes_per_pixel(tmp / files[g], specs[g], f)
+                                               for g in files}}
         if deterministic:  # no variance is invented: what needs one (score, the ELBO) says so
             manifest["model"]["posterior"] = "deterministic"
         if diffusers:  # where the model came from, and its latent scaling (the runtime's --latent-space)
@@ -215,9 +250,42 @@ def export_vae(model: nn.Module, input_shape: tuple[int, int, int], out: str | o
                                                    "shift_factor": diffusers["shift_factor"]}
         entry = {"files": files, "dtype": "float32", "quantization": None, "weights_storage": "float32",
                  "validation": {"against": "pytorch (the user's module)", "batch_sizes": list(batches),
+                                **({"image_sizes": [[h * f, w * f] for _, h, w in sizes]} if f else {}),
                                 "max_abs_diff": validation}}
         record_fp32(tmp, manifest, entry)
     return out
+
+
+SPATIAL_CHECK = 8  # latent cells a side at which a spatial VAE is traced, checked and self-checked
+
+
+def activation_bytes_per_pixel(path: Path, spec: GraphSpec, f: int) -> int:
+    """Bytes of the largest float tensor of a spatial graph, per pixel of its image (the encoder's
+    input, the decoder's output), from onnx's shape inference at one size: the runtime estimates
+    a call's memory from it (a few such tensors are alive at once) and tiles what would not fit."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.graph.value_info[:]
+    cells = 16
+    for vi in proto.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param:
+                n = {"batch": 1, "latent_height": cells, "latent_width": cells,
+                     "height": cells * f, "width": cells * f}[d.dim_param]
+                d.Clear()
+                d.dim_value = n
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    largest = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or not t.shape.dim:
+            continue
+        if any(not d.HasField("dim_value") for d in t.shape.dim):
+            continue
+        n = int(np.prod([d.dim_value for d in t.shape.dim]))
+        largest = max(largest, n * (2 if t.elem_type == onnx.TensorProto.FLOAT16 else 4))
+    return int(np.ceil(largest / (cells * f) ** 2))
 
 
 def _manifest(name: str, release: int, input_shape, latent_shape, likelihood: str, sigma, specs,

@@ -37,13 +37,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the graphs use Split with num_outputs, which opset 18 introduced
 VALIDATION_BATCH_SIZES = (1, 7, 256)
+MAX_LATENT_SIDE = 4096  # latent cells a side of a spatial graph (32768 pixels for SD's factor of 8)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name
-    shape: tuple  # "batch" marks the dynamic axis
+    shape: tuple  # "batch" marks the dynamic axis; "height"/"width" (images) and
+                  # "latent_height"/"latent_width" (latents) the spatial ones of a graph of any size
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,33 @@ class GraphSpec:
     # tens: 1e-4 absolute is then a few ulps); a wrong export misses by orders of magnitude more.
     atol: float = 1e-4
     rtol: float = 1e-5
+    # > 0: height and width are dynamic too, the image's `spatial_factor` times the latent's
+    spatial_factor: int = 0
 
     def to_dict(self) -> dict:
         def t(s: TensorSpec) -> dict:
             return {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
         return {"inputs": [t(s) for s in self.inputs], "outputs": [t(s) for s in self.outputs],
-                "opset": self.opset, "atol": self.atol, "rtol": self.rtol}
+                "opset": self.opset, "atol": self.atol, "rtol": self.rtol,
+                **({"spatial_factor": self.spatial_factor} if self.spatial_factor else {})}
+
+    def dims(self, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+        """The sizes of the symbolic axes (batch, height, width, latent_height, ...) in these feeds."""
+        out: dict[str, int] = {}
+        for t in self.inputs:
+            for s, n in zip(t.shape, feeds[t.name].shape, strict=False):
+                if isinstance(s, str):
+                    out[s] = int(n)
+        f = self.spatial_factor
+        for img, lat in (("height", "latent_height"), ("width", "latent_width")):
+            if f and lat in out:
+                out.setdefault(img, out[lat] * f)
+            elif f and img in out:
+                out.setdefault(lat, out[img] // f)
+        return out
+
+    def shape_of(self, t: TensorSpec, dims: dict[str, int]) -> tuple[int, ...]:
+        return tuple(dims[s] if isinstance(s, str) else s for s in t.shape)
 
 
 def graph_specs(model: VAE, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
@@ -115,10 +138,13 @@ class DecoderGraph(nn.Module):
 WRAPPERS = {"encoder": EncoderGraph, "decoder": DecoderGraph}
 
 
-def _example(spec: GraphSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:
+def _example(spec: GraphSpec, batch: int = 2, cells: int = 8) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace with: `batch` images or latents; a spatial graph's at `cells` latent cells a side."""
+    f = spec.spatial_factor
+    sizes = {"batch": batch, "latent_height": cells, "latent_width": cells, "height": cells * f, "width": cells * f}
     out = []
     for t in spec.inputs:
-        shape = [batch if s == "batch" else s for s in t.shape]
+        shape = [sizes[s] if isinstance(s, str) else s for s in t.shape]
         out.append(torch.randint(0, 10, shape) if t.dtype == "int64" else torch.rand(shape))
     return tuple(out)
 
@@ -140,7 +166,13 @@ def save_graph(wrapper: nn.Module, spec: GraphSpec, path: Path, doc: str, meta: 
     import onnx
 
     batch = torch.export.Dim("batch", min=1)
-    dynamic_shapes = tuple({0: batch} for _ in spec.inputs)
+    if spec.spatial_factor:  # height and width too: the latent's, and the image's as a multiple of them
+        lh, lw = (torch.export.Dim(n, min=1, max=MAX_LATENT_SIDE) for n in ("latent_height", "latent_width"))
+        f = spec.spatial_factor
+        axis = {"batch": batch, "latent_height": lh, "latent_width": lw, "height": f * lh, "width": f * lw}
+        dynamic_shapes = tuple({i: axis[s] for i, s in enumerate(t.shape) if isinstance(s, str)} for t in spec.inputs)
+    else:
+        dynamic_shapes = tuple({0: batch} for _ in spec.inputs)
     # The exporter is chatty (progress lines, warnings about its own internals): keep it quiet.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -151,10 +183,12 @@ def save_graph(wrapper: nn.Module, spec: GraphSpec, path: Path, doc: str, meta: 
             opset_version=spec.opset, dynamo=True, external_data=False, verbose=False,
         )
     proto = program.model_proto
-    for t in list(spec.inputs) + list(spec.outputs):  # name the dynamic axis as the spec does
+    for t in list(spec.inputs) + list(spec.outputs):  # name the dynamic axes as the spec does
         for vi in list(proto.graph.input) + list(proto.graph.output):
             if vi.name == t.name and vi.type.tensor_type.shape.dim:
-                vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+                for d, s in zip(vi.type.tensor_type.shape.dim, t.shape, strict=False):
+                    if isinstance(s, str):
+                        d.dim_param = s
     proto.producer_name, proto.producer_version = "vae-edge", __version__
     proto.doc_string = doc
     del proto.metadata_props[:]
@@ -209,18 +243,20 @@ def validate_graph(path: Path, spec: GraphSpec, wrapper: nn.Module, feeds_at: di
         raise VaeEdgeError(f"{spec.name}: graph I/O {got_in}->{got_out}, expected {want_in}->{want_out}")
     wrapper = wrapper.eval()
     worst = dict.fromkeys(want_out, 0.0)
-    for bs, feeds in feeds_at.items():
+    for feeds in feeds_at.values():
         outs = sess.run(None, feeds)
         with torch.no_grad():
             ref = wrapper(*[torch.from_numpy(feeds[n]) for n in want_in])
+        dims = spec.dims(feeds)
+        at = f"batch {dims['batch']}" + (f" and {dims['height']}x{dims['width']}" if "height" in dims else "")
         for name, o, r, t in zip(want_out, outs, ref, spec.outputs, strict=True):
-            shape = tuple(bs if s == "batch" else s for s in t.shape)
+            shape = spec.shape_of(t, dims)
             if o.shape != shape:
-                raise VaeEdgeError(f"{spec.name}: output {name} has shape {o.shape} at batch {bs}, expected {shape}")
+                raise VaeEdgeError(f"{spec.name}: output {name} has shape {o.shape} at {at}, expected {shape}")
             diff, ok = within_tolerance(o, r.numpy(), spec.atol, spec.rtol)
             if not ok:
                 raise VaeEdgeError(
-                    f"{spec.name}: output {name} differs from PyTorch by {diff:.3g} at batch {bs} "
+                    f"{spec.name}: output {name} differs from PyTorch by {diff:.3g} at {at} "
                     f"(tolerance {spec.atol:g} + {spec.rtol:g} x |value|); the export is wrong"
                 )
             worst[name] = max(worst[name], diff)

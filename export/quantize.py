@@ -166,10 +166,6 @@ def images_per_batch(image_values: int, cap: int) -> int:
     return max(1, min(cap, BATCH_VALUES // max(1, int(image_values))))
 
 
-def image_values(manifest: dict) -> int:
-    return int(np.prod(manifest["model"].get("image_shape") or (1, 28, 28)))
-
-
 def _batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], bs: int = 1000,
              values: int = 784) -> list[np.ndarray]:
     """The graph run on `feeds` in batches (of at most bs images, fewer for large images)."""
@@ -197,14 +193,14 @@ def calibration_batches(manifest: dict, fp32_encoder: Path, qc: QuantizeConfig, 
         if _binarized(manifest):  # calibrate on what the model was trained on
             x = binarize(x, seed=qc.seed)
     enc_feeds = {"x": x, **({"y": y} if conditional else {})}
-    mu, logvar = _posterior(_batched(_session(fp32_encoder), enc_feeds, values=image_values(manifest)))
+    mu, logvar = _posterior(_batched(_session(fp32_encoder), enc_feeds, values=x[0].size))
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
     half = len(z) // 2
     z[half:] = rng.standard_normal((len(z) - half, *z.shape[1:])).astype(np.float32)
     dec_feeds = {"z": z.astype(np.float32), **({"y": y} if conditional else {})}
 
     def cut(feeds):
-        n, size = len(next(iter(feeds.values()))), images_per_batch(image_values(manifest), batch)
+        n, size = len(next(iter(feeds.values()))), images_per_batch(x[0].size, batch)  # (any-size models: theirs)
         return [{k: v[i : i + size] for k, v in feeds.items()} for i in range(0, n, size)]
 
     return {"encoder": cut(enc_feeds), "decoder": cut(dec_feeds)}
@@ -465,7 +461,7 @@ def measure_accuracy(bundle: Path, manifest: dict, paths: dict[str, Path], data:
     ref = variant_files(manifest, "fp32")
     x, y = data["x"], data["y"]
     extra = {"y": y} if cond else {}
-    values = image_values(manifest)
+    values = x[0].size  # (a model of any image size: these images' size)
     deterministic = manifest["model"].get("posterior") == "deterministic"
     mu_f, lv_f = _posterior(_batched(_session(bundle / ref["encoder"]), {"x": x, **extra}, values=values))
     mu_q, lv_q = _posterior(_batched(_session(paths["encoder"]), {"x": x, **extra}, values=values))
@@ -573,11 +569,18 @@ class _Job:
 
 def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit, user) -> tuple[str, dict]:
     manifest = load_manifest(bundle)
-    shape = Manifest.from_dict(manifest).model.image_shape
+    model = Manifest.from_dict(manifest).model
+    shape = model.image_shape
     if user is None and manifest.get("dataset", "mnist") not in ("mnist", "fashion-mnist"):
         raise VaeEdgeError(f"this bundle's model takes {list(shape)} images, not MNIST's: give --calibration-data "
                            "(images it was made for; they calibrate and measure the accuracy)")
-    if user is not None and user.calibration.shape[1:] != tuple(shape):
+    f = model.spatial_factor
+    if f and user is not None:  # any size: the model's channels and multiples of its factor
+        c, h, w = user.calibration.shape[1:]
+        if c != shape[0] or h % f or w % f:
+            raise VaeEdgeError(f"--calibration-data holds {[c, h, w]} images; this model takes {shape[0]} channels "
+                               f"and sides that are multiples of {f}")
+    elif user is not None and user.calibration.shape[1:] != tuple(shape):
         raise VaeEdgeError(f"--calibration-data holds {list(user.calibration.shape[1:])} images; this model takes "
                            f"{list(shape)}")
     remove_orphans(bundle, manifest, log)

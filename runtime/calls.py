@@ -4,7 +4,7 @@ Large batches go through onnxruntime's C++ `run` (the Python wrapper's own input
 the runtime has checked the inputs already), which hands its output buffers to numpy without a
 copy. Small batches, where the fixed cost of a call is most of its time, go through an IOBinding
 whose input and output buffers are allocated and bound once per (batch size, inputs, outputs) and
-reused: each call copies its inputs in, runs, and copies the outputs out (or, with copy=False,
+reused (per input shape, for graphs of any image size): each call copies its inputs in, runs, and copies the outputs out (or, with copy=False,
 returns the bound buffers themselves, which the next call of that size overwrites). On the shipped
 MLP decoder at batch 1 this cut a call from 14.8 to 12.6 us (11.1 us with copy=False)
 (benchmarks/bench_levers.py).
@@ -46,13 +46,13 @@ class GraphCall:
 
     def __call__(self, names: list[str], feeds: dict[str, np.ndarray], opts=None, copy: bool = True) -> list:
         if opts is None and self._bind:
-            n = self.small_batch + 1  # no feeds: the plain run says what is missing
+            n, shape = self.small_batch + 1, ()  # no feeds: the plain run says what is missing
             for value in feeds.values():
-                n = len(value)
+                n, shape = len(value), value.shape  # (graphs of any image size: bound per size)
                 break
             if n <= self.small_batch:
                 # Buffers per thread: no lock, and concurrent calls never share a buffer.
-                key = (get_ident(), n, *names, "|", *feeds)
+                key = (get_ident(), shape, *names, "|", *feeds)
                 bound = self._bound.get(key)
                 if bound is None:
                     return self._first_call(key, names, feeds)

@@ -223,13 +223,17 @@ def load_image_as_is(path: str | os.PathLike, size: tuple[int, int] = (28, 28)) 
     return (1.0 - a if np.median(border) > 0.5 else a)[None]
 
 
-def images_from_npy(path: str | os.PathLike, shape=MNIST_SHAPE) -> np.ndarray:
+def images_from_npy(path: str | os.PathLike, shape=MNIST_SHAPE, any_size: int = 0) -> np.ndarray:
     """A .npy array of images -> [N, C, H, W] float32 in [0, 1]: float in [0, 1], or uint8 (/255);
     [N, H, W] and [H, W] are taken for one channel."""
-    return images_from_array(load_npy(path, "image array"), path, shape)
+    return images_from_array(load_npy(path, "image array"), path, shape, any_size)
 
 
-def images_from_array(a: np.ndarray, path: object, shape=MNIST_SHAPE) -> np.ndarray:
+def images_from_array(a: np.ndarray, path: object, shape=MNIST_SHAPE, any_size: int = 0) -> np.ndarray:
+    if any_size and a.ndim in (3, 4) and a.shape[-3 if a.ndim == 3 else 1] == shape[0]:
+        shape = (shape[0], *a.shape[-2:])  # its own size (the runtime checks it)
+    elif any_size and shape[0] == 1 and a.ndim in (2, 3):
+        shape = (1, *a.shape[-2:])
     grey = shape[0] == 1
     if grey and a.ndim == len(shape) - 1:  # [H, W]: one grey image
         a = a[None, None]
@@ -250,9 +254,10 @@ def images_from_array(a: np.ndarray, path: object, shape=MNIST_SHAPE) -> np.ndar
 MAX_FOLDER_IMAGES = 10_000
 
 
-def load_resized(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndarray:
+def load_resized(path: str | os.PathLike, shape: tuple[int, int, int], any_size: int = 0) -> np.ndarray:
     """An image file -> [C, H, W] in [0, 1]: resized to H x W (bilinear) and converted to the
-    model's channels (grey or RGB); no digit framing. For models that are not MNIST-like."""
+    model's channels (grey or RGB); no digit framing. For models that are not MNIST-like.
+    any_size > 0: kept at its own size, whose sides must be multiples of any_size."""
     c, h, w = shape
     path = Path(path)
     if not path.is_file():
@@ -260,6 +265,11 @@ def load_resized(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.nda
     if c not in (1, 3):
         raise VaeEdgeError(f"image files hold 1 or 3 channels; this model takes {c}: give .npy arrays")
     with _open_image(path) as img:
+        if any_size:
+            w, h = img.size
+            if w % any_size or h % any_size:
+                raise VaeEdgeError(f"{path} is {w}x{h}: this model takes sides that are multiples of {any_size} "
+                                   "(crop or pad it)")
         a = np.asarray(img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR),
                        np.float32) / 255.0
     return a[None] if c == 1 else a.transpose(2, 0, 1)
@@ -268,12 +278,12 @@ def load_resized(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.nda
 MAX_NPZ_MEMBERS = 64  # arrays in one .npz archive, at most
 
 
-def images_from_npz(path: str | os.PathLike, shape=MNIST_SHAPE) -> np.ndarray:
+def images_from_npz(path: str | os.PathLike, shape=MNIST_SHAPE, any_size: int = 0) -> np.ndarray:
     """A .npz archive: its array `x` (or its only array) as images_from_npy reads one. The member
     is read from the archive itself (never a path its name may point to), streamed through its
     .npy header's checks: the size it declares, compressed or not, is bounded before a byte of
     data is inflated, and no more than that is inflated."""
-    return images_from_array(load_npz_member(path), path, shape)
+    return images_from_array(load_npz_member(path), path, shape, any_size)
 
 
 def load_npz_member(path: str | os.PathLike, name: str = "x", what: str = "image array") -> np.ndarray:
@@ -319,10 +329,11 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None, as_is: bool = False,
-                shape: tuple[int, int, int] = MNIST_SHAPE) -> tuple[np.ndarray, np.ndarray | None]:
+                shape: tuple[int, int, int] = MNIST_SHAPE, any_size: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """Image files, folders of them, .npy/.npz arrays and dataset slices ('mnist:test[0:16]') ->
     (x [N, C, H, W] of the model's `shape`, labels or None). Image files are framed as MNIST's
-    digits for 1x28x28 models (as_is: taken pixel for pixel), else resized to the model's size."""
+    digits for 1x28x28 models (as_is: taken pixel for pixel), else resized to the model's size.
+    any_size > 0 (a model of any image size): images keep their own size, a multiple of it."""
     from vae_edge.data import is_dataset_slice, load_slice
 
     if not specs:
@@ -331,6 +342,8 @@ def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None, as_is: bool =
     xs, ys, all_labelled = [], [], True
 
     def image(path) -> np.ndarray:
+        if any_size:
+            return load_resized(path, shape, any_size)
         if shape != MNIST_SHAPE:
             return load_resized(path, shape)
         return load_image_as_is(path) if as_is else load_image(path)
@@ -349,15 +362,18 @@ def load_inputs(specs: list[str] | tuple[str, ...], data_dir=None, as_is: bool =
                                "fashion-mnist and SPLIT train or test, e.g. mnist:test[0:16] (or an image file)")
         all_labelled = False
         if spec.lower().endswith(".npy"):
-            arr = images_from_npy(spec, shape)
+            arr = images_from_npy(spec, shape, any_size)
         elif spec.lower().endswith(".npz"):
-            arr = images_from_npz(spec, shape)
+            arr = images_from_npz(spec, shape, any_size)
         elif Path(spec).is_dir():
             arr = np.stack([image(p) for p in _folder_images(Path(spec))])
         else:
             arr = image(spec)[None]
         xs.append(arr)
         ys.append(np.full(len(arr), -1, np.int64))
+    if len({x.shape[1:] for x in xs}) > 1:
+        sizes = sorted({"x".join(map(str, x.shape[2:])) for x in xs})
+        raise VaeEdgeError(f"the inputs are of several sizes ({', '.join(sizes[:4])}): give images of one size per call")
     return np.concatenate(xs), (np.concatenate(ys) if all_labelled else None)
 
 

@@ -83,6 +83,11 @@ class ModelInfo:
     latent_scale: float = 1.0
     latent_shift: float = 0.0
     deterministic: bool = False  # the encoder gives the latents alone (diffusers' AutoencoderTiny): no variance
+    # > 0: the graphs take any height and width, multiples of this (a latent cell's pixels a side);
+    # image_shape and latent_shape are then the model's own size (what sample makes)
+    spatial_factor: int = 0
+    # the largest activation of each graph in bytes per image pixel (the runtime's memory estimate)
+    activation_bytes_per_pixel: Mapping = field(default_factory=lambda: _frozen(None))
 
     @property
     def mnist_like(self) -> bool:
@@ -174,10 +179,17 @@ def _model_info(model: Mapping) -> ModelInfo:
     scale, shift = float(scaling.get("scaling_factor", 1.0)), float(scaling.get("shift_factor", 0.0))
     if not (math.isfinite(scale) and scale > 0 and math.isfinite(shift)):
         raise ValueError(f"latent scaling {scale!r}, shift {shift!r}")
+    spatial = model.get("spatial") or {}
+    factor = int(spatial.get("factor", 0))
+    per_pixel = {g: int(spatial.get("activation_bytes_per_pixel", {}).get(g, 0)) for g in GRAPHS} if factor else {}
+    if factor and (not 1 <= factor <= 64 or len(latent) != 3 or image[1] != latent[1] * factor
+                   or image[2] != latent[2] * factor or any(not 0 <= b <= 1 << 20 for b in per_pixel.values())):
+        raise ValueError(f"spatial factor {factor} for images {list(image)} and latents {list(latent)}")
     return ModelInfo(arch=str(model["arch"]), latent_dim=d, conditional=bool(model.get("conditional", False)),
                      config=_frozen(model), image_shape=image, latent_shape=latent, likelihood=likelihood,
                      sigma=None if sigma is None else float(sigma), learned_sigma=learned,
-                     latent_scale=scale, latent_shift=shift, deterministic=model.get("posterior") == "deterministic")
+                     latent_scale=scale, latent_shift=shift, deterministic=model.get("posterior") == "deterministic",
+                     spatial_factor=factor, activation_bytes_per_pixel=_frozen(per_pixel))
 
 
 def _prod(shape) -> int:

@@ -51,11 +51,12 @@ def golden_inputs(manifest: dict) -> dict[str, np.ndarray]:
     seeded pattern (no dataset needed), on the 1/255 grid so they are stored exactly. Any image
     and latent shape (the manifest's); for 1x28x28 and vector latents, the same numbers as ever."""
     cfg = manifest["model"]
-    c, h, w = (int(n) for n in (cfg.get("image_shape") or (1, 28, 28)))
-    latent = tuple(int(n) for n in (cfg.get("latent_shape") or (cfg["latent_dim"],)))
+    spatial = cfg.get("spatial") or {}  # graphs of any size: checked at the small size recorded
+    c, h, w = (int(n) for n in (spatial.get("check_image_shape") or cfg.get("image_shape") or (1, 28, 28)))
+    latent = tuple(int(n) for n in (spatial.get("check_latent_shape") or cfg.get("latent_shape") or (cfg["latent_dim"],)))
     rng = np.random.default_rng(20251125)
     n_golden = 1 if c * h * w > LARGE_IMAGE else N_GOLDEN
-    z = rng.standard_normal((n_golden, int(cfg["latent_dim"]))).astype(np.float32).reshape(n_golden, *latent)
+    z = rng.standard_normal((n_golden, int(np.prod(latent)))).astype(np.float32).reshape(n_golden, *latent)
     yy, xx = np.mgrid[0:h, 0:w]
     scale = min(h, w) / 28
     imgs = []

@@ -45,6 +45,13 @@ ELBO_SAMPLES = 16  # the -ELBO's default draws, as on the browser page
 # so the estimate, does not depend on it (numpy draws the same values in any chunking).
 IW_BATCH = 512
 _ONE_BITS = np.float32(1.0).view(np.uint32)
+# A graph of any size (a diffusers VAE): a call whose estimated memory exceeds max_memory runs one
+# image at a time, or in tiles. The estimate: the graph's weights, the arrays in and out, and
+# PEAK_TENSORS times its largest activation (an SD decoder at 512x512 peaked at 3.8 of them
+# without onnxruntime's arena, 4.9 with it: benchmarks/bench_diffusers.py).
+DEFAULT_MAX_MEMORY = 2 << 30  # a phone app's share
+PEAK_TENSORS = 5
+MIN_TILE_CELLS = 8  # latent cells a side of the smallest tile (64 pixels for SD): smaller ones show seams
 
 
 def shipped_bundles() -> dict[str, Path]:
@@ -118,6 +125,10 @@ class VAERuntime:
         # batches run through buffers bound once (runtime/calls.py).
         self._enc_run = GraphCall(self.encoder)
         self._dec_run = GraphCall(self.decoder)
+        self.spatial: int = model.spatial_factor  # > 0: the graphs take any multiple of it
+        self.max_memory: int = DEFAULT_MAX_MEMORY  # bytes a call may use before it is split (spatial graphs)
+        self.tile: int | None = None  # pixels a side of the tiles, when asked for (spatial graphs)
+        self._weight_bytes = sum(self.info.files[f].size for f in self.info.variant(variant).files.values())
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -228,6 +239,8 @@ class VAERuntime:
                 and x.shape[0] and x.flags.c_contiguous and x.view(np.uint32).max() <= _ONE_BITS):
             return x
         x = np.asarray(x, dtype=np.float32)
+        if self.spatial:  # any size: the model's channels, sides multiples of its factor
+            shape = self._spatial_shape(x, shape, "images", self.spatial)
         if shape[0] == 1 and x.ndim == 2 and x.shape == shape[1:]:
             x = x[None, None]
         elif (shape[0] == 1 and x.ndim == 3 and x.shape[1:] == shape[1:]) or (x.ndim == 3 and x.shape == shape):
@@ -246,6 +259,8 @@ class VAERuntime:
         """[B, *latent_shape] float32; also [B, latent_dim] flattened, or one latent alone."""
         z = np.asarray(z, dtype=np.float32)
         shape = self.latent_shape
+        if self.spatial:
+            shape = self._spatial_shape(z, shape, "latents", 1)
         if z.shape == shape or (z.ndim == 1 and z.size == self.latent_dim):
             z = z.reshape(1, *shape)
         elif z.ndim == 2 and z.shape[1] == self.latent_dim and len(shape) > 1:
@@ -285,6 +300,10 @@ class VAERuntime:
             f = self._tile_factor("image", np.shape(x))
             return tiled(lambda t: self.encode(t, y), np.asarray(x, np.float32), self.latent_shape[1:], f, 1)
         x = self._images(x)
+        if self.spatial and not self.conditional:  # within max_memory: per image, or in tiles
+            split = self._split("encoder", x, self._encode_one, self.spatial, 1)
+            if split is not None:
+                return split
         feeds = {"x": x} if y is None and not self.conditional else {"x": x, **self._labels(y, len(x))}
         if self.deterministic:  # a point mass at mu: log-variance -inf, said, not invented
             mu = self._enc_run(self._enc_out, feeds, None, True)[0]
@@ -292,11 +311,72 @@ class VAERuntime:
         mu, logvar = self._enc_run(self._enc_out, feeds, None, copy)
         return mu, logvar
 
+    def _encode_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(x)
+        if self.deterministic:
+            mu = self._enc_run(self._enc_out, {"x": x}, None, True)[0]
+            return mu, np.full_like(mu, -np.inf)
+        return tuple(self._enc_run(self._enc_out, {"x": x}, None, True))
+
     # -- tiles: larger images and latents than the graphs' own -----------------------------
+    def _spatial_shape(self, a: np.ndarray, shape: tuple[int, ...], what: str, f: int) -> tuple[int, ...]:
+        """The [C, H, W] that array `a` of a graph of any size stands for (its own sides), after
+        checking its channels, that its sides are multiples of f and its size is bounded."""
+        if a.ndim not in (3, 4) or (a.ndim == 3 and a.shape[0] != shape[0]) or (a.ndim == 4 and a.shape[1] != shape[0]):
+            raise VaeEdgeError(f"{what} must have shape [batch, {shape[0]}, height, width] for this model, "
+                               f"got {list(a.shape)}")
+        h, w = a.shape[-2:]
+        if h < f or w < f or h % f or w % f:
+            raise VaeEdgeError(f"{what} of {h}x{w}: this model takes sides that are multiples of {f} (pad or crop them)")
+        if shape[0] * h * w > MAX_IMAGE_VALUES or (what == "latents" and shape[0] * h * w * self.spatial ** 2 * 3
+                                                       > 4 * MAX_IMAGE_VALUES):
+            raise VaeEdgeError(f"{what} of {h}x{w} are over the {MAX_IMAGE_VALUES:,} values one image may hold")
+        return (shape[0], h, w)
+
+    def _plan(self, graph: str, n: int, cells: tuple[int, int]) -> tuple[int, int] | None:
+        """For a graph of any size: None to run the batch as it is, (0, 0) one image at a time, or
+        the tile (in latent cells a side) that fits max_memory, or the --tile asked for."""
+        f = self.spatial
+        if self.tile:
+            if self.tile % f:
+                raise VaeEdgeError(f"--tile {self.tile}: tiles must be a multiple of {f} pixels for this model")
+            t = self.tile // f
+            return None if t >= max(cells) else (min(t, cells[0]), min(t, cells[1]))
+        per_pixel = PEAK_TENSORS * int(self.info.model.activation_bytes_per_pixel.get(graph, 0))
+        if not per_pixel:
+            return None
+        pixels = cells[0] * cells[1] * f * f
+        io = n * pixels * 4 * (self.image_shape[0] + self.latent_shape[0] / f / f)
+        budget = self.max_memory - self._weight_bytes - 2 * io  # what the tiles' activations may use
+        if n * pixels * per_pixel <= budget:
+            return None
+        if pixels * per_pixel <= budget:
+            return (0, 0)
+        t = max(cells)
+        while t > MIN_TILE_CELLS and (min(t, cells[0]) * min(t, cells[1]) * f * f * per_pixel) > budget:
+            t -= 1
+        need = self._weight_bytes + 2 * io + MIN_TILE_CELLS ** 2 * f * f * per_pixel
+        if t <= MIN_TILE_CELLS and need > self.max_memory:
+            raise VaeEdgeError(f"{n} image(s) of {cells[0] * f}x{cells[1] * f} need about {_mib(need)} even in the "
+                               f"smallest tiles ({MIN_TILE_CELLS * f} pixels): raise --max-memory (now "
+                               f"{_mib(self.max_memory)})")
+        return (min(t, cells[0]), min(t, cells[1]))
+
+    def _split(self, graph: str, a: np.ndarray, run, f_in: int, f_out: int):
+        """run(a) as planned for a graph of any size: whole, one image at a time, or in tiles."""
+        cells = (a.shape[2] // f_in, a.shape[3] // f_in)
+        plan = self._plan(graph, len(a), cells)
+        if plan is None:
+            return None
+        if plan == (0, 0):
+            outs = [run(a[i:i + 1]) for i in range(len(a))]
+            return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))
+        return tiled(run, a, plan, f_in, f_out)
+
     def _larger(self, a, shape: tuple[int, ...]) -> bool:
         """a is a batch of spatial arrays with shape's channels and more rows or columns than it."""
         s = np.shape(a)
-        return (len(self.latent_shape) == 3 and len(s) == 4 and s[1] == shape[0] and s[2:] != tuple(shape[1:])
+        return (not self.spatial and len(self.latent_shape) == 3 and len(s) == 4 and s[1] == shape[0] and s[2:] != tuple(shape[1:])
                 and s[2] >= shape[1] and s[3] >= shape[2])
 
     def _tile_factor(self, what: str, s: tuple[int, ...]) -> int:
@@ -345,6 +425,12 @@ class VAERuntime:
             z = self._latents(z)
         if logits and self.likelihood != "bernoulli":
             raise VaeEdgeError(f"this model's likelihood is {self.likelihood}: its decoder gives a mean, not logits")
+        if self.spatial and not self.conditional:  # within max_memory: per image, or in tiles
+            out = self._logits if logits else self._probs
+            split = self._split("decoder", z, lambda t: (self._dec_run(out, {"z": np.ascontiguousarray(t)}, None,
+                                                                          True)[0],), 1, self.spatial)
+            if split is not None:
+                return split[0]
         feeds = {"z": z} if y is None and not self.conditional else {"z": z, **self._labels(y, len(z))}
         return self._dec_run(self._logits if logits else self._probs, feeds, None, copy)[0]
 
@@ -372,13 +458,20 @@ class VAERuntime:
             raise VaeEdgeError(f"steps must be between 2 and 1000, got {steps}")
         if method not in ("lerp", "slerp"):
             raise VaeEdgeError(f"unknown interpolation {method!r}: lerp or slerp")
-        za, _ = self.encode(np.asarray(a, np.float32).reshape(1, *self.image_shape), None if y is None else y[:1])
-        zb, _ = self.encode(np.asarray(b, np.float32).reshape(1, *self.image_shape), None if y is None else y[1:2])
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        shape = self.image_shape
+        if self.spatial:  # any size, the same for both
+            a, b = (v[0] if v.ndim == 4 and len(v) == 1 else v for v in (a, b))
+            if a.shape != b.shape:
+                raise VaeEdgeError(f"the two images differ in size ({list(a.shape)} and {list(b.shape)})")
+            shape = a.shape
+        za, _ = self.encode(a.reshape(1, *shape), None if y is None else y[:1])
+        zb, _ = self.encode(b.reshape(1, *shape), None if y is None else y[1:2])
         t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
         a_, b_ = za[0].reshape(-1), zb[0].reshape(-1)  # spatial latents: along the flattened vector
         z = lerp(a_, b_, t) if method == "lerp" else slerp(a_, b_, t)
         yy = None if y is None else np.where(t[:, 0] < 0.5, y[0], y[1])
-        return self.decode(z.astype(np.float32).reshape(steps, *self.latent_shape), yy)
+        return self.decode(z.astype(np.float32).reshape(steps, *za.shape[1:]), yy)
 
     def denoise(self, x, noise: str | None = None, mask=None, samples: int = 512, rounds: int = 2,
                 seed: int = 0, y=None, info: dict | None = None) -> np.ndarray:
@@ -533,6 +626,10 @@ def check_memory(nbytes: int, what: str, fix: str) -> None:
     if have and nbytes > 0.8 * have:
         raise VaeEdgeError(f"{what} needs about {nbytes / 2**30:.1f} GiB, and this machine has "
                            f"{have / 2**30:.1f} GiB free: {fix}")
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from vae_edge import VaeEdgeError
 from vae_edge.cli import cli
 from vae_edge.runtime import VAERuntime
 
@@ -49,24 +50,23 @@ def test_a_diffusers_folder_exports_and_decodes_as_diffusers_does(tmp_path, kind
     vae = _save_kl(tmp_path / "pipe", kind, pipeline=True)
     cfg = vae.config
     shift = cfg.shift_factor or 0.0
-    for size in (16, 24):  # the config's sample size, and another multiple of 8
-        out = tmp_path / f"b{size}"
-        r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "pipe"), "--input-shape", f"3,{size},{size}",
-                                     "--out", str(out)])
-        assert r.exit_code == 0, r.output
-        rt = VAERuntime.load(out, warn=lambda s: None)
-        m = json.loads((out / "manifest.json").read_text())["model"]
-        assert m["latent_scaling"] == {"space": "diffusion", "scaling_factor": cfg.scaling_factor,
-                                       "shift_factor": shift}
-        assert m["diffusers"]["class"] == "AutoencoderKL" and rt.latent_shape == (cfg.latent_channels, size // 2, size // 2)
+    out = tmp_path / "b"
+    r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "pipe"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rt = VAERuntime.load(out, warn=lambda s: None)
+    m = json.loads((out / "manifest.json").read_text())["model"]
+    assert m["latent_scaling"] == {"space": "diffusion", "scaling_factor": cfg.scaling_factor, "shift_factor": shift}
+    assert m["diffusers"]["class"] == "AutoencoderKL" and rt.latent_shape == (cfg.latent_channels, 8, 8)
+    # one bundle, any size: its own (16x16, the config's), and others (not square, larger)
+    for h, w in ((16, 16), (24, 40), (48, 32)):
         # a diffusion pipeline's latents -> the image diffusers' own decode gives (as its pipelines call it)
-        latents = np.random.default_rng(1).standard_normal((2, *rt.latent_shape), dtype=np.float32)
+        latents = np.random.default_rng(1).standard_normal((2, cfg.latent_channels, h // 2, w // 2), dtype=np.float32)
         with torch.no_grad():
             want = vae.decode(torch.from_numpy(latents) / cfg.scaling_factor + shift).sample
         want = ((want + 1) / 2).clamp(0, 1).numpy()
         assert np.max(np.abs(rt.decode(latents) - want)) < 1e-4
         # an image -> the latents a pipeline would make of it ((mean - shift) * scale)
-        x = np.random.default_rng(2).random((2, 3, size, size), dtype=np.float32)
+        x = np.random.default_rng(2).random((2, 3, h, w), dtype=np.float32)
         with torch.no_grad():
             dist = vae.encode(torch.from_numpy(2 * x - 1)).latent_dist
         mu, logvar = rt.encode(x)
@@ -224,3 +224,61 @@ def test_taesd_exports_with_a_deterministic_encoder(tmp_path):
     assert r.exit_code == 0, r.output
     q = VAERuntime.load(tmp_path / "b", variant="int8-static", warn=lambda s: None)
     assert np.all(np.isfinite(q.decode(mu)))
+
+
+@pytest.mark.slow
+def test_any_size_is_split_to_fit_the_memory_limit_and_tiles_blend_within_the_bound(tmp_path):
+    """The graphs take any size; a call estimated over --max-memory runs one image at a time, then
+    in tiles that fit; --tile asks for tiles. Tiles against the untiled decode: the bound stated in
+    docs/diffusers.md (random weights, GroupNorm statistics taken per tile). Errors in one line."""
+    _save_kl(tmp_path / "vae", "sd")
+    r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "vae"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    rt = VAERuntime.load(tmp_path / "b", warn=lambda s: None)
+    per_pixel = rt.info.model.activation_bytes_per_pixel
+    assert per_pixel["decoder"] >= 4 * 16 and per_pixel["encoder"] >= 4 * 8  # 16 and 8 channels at full size, fp32
+    z = np.random.default_rng(0).standard_normal((2, 4, 64, 48)).astype(np.float32)
+    whole = rt.decode(z)
+    assert whole.shape == (2, 3, 128, 96)
+    # a limit that one image fits and two do not: one at a time, the same numbers
+    one = rt._weight_bytes + 2 * whole[0].nbytes * 2 + 5 * per_pixel["decoder"] * 128 * 96
+    rt.max_memory = one + 5 * per_pixel["decoder"] * 128 * 96 // 2
+    assert rt._plan("decoder", 2, (64, 48)) == (0, 0)
+    assert np.max(np.abs(rt.decode(z) - whole)) < 1e-5
+    # a limit that one image does not fit: tiles, blended within the bound
+    rt.max_memory = rt._weight_bytes + 2 * 4 * 128 * 96 * 3 + 5 * per_pixel["decoder"] * 64 * 64
+    plan = rt._plan("decoder", 1, (64, 48))
+    assert plan and plan != (0, 0) and max(plan) < 64
+    tiled = rt.decode(z[:1])
+    d = np.abs(tiled - whole[:1])
+    assert 0 < d.max() < 0.3 and d.mean() < 0.03
+    # --tile through the CLI, decode and encode
+    np.save(tmp_path / "z.npy", z[:1])
+    r = CliRunner().invoke(cli, ["decode", str(tmp_path / "z.npy"), "--bundle", str(tmp_path / "b"), "--tile", "32",
+                                 "-o", str(tmp_path / "img.npy")])
+    assert r.exit_code == 0, r.output
+    d = np.abs(np.load(tmp_path / "img.npy") - whole[:1])
+    assert 0 < d.max() < 0.3 and d.mean() < 0.03
+    np.save(tmp_path / "x.npy", whole[:1])
+    r = CliRunner().invoke(cli, ["encode", str(tmp_path / "x.npy"), "--bundle", str(tmp_path / "b"), "--tile", "32",
+                                 "-o", str(tmp_path / "mu.npy")])
+    assert r.exit_code == 0, r.output
+    mu = rt.encode(whole[:1])[0]
+    assert np.load(tmp_path / "mu.npy").shape == mu.shape == (1, 4, 64, 48)
+    # one line for what cannot be done
+    for args, says in ((["--tile", "33"], "multiple of 2"), (["--max-memory", "lots"], "a size such as 2G"),
+                       (["--max-memory", "1M"], "at least 64M")):
+        r = CliRunner().invoke(cli, ["decode", str(tmp_path / "z.npy"), "--bundle", str(tmp_path / "b"), *args,
+                                     "-o", str(tmp_path / "bad.npy")])
+        assert r.exit_code != 0 and says in r.output, (args, r.output)
+        assert not (tmp_path / "bad.npy").exists()
+    rt.max_memory = rt._weight_bytes + 1000
+    with pytest.raises(VaeEdgeError, match="raise --max-memory"):
+        rt.decode(z[:1])
+    for bad, says in (((1, 5, 8, 8), "latents must have shape"), ((1, 4, 8), "latents must have shape")):
+        with pytest.raises(VaeEdgeError, match=says):
+            rt.decode(np.zeros(bad, np.float32))
+    with pytest.raises(VaeEdgeError, match="multiples of 2"):
+        rt.encode(np.zeros((1, 3, 33, 32), np.float32))
+    with pytest.raises(VaeEdgeError, match="shape \\[batch, 3, height, width\\]"):
+        rt.encode(np.zeros((1, 4, 32, 32), np.float32))

@@ -38,7 +38,8 @@ def test_ramps_cross_fade_and_leave_the_edges_alone():
 
 @pytest.mark.slow
 def test_a_diffusers_bundle_decodes_and_encodes_larger_sizes_in_tiles(tmp_path):
-    """A bundle exported at 32x32 decodes 96x96 (latents 48x48) and encodes it back in tiles;
+    """A bundle of fixed-size graphs (--fixed-size) exported at 32x32 decodes 96x96 (latents 48x48)
+    and encodes it back in tiles of its size;
     against the untiled torch module: the bound stated in docs/diffusers.md (random weights,
     GroupNorm statistics taken per tile)."""
     import torch
@@ -50,7 +51,7 @@ def test_a_diffusers_bundle_decodes_and_encodes_larger_sizes_in_tiles(tmp_path):
 
     vae = _save_kl(tmp_path / "vae", "sd")
     r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "vae"), "--input-shape", "3,32,32",
-                                 "--out", str(tmp_path / "b")])
+                                 "--fixed-size", "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     rt = VAERuntime.load(tmp_path / "b", warn=lambda s: None)
     z = np.random.default_rng(0).standard_normal((1, 4, 48, 48)).astype(np.float32)

@@ -261,13 +261,37 @@ def runtime_options(f):
         click.option("--no-self-check", "no_self_check", is_flag=True,
                      help="Skip the variant's golden-vector check at load (it refuses a variant this device "
                           "computes differently)."),
+        click.option("--max-memory", default="2G", show_default=True, callback=_memory_size, metavar="SIZE",
+                     help="Models of any image size (diffusers VAEs): a call estimated to need more runs one image "
+                          "at a time, or in overlapping tiles (e.g. 1G, 512M)."),
+        click.option("--tile", type=click.IntRange(1), default=None, metavar="PIXELS",
+                     help="Models of any image size: decode and encode in overlapping tiles of this many pixels a "
+                          "side (a multiple of the model's factor), whatever the memory."),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
+def _memory_size(ctx, param, value):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        n = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        n = -1
+    if not 64 << 20 <= n <= 1 << 50:
+        raise click.BadParameter(f"{value!r}: a size such as 2G or 512M, at least 64M")
+    return int(n)
+
+
 def load_runtime(kw: dict):
+    rt = _load_runtime(kw)
+    rt.max_memory, rt.tile = kw.pop("max_memory"), kw.pop("tile")
+    return rt
+
+
+def _load_runtime(kw: dict):
     from vae_edge.runtime import VAERuntime
     from vae_edge.runtime.providers import parse_provider_options
 

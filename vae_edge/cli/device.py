@@ -81,7 +81,7 @@ def reconstruct(rt, inputs, output, digit, data_dir) -> None:
     )
 
     out = check_output(output, PICTURE_OR_ARRAY)
-    x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape)
+    x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape, any_size=rt.spatial)
     rec = rt.reconstruct(x, _labels_for(rt, labels, digit))
     save_picture_or_array(out, rec, lambda: grid(np.concatenate([x, rec]), ncol=len(x)))
     done(f"{len(x)} reconstruction{'s' if len(x) != 1 else ''} -> {out}", out)
@@ -114,8 +114,8 @@ def interpolate(rt, a, b, steps, method, output, data_dir) -> None:
     )
 
     out = check_output(output, (".gif", ".png"))
-    xa, la = load_inputs([a], data_dir, shape=rt.image_shape)
-    xb, lb = load_inputs([b], data_dir, shape=rt.image_shape)
+    xa, la = load_inputs([a], data_dir, shape=rt.image_shape, any_size=rt.spatial)
+    xb, lb = load_inputs([b], data_dir, shape=rt.image_shape, any_size=rt.spatial)
     if len(xa) != 1 or len(xb) != 1:
         raise VaeEdgeError("A and B must each be one image (a file, or a slice like mnist:test[3:4])")
     y = None
@@ -295,7 +295,7 @@ def encode(rt, inputs, output, with_logvar, latent_space, digit, data_dir) -> No
     from vae_edge.runtime.images import check_output, load_inputs, save_npy
 
     out = check_output(output, (".npy",))
-    x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape)
+    x, labels = load_inputs(inputs, data_dir, shape=rt.image_shape, any_size=rt.spatial)
     mu, logvar = rt.encode(x, _labels_for(rt, labels, digit))
     if latent_space == "raw":
         mu, logvar = rt.to_raw(mu, logvar)

@@ -28,7 +28,11 @@ from vae_edge.cli.base import (
 @click.option("--diffusers", "diffusers_dir", type=click.Path(file_okay=False), default=None,
               help="A diffusers VAE folder (save_pretrained: config.json + safetensors) or a pipeline folder "
                    "(its vae/): AutoencoderKL of SD 1.x/2.x, SDXL, SD3/Flux. Read locally, no network; no module "
-                   "file. Latents are the diffusion model's (scaled); --input-shape picks the image size.")
+                   "file. Latents are the diffusion model's (scaled). The graphs take any image size (multiples of "
+                   "the VAE's factor, 8 for SD); --input-shape sets the model's own (what sample makes).")
+@click.option("--fixed-size", is_flag=True,
+              help="With --diffusers: graphs of the --input-shape size only (static shapes, for accelerators that "
+                   "need them; larger images are then decoded in tiles of that size).")
 @click.option("--subfolder", default=None, help="With --diffusers: the VAE's subfolder (default: vae/ of a pipeline).")
 @click.option("--encoder-onnx", type=click.Path(dir_okay=False), default=None,
               help="Graphs exported elsewhere, wrapped into a bundle (with --decoder-onnx; vae-edge's names: x -> mu, "
@@ -51,7 +55,7 @@ from vae_edge.cli.base import (
               help="Release number recorded in the (signed) manifest: devices given `--expect NAME@N` refuse "
                    "older releases (rollbacks). Raise it for every bundle you ship.")
 @data_dir_option
-def export(checkpoint, out, module, diffusers_dir, subfolder, encoder_onnx, decoder_onnx, adapter, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
+def export(checkpoint, out, module, diffusers_dir, fixed_size, subfolder, encoder_onnx, decoder_onnx, adapter, weights, input_shape, likelihood, sigma, name, opset, ort_format, release,
            data_dir) -> None:
     """Export encoder and decoder to ONNX, validated against PyTorch, as a bundle.
 
@@ -66,10 +70,10 @@ def export(checkpoint, out, module, diffusers_dir, subfolder, encoder_onnx, deco
     """
     if sum(bool(a) for a in (checkpoint, module, diffusers_dir, encoder_onnx or decoder_onnx)) > 1:
         raise click.UsageError("give one of a CHECKPOINT, --module, --diffusers, or --encoder-onnx with --decoder-onnx")
-    if subfolder and not diffusers_dir:
-        raise click.UsageError("--subfolder goes with --diffusers")
+    if (subfolder or fixed_size) and not diffusers_dir:
+        raise click.UsageError("--subfolder and --fixed-size go with --diffusers")
     if diffusers_dir:
-        path = _export_diffusers(diffusers_dir, subfolder, input_shape, sigma, name, out, opset, release)
+        path = _export_diffusers(diffusers_dir, subfolder, input_shape, sigma, name, out, opset, release, fixed_size)
         click.echo(f"bundle: {path}")
         return
     if encoder_onnx or decoder_onnx:
@@ -105,7 +109,7 @@ def _parse_shape(input_shape: str) -> tuple[int, ...]:
         raise click.UsageError(f"--input-shape takes C,H,W such as 3,32,32, got {input_shape!r}") from None
 
 
-def _export_diffusers(folder, subfolder, input_shape, sigma, name, out, opset, release):
+def _export_diffusers(folder, subfolder, input_shape, sigma, name, out, opset, release, fixed_size=False):
     from vae_edge.export.adapters import load_diffusers
     from vae_edge.export.byo import export_vae
 
@@ -120,7 +124,7 @@ def _export_diffusers(folder, subfolder, input_shape, sigma, name, out, opset, r
                        "value in [0, 1] (for -ELBO and score; pass --sigma to choose)")
     return export_vae(model, shape, out, likelihood="gaussian", sigma=sigma or DIFFUSERS_SIGMA,
                       name=name or Path(facts["source"]).resolve().name, opset=opset, release=release,
-                      log=progress_log(), diffusers=facts)
+                      log=progress_log(), diffusers=facts, spatial_factor=0 if fixed_size else k)
 
 
 def _export_module(spec: str, adapter, weights, input_shape, likelihood, sigma, name, out, opset, release):
@@ -196,8 +200,8 @@ def quantize(ctx, bundle, mode, data_dir, calibration_size, calibration_data, me
         from vae_edge.runtime.bundle import read_manifest
         from vae_edge.runtime.images import load_inputs
 
-        shape = read_manifest(bundle).model.image_shape
-        images = load_inputs(calibration_data, data_dir, shape=shape)[0]
+        model = read_manifest(bundle).model
+        images = load_inputs(calibration_data, data_dir, shape=model.image_shape, any_size=model.spatial_factor)[0]
     variant, entry = quantize_bundle(bundle, qc, data_dir=data_dir, log=progress_log(), explicit=explicit,
                                      calibration_data=images,
                                      calibration_label=f"{len(images)} images from {', '.join(calibration_data)}"[:200]
