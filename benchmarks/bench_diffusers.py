@@ -1,9 +1,11 @@
 """Stable Diffusion's VAE at its real size: an SD 1.x-config diffusers AutoencoderKL (34M + 49M
 parameters, random weights: speed and memory do not depend on them) saved with save_pretrained,
-then every step through the CLI in a fresh process each (time and peak RSS), then decoder latency
-of every variant against diffusers' own module in torch, in one run.
+then every step through the CLI in a fresh process each (time and peak RSS); decode and encode
+latency of every variant against diffusers' own module in torch (eager, channels_last, bf16
+autocast, torch.compile), in one run; quality on a small AutoencoderKL trained here.
 
-    python benchmarks/bench_diffusers.py [--size 256] [--calibration 64] [--repeats 5]
+    python benchmarks/bench_diffusers.py [--size 512] [--calibration 64] [--part pipeline|latency|quality]
+                                         [--workdir DIR]
 
 Writes benchmarks/results/diffusers.md and .json (docs/diffusers.md quotes them).
 """
@@ -52,43 +54,88 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def latency(bundle: Path, folder: Path, size: int, repeats: int) -> list[dict]:
+def latency(bundle: Path, folder: Path, sizes: list[int], repeats: int, compile_: bool) -> list[dict]:
+    """Decode and encode of one image at each size, one thread and all: torch (eager, channels_last,
+    bf16 autocast, torch.compile) against every variant of the bundle, in one run."""
     import torch
     from diffusers import AutoencoderKL
 
     from vae_edge.runtime import VAERuntime
 
     rows = []
-    z = np.random.default_rng(0).standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)
     vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False).eval()
-    zt = torch.from_numpy(z) / 0.18215
-    ref = None
-    for threads in (1, os.cpu_count()):
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            out = ((vae.decode(zt).sample + 1) / 2).clamp(0, 1).numpy()
-            ref = out if ref is None else ref
-            rows.append({"who": "torch eager fp32", "threads": threads,
-                         "ms": median_ms(lambda: vae.decode(zt), repeats)})
-            vae.to(memory_format=torch.channels_last)
-            zc = zt.contiguous(memory_format=torch.channels_last)
-            rows.append({"who": "torch channels_last fp32", "threads": threads,
-                         "ms": median_ms(lambda zc=zc: vae.decode(zc), repeats)})
-            vae.to(memory_format=torch.contiguous_format)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                bf = ((vae.decode(zt).sample.float() + 1) / 2).clamp(0, 1).numpy()
-                rows.append({"who": "torch bf16 autocast", "threads": threads,
-                             "ms": median_ms(lambda: vae.decode(zt), repeats), "psnr_db": psnr(bf, ref)})
-        for variant in ("fp32", "int8-static", "fp16"):
-            rt = VAERuntime.load(bundle, variant=variant, threads=threads, warn=lambda s: None)
-            got = rt.decode(z)
-            rows.append({"who": f"vae-edge {variant}", "threads": threads, "ms": median_ms(lambda rt=rt: rt.decode(z),
-                                                                                          repeats),
-                         "psnr_db": psnr(got, ref)})
-            rt.close()
-        for r in rows[-6:]:
-            print(r, flush=True)
+    compiled = {}
+    for size in sizes:
+        z = np.random.default_rng(0).standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)
+        base = np.random.default_rng(1).random((1, 3, 8, 8)).astype(np.float32)
+        x = np.repeat(np.repeat(base, size // 8, axis=2), size // 8, axis=3)  # a smooth colour field
+        zt, xt = torch.from_numpy(z) / 0.18215, torch.from_numpy(2 * x - 1)
+        calls = {"decode": (lambda m, a: m.decode(a).sample, zt), "encode": (lambda m, a: m.encode(a).latent_dist.mean, xt)}
+        for threads in (1, os.cpu_count()):
+            torch.set_num_threads(threads)
+            for graph, (call, arg) in calls.items():
+                first = len(rows)
+                with torch.inference_mode():
+                    ref = call(vae, arg).float().numpy()
+                    if graph == "decode":
+                        ref = ((ref + 1) / 2).clip(0, 1)
+                    rows.append({"graph": graph, "size": size, "who": "torch eager fp32", "threads": threads,
+                                 "ms": median_ms(lambda c=call, a=arg: c(vae, a), repeats)})
+                    vae.to(memory_format=torch.channels_last)
+                    ac = arg.contiguous(memory_format=torch.channels_last)
+                    rows.append({"graph": graph, "size": size, "who": "torch channels_last fp32", "threads": threads,
+                                 "ms": median_ms(lambda c=call, ac=ac: c(vae, ac), repeats)})
+                    vae.to(memory_format=torch.contiguous_format)
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        bf = call(vae, arg).float().numpy()
+                        rows.append({"graph": graph, "size": size, "who": "torch bf16 autocast", "threads": threads,
+                                     "ms": median_ms(lambda c=call, a=arg: c(vae, a), repeats), **agreement(graph, bf, ref)})
+                if compile_:
+                    rows.append(_compiled(compiled, vae, graph, call, arg, ref, size, threads, repeats))
+                for variant in ("fp32", "int8-static", "fp16"):
+                    rt = VAERuntime.load(bundle, variant=variant, threads=threads, warn=lambda s: None)
+                    if graph == "decode":
+                        got = rt.decode(z)
+                        ms = median_ms(lambda rt=rt, z=z: rt.decode(z), repeats)
+                    else:
+                        got = rt.to_raw(rt.encode(x)[0])
+                        ms = median_ms(lambda rt=rt, x=x: rt.encode(x), repeats)
+                    rows.append({"graph": graph, "size": size, "who": f"vae-edge {variant}", "threads": threads,
+                                 "ms": ms, **agreement(graph, got, ref)})
+                    rt.close()
+                for r in rows[first:]:
+                    print(r, flush=True)
     return rows
+
+
+def _compiled(cache: dict, vae, graph: str, call, arg, ref, size: int, threads: int, repeats: int) -> dict:
+    """torch.compile (inductor, the default mode) of the call: its compile time is not counted."""
+    import torch
+
+    row = {"graph": graph, "size": size, "who": "torch.compile fp32", "threads": threads}
+    try:
+        fn = cache.get(graph)
+        if fn is None:
+            t0 = time.perf_counter()
+            fn = cache[graph] = torch.compile(lambda a: call(vae, a))
+            with torch.inference_mode():
+                fn(arg)
+            row["compile_s"] = round(time.perf_counter() - t0)
+        with torch.inference_mode():
+            got = fn(arg).float().numpy()
+            row["ms"] = median_ms(lambda: fn(arg), repeats)
+        row.update(agreement(graph, ((got + 1) / 2).clip(0, 1) if graph == "decode" else got, ref))
+    except Exception as e:  # say what failed, keep the other rows
+        row["failed"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}"
+    return row
+
+
+def agreement(graph: str, got: np.ndarray, ref: np.ndarray) -> dict:
+    """How far a contender's output is from torch fp32's: PSNR of the image, or the latent's largest
+    difference (raw latents)."""
+    if graph == "decode":
+        return {"psnr_db": psnr(got, ref)}
+    return {"max_diff": float(f"{float(np.max(np.abs(np.asarray(got, np.float64) - ref))):.2g}")}
 
 
 SMALL = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
@@ -156,7 +203,22 @@ def quality(tmp: Path, steps: int) -> dict:
         rows.append({"variant": v, "psnr_vs_images_db": psnr(rec, x), "psnr_vs_fp32_db": psnr(rec, ref),
                      "neg_elbo_delta_nats": acc.get("neg_elbo_delta")})
         print(rows[-1], flush=True)
-    return {"trained": trained, "rows": rows}
+    return {"trained": trained, "rows": rows, "tiles": seams(tmp / "sb", x)}
+
+
+def seams(bundle: Path, x: np.ndarray, tile: int = 64) -> dict:
+    """Tiled against whole decodes of 128x128 mosaics of 4x4 test images (fp32)."""
+    from vae_edge.runtime import VAERuntime
+
+    rt = VAERuntime.load(bundle, warn=lambda s: None)
+    m = x[:64].reshape(4, 4, 4, 3, 32, 32).transpose(0, 3, 1, 4, 2, 5).reshape(4, 3, 128, 128)
+    mu = rt.encode(np.ascontiguousarray(m))[0]
+    whole = rt.decode(mu)
+    rt.tile = tile
+    tiled = rt.decode(mu)
+    d = np.abs(tiled - whole)
+    return {"images": len(m), "size": 128, "tile": tile, "max_diff": float(d.max()), "mean_diff": float(d.mean()),
+            "psnr_db": psnr(tiled, whole)}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -164,82 +226,138 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(round(10 * np.log10(1.0 / mse), 1)) if mse > 0 else None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--calibration", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--train-steps", type=int, default=600,
-                    help="Steps of the small trained model (quality); 0: no quality part.")
-    ap.add_argument("--name", default="diffusers", help="Results file: benchmarks/results/NAME.md and .json.")
-    args = ap.parse_args()
+def pipeline(work: Path, size: int, n_calib: int, n_eval: int, tiled_sizes: list[int]) -> dict:
+    """Every CLI step at the real size in a new process each: export, static int8 with n_calib
+    calibration images, guarded fp16, and decodes of large images within the default --max-memory."""
     import torch
     from diffusers import AutoencoderKL
 
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**SD15)
+    params = {g: sum(p.numel() for n, p in vae.named_parameters() if n.startswith(g)) for g in ("encoder", "decoder")}
+    vae.save_pretrained(work / "sd-vae")
+    del vae
+    # quantize keeps half the images it is given to calibrate, a quarter to choose the float layers
+    # and a quarter to measure the accuracy (each quarter at most --eval-size)
+    n = 2 * n_calib
+    rng = np.random.default_rng(0)  # smooth colour fields, not noise, stored as 8-bit
+    base = (rng.random((n, 3, 8, 8)) * 255).astype(np.uint8)
+    np.save(work / "calib.npy", np.repeat(np.repeat(base, size // 8, axis=2), size // 8, axis=3))
+    del base
+    b, s_ = work / "b", str(size)
+    steps = [step(f"export --diffusers (any size; {s_}x{s_} its own)", "export", "--diffusers", str(work / "sd-vae"),
+                  "--input-shape", f"3,{s_},{s_}", "--out", str(b)),
+             step(f"quantize --mode static, {n_calib} calibration images of {s_}x{s_}", "quantize", str(b), "--mode",
+                  "static", "--calibration-data", str(work / "calib.npy"), "--eval-size", str(n_eval)),
+             step(f"quantize --mode fp16 (guarded), {n_calib} images of {s_}x{s_}", "quantize", str(b), "--mode", "fp16",
+                  "--calibration-data", str(work / "calib.npy"), "--eval-size", str(n_eval))]
+    for big in tiled_sizes:
+        z = np.random.default_rng(1).standard_normal((1, 4, big // 8, big // 8)).astype(np.float32)
+        np.save(work / f"z{big}.npy", z)
+        for variant in ("int8-static", "fp32"):
+            steps.append(step(f"decode {big}x{big}, {variant}, default --max-memory (2G)", "decode",
+                              str(work / f"z{big}.npy"), "--bundle", str(b), "--variant", variant,
+                              "-o", str(work / f"big{big}.npy")))
+    np.save(work / "z512.npy", np.random.default_rng(1).standard_normal((1, 4, 64, 64)).astype(np.float32))
+    steps.append(step(f"sample 1 image of {s_}x{s_} (its own size), int8-static", "sample", "-n", "1", "--bundle", str(b),
+                      "--variant", "int8-static", "-o", str(work / "sample.png")))
+    steps.append(step("verify (sha256 of every file, streamed; golden vectors of every variant)", "verify", str(b)))
+    manifest = json.loads((b / "manifest.json").read_text())
+    sizes = {v: round(sum(manifest["files"][f]["size"] for f in e["files"].values()) / 2**20, 1)
+             for v, e in manifest["variants"].items()}
+    return {"parameters": params, "steps": steps, "bundle_mb": sizes,
+            "accuracy": {v: e.get("accuracy") for v, e in manifest["variants"].items() if v != "fp32"}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512, help="The model's own size: calibration images, sample.")
+    ap.add_argument("--calibration", type=int, default=64, help="Calibration images of --size.")
+    ap.add_argument("--eval-size", type=int, default=8, help="Images of --size that choose float layers and measure.")
+    ap.add_argument("--tiled", default="1024,2048", help="Sizes decoded within the default --max-memory.")
+    ap.add_argument("--latency-sizes", default="256,512")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="Leave torch.compile out of the latency table.")
+    ap.add_argument("--train-steps", type=int, default=600, help="Steps of the small trained model (quality).")
+    ap.add_argument("--part", choices=["pipeline", "latency", "quality", "all"], default="all",
+                    help="Run one part (the others' results are kept from the results file).")
+    ap.add_argument("--workdir", default=None, help="Keep the models and bundles here (latency reuses pipeline's).")
+    ap.add_argument("--name", default="diffusers", help="Results file: benchmarks/results/NAME.md and .json.")
+    args = ap.parse_args()
     from vae_edge.runtime.sysinfo import cpu
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        torch.manual_seed(0)
-        vae = AutoencoderKL(**SD15)
-        params = {g: sum(p.numel() for n, p in vae.named_parameters() if n.startswith(g)) for g in ("encoder", "decoder")}
-        vae.save_pretrained(tmp / "sd-vae")
-        del vae
-        rng = np.random.default_rng(0)  # calibration images: smooth colour fields, not noise
-        base = rng.random((args.calibration, 3, 8, 8)).astype(np.float32)
-        calib = np.repeat(np.repeat(base, args.size // 8, axis=2), args.size // 8, axis=3)
-        np.save(tmp / "calib.npy", calib)
-        del calib
-        s = str(args.size)
-        steps = [step(f"export --diffusers at {s}x{s}", "export", "--diffusers", str(tmp / "sd-vae"),
-                      "--input-shape", f"3,{s},{s}", "--out", str(tmp / "b")),
-                 step(f"quantize --mode static, {args.calibration} images of {s}x{s}", "quantize", str(tmp / "b"),
-                      "--mode", "static", "--calibration-data", str(tmp / "calib.npy")),
-                 step(f"quantize --mode fp16 (guarded), {args.calibration} images", "quantize", str(tmp / "b"),
-                      "--mode", "fp16", "--calibration-data", str(tmp / "calib.npy"))]
-        z = np.random.default_rng(1).standard_normal((1, 4, 4 * args.size // 8, 4 * args.size // 8)).astype(np.float32)
-        np.save(tmp / "z4.npy", z)
-        steps.append(step(f"decode {4 * args.size}x{4 * args.size} in {s}x{s} tiles (int8-static)", "decode",
-                          str(tmp / "z4.npy"), "--bundle", str(tmp / "b"), "--variant", "int8-static",
-                          "-o", str(tmp / "big.npy")))
-        manifest = json.loads((tmp / "b" / "manifest.json").read_text())
-        sizes = {v: sum(manifest["files"][f]["size"] for f in e["files"].values()) / 2**20
-                 for v, e in manifest["variants"].items()}
-        rows = latency(tmp / "b", tmp / "sd-vae", args.size, args.repeats)
-        qual = quality(tmp, args.train_steps) if args.train_steps else None
-    info = cpu()
-    report = {"cpu": info, "size": args.size, "parameters": params, "steps": steps,
-              "bundle_mb": {k: round(v, 1) for k, v in sizes.items()}, "latency": rows, "quality": qual}
     out = ROOT / "benchmarks" / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    cmd = " ".join(sys.argv[1:])
-    md = [f"Measured by `python benchmarks/bench_diffusers.py {cmd}` on "
-          f"{info['model']}, {info['cores']} cores: an SD 1.x-config AutoencoderKL ({params['encoder'] / 1e6:.1f}M encoder, "
-          f"{params['decoder'] / 1e6:.1f}M decoder parameters; random weights), every step a new process.", "",
-          "| step | time | peak RSS |", "|---|---:|---:|"]
-    md += [f"| {s['step']} | {s['seconds']:.0f} s | {s['peak_rss_gb']:.2f} GB |" for s in steps]
-    md += ["", "| variant | size (both graphs) |", "|---|---:|"]
-    md += [f"| {v} | {mb:.1f} MB |" for v, mb in sizes.items()]
-    md += ["", f"Decoding one {args.size}x{args.size} image (latent {args.size // 8}x{args.size // 8}), median of "
-           f"{args.repeats} after a warm-up; PSNR against torch fp32's image (random weights: a check of the "
-           "arithmetic, not of quality):", "", "| who | threads | ms | PSNR vs torch fp32 |", "|---|---:|---:|---:|"]
-    md += [f"| {r['who']} | {r['threads']} | {r['ms']:.0f} | "
-           f"{'' if r.get('psnr_db') is None else str(r['psnr_db']) + ' dB'} |" for r in rows]
-    if qual is None:
-        (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
-        print("\n".join(md))
-        return
-    t = qual["trained"]
-    md += ["", f"Quality, on a small AutoencoderKL trained here ({t['parameters'] / 1e6:.2f}M parameters, {t['steps']} "
-           f"steps of Adam in {t['seconds']} s on tinted 32x32 Fashion-MNIST), 500 held-out test images "
-           "reconstructed; quantized with 256 training images:", "",
-           "| variant | PSNR vs the images | PSNR vs fp32's reconstruction | -ELBO delta (quantize's record) |",
-           "|---|---:|---:|---:|"]
-    md += [f"| {r['variant']} | {r['psnr_vs_images_db']} dB | "
-           f"{'(the reference)' if r['psnr_vs_fp32_db'] is None else str(r['psnr_vs_fp32_db']) + ' dB'} | "
-           f"{'' if r['neg_elbo_delta_nats'] is None else format(r['neg_elbo_delta_nats'], '+.3f')} |" for r in qual["rows"]]
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    path = out / f"{args.name}.json"
+    report = json.loads(path.read_text()) if path.exists() and args.part != "all" else {}
+    commands = report.get("commands", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        cmd = "python benchmarks/bench_diffusers.py " + " ".join(sys.argv[1:])
+        if args.part in ("pipeline", "all"):
+            report["pipeline"] = pipeline(work, args.size, args.calibration, args.eval_size,
+                                          [int(n) for n in args.tiled.split(",") if n])
+            report["size"], commands["pipeline"] = args.size, cmd
+        if args.part in ("latency", "all"):
+            if not (work / "b").is_dir():
+                sys.exit(f"--part latency needs the bundle of --part pipeline in --workdir ({work / 'b'} is missing)")
+            report["latency"] = latency(work / "b", work / "sd-vae", [int(n) for n in args.latency_sizes.split(",")],
+                                        args.repeats, not args.no_compile)
+            commands["latency"] = cmd
+        if args.part in ("quality", "all"):
+            report["quality"] = quality(work, args.train_steps)
+            commands["quality"] = cmd
+    report["cpu"], report["commands"] = cpu(), commands
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    md = render(report)
+    (out / f"{args.name}.md").write_text(md)
+    print(md)
+
+
+def render(report: dict) -> str:
+    info, md = report["cpu"], []
+    p = report.get("pipeline")
+    if p:
+        params = p["parameters"]
+        md += [f"Measured by `{report['commands']['pipeline']}` on {info['model']}, {info['cores']} cores: an SD "
+               f"1.x-config AutoencoderKL ({params['encoder'] / 1e6:.1f}M encoder, {params['decoder'] / 1e6:.1f}M "
+               "decoder parameters; random weights), every step a new process.", "",
+               "| step | time | peak RSS |", "|---|---:|---:|"]
+        md += [f"| {s['step']} | {s['seconds']:.0f} s | {s['peak_rss_gb']:.2f} GB |" for s in p["steps"]]
+        md += ["", "| variant | size (both graphs) |", "|---|---:|"]
+        md += [f"| {v} | {mb:.1f} MB |" for v, mb in p["bundle_mb"].items()]
+    rows = report.get("latency")
+    if rows:
+        md += ["", f"Latency by `{report['commands']['latency']}` ({info['model']}, {info['cores']} cores): one image, "
+               "median after a warm-up; against torch fp32's output (random weights: a check of the arithmetic, not "
+               "of quality): the decoded image's PSNR, the encoder's largest latent difference.", "",
+               "| graph | size | who | threads | ms | vs torch fp32 |", "|---|---:|---|---:|---:|---:|"]
+        for r in rows:
+            agree = (f"{r['psnr_db']} dB" if r.get("psnr_db") is not None else
+                     f"max {r['max_diff']:g}" if r.get("max_diff") is not None else "")
+            ms = f"{r['ms']:.0f}" if "ms" in r else f"failed ({r.get('failed', '')})"
+            extra = f" (compiled in {r['compile_s']} s)" if r.get("compile_s") else ""
+            md.append(f"| {r['graph']} | {r['size']} | {r['who']}{extra} | {r['threads']} | {ms} | {agree} |")
+    qual = report.get("quality")
+    if qual:
+        t = qual["trained"]
+        md += ["", f"Quality by `{report['commands']['quality']}`, on a small AutoencoderKL trained here "
+               f"({t['parameters'] / 1e6:.2f}M parameters, {t['steps']} steps of Adam in {t['seconds']} s on tinted "
+               "32x32 Fashion-MNIST), 500 held-out test images reconstructed; quantized with 256 training images:", "",
+               "| variant | PSNR vs the images | PSNR vs fp32's reconstruction | -ELBO delta (quantize's record) |",
+               "|---|---:|---:|---:|"]
+        md += [f"| {r['variant']} | {r['psnr_vs_images_db']} dB | "
+               f"{'(the reference)' if r['psnr_vs_fp32_db'] is None else str(r['psnr_vs_fp32_db']) + ' dB'} | "
+               f"{'' if r['neg_elbo_delta_nats'] is None else format(r['neg_elbo_delta_nats'], '+.3f')} |"
+               for r in qual["rows"]]
+        seams = qual.get("tiles")
+        if seams:
+            md += ["", f"Tiles against the whole image, on the same trained model: {seams['images']} mosaics of "
+                   f"{seams['size']}x{seams['size']} (16 test images each) encoded whole, decoded whole and in tiles of "
+                   f"{seams['tile']} pixels (25% overlap, linear blending):", "",
+                   "| | max abs difference | mean abs difference | PSNR tiled vs whole |", "|---|---:|---:|---:|",
+                   f"| decode | {seams['max_diff']:.4f} | {seams['mean_diff']:.5f} | {seams['psnr_db']} dB |"]
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":

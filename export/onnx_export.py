@@ -25,7 +25,7 @@ from torch import nn
 
 from vae_edge import VaeEdgeError, __version__
 from vae_edge.data import load_split, resolve_data_dir, to_float
-from vae_edge.model import VAE
+from vae_edge.model import VAE, split_logistic
 from vae_edge.runtime import selfcheck
 from vae_edge.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, is_bundle, variant_filename
 from vae_edge.runtime.bundle_writer import add_variant, replace_dir
@@ -94,6 +94,8 @@ def graph_specs(model: VAE, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
     image = ("batch", *model.cfg.image_shape)
     outputs = ((TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image))
                if model.cfg.likelihood == "bernoulli" else (TensorSpec("probs", "float32", image),))
+    if model.cfg.likelihood == "logistic":  # 8-bit values: the discretized logistic's mean and log-scale
+        outputs = (TensorSpec("probs", "float32", image), TensorSpec("log_scale", "float32", image))
     return {
         "encoder": GraphSpec(
             "encoder",
@@ -130,6 +132,8 @@ class DecoderGraph(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None):
         logits = self.model.decode(z, y)
+        if self.model.cfg.likelihood == "logistic":
+            return split_logistic(logits)  # (mean in [0, 1], log-scale)
         if self.model.cfg.likelihood == "gaussian":
             return (torch.sigmoid(logits),)
         return logits, torch.sigmoid(logits)

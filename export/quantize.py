@@ -600,7 +600,8 @@ def _quantize_bundle(bundle: Path, qc: QuantizeConfig, data_dir, log, explicit, 
             select = selection_set(manifest, data_dir, min(SELECTION_SIZE, qc.eval_size))
             judge = eval_set(manifest, data_dir, qc.eval_size)
         else:
-            select, judge = user.as_set("selection", SELECTION_SIZE), user.as_set("evaluation", qc.eval_size)
+            select = user.as_set("selection", min(SELECTION_SIZE, qc.eval_size))
+            judge = user.as_set("evaluation", qc.eval_size)
         _choose_float_layers(job, select)
         acc = measure_accuracy(bundle, manifest, job.out, judge)
         entry = _record(job, acc, len(select["x"]))

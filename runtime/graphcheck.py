@@ -146,6 +146,8 @@ def check_io(sess, spec: dict, where: object, graph: str = "", likelihood: str =
         needed = REQUIRED.get(graph, {}).get(kind, set())
         if likelihood != "bernoulli":
             needed = needed - {"logits"}
+        if likelihood == "logistic" and graph == "decoder" and kind == "outputs":
+            needed = needed | {"log_scale"}  # the discretized logistic's mean (probs) and log-scale
         if deterministic:  # an encoder that gives the latents alone (the manifest says so)
             needed = needed - {"logvar"}
         if not needed <= set(have):

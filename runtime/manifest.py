@@ -76,7 +76,8 @@ class ModelInfo:
     config: Mapping  # the whole model config (the checkpoint's)
     image_shape: tuple[int, int, int] = MNIST_SHAPE  # [C, H, W] of one image, values in [0, 1]
     latent_shape: tuple[int, ...] = ()  # a vector (latent_dim,) or spatial, such as (4, 8, 8)
-    likelihood: str = "bernoulli"  # bernoulli (the decoder gives logits) | gaussian (its mean)
+    likelihood: str = "bernoulli"  # bernoulli (the decoder gives logits) | gaussian (its mean) |
+                                   # logistic (8-bit values: its mean and log_scale)
     sigma: float | None = None  # the Gaussian likelihood's fixed per-pixel standard deviation
     learned_sigma: bool = False  # Gaussian: the decoder also gives log_sigma per value (sigma is None)
     # A diffusers VAE's latents are the diffusion model's: raw = z / latent_scale + latent_shift
@@ -169,7 +170,7 @@ def _model_info(model: Mapping) -> ModelInfo:
         raise ValueError(f"image shape {list(image)} / latent of {d:,} values: over the {MAX_IMAGE_VALUES:,} values "
                          "an image or latent may hold")
     likelihood = str(model.get("likelihood") or "bernoulli")
-    if likelihood not in ("bernoulli", "gaussian"):
+    if likelihood not in ("bernoulli", "gaussian", "logistic"):
         raise ValueError(f"likelihood {likelihood!r}")
     sigma = model.get("sigma")
     learned = bool(model.get("learned_sigma"))

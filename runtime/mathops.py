@@ -28,10 +28,40 @@ def gaussian_nll(mean: np.ndarray, target: np.ndarray, sigma: float | None = Non
     return per.reshape(*per.shape[: per.ndim - 3], -1).sum(-1)
 
 
+def logistic_nll(mean: np.ndarray, log_scale: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """-log P(target) per image (nats), summed over its C x H x W values, for 8-bit values
+    (k/255) under a discretized logistic per value (vae_edge.model.discretized_logistic_nll's
+    arithmetic, in numpy): [..., B]."""
+    mean, log_scale, target = (np.asarray(a, np.float64) for a in (mean, log_scale, target))
+    log_scale = np.maximum(log_scale, LOG_SCALE_MIN)
+    centered, inv_s = target - mean, np.exp(-log_scale)
+    plus, minus = inv_s * (centered + 0.5 / 255), inv_s * (centered - 0.5 / 255)
+    log_cdf_plus = plus - np.logaddexp(0, plus)
+    log_one_minus_cdf_min = -np.logaddexp(0, minus)
+    delta = _sigmoid64(plus) - _sigmoid64(minus)
+    mid = inv_s * centered
+    log_pdf_mid = mid - log_scale - 2 * np.logaddexp(0, mid) - math.log(255)
+    with np.errstate(divide="ignore"):
+        inner = np.where(delta > 1e-5, np.log(np.maximum(delta, 1e-12)), log_pdf_mid)
+    log_p = np.where(target < 0.5 / 255, log_cdf_plus, np.where(target > 1 - 0.5 / 255, log_one_minus_cdf_min, inner))
+    per = -log_p
+    return per.reshape(*per.shape[: per.ndim - 3], -1).sum(-1)
+
+
+LOG_SCALE_MIN = -7.0  # as the model's
+
+
+def _sigmoid64(v: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0, -v))
+
+
 def decoder_nll(out: dict[str, np.ndarray], target: np.ndarray, likelihood: str, sigma: float | None = None) -> np.ndarray:
     """-log p(target | z) per image (nats) from a decoder's outputs by name, the model's own
     likelihood: Bernoulli on `logits`; Gaussian around `probs` (the mean) with its own `log_sigma`
-    when the decoder gives one, else the fixed sigma."""
+    when the decoder gives one, else the fixed sigma; logistic: the discretized logistic of mean
+    `probs` and `log_scale` (8-bit values)."""
+    if likelihood == "logistic":
+        return logistic_nll(out["probs"], out["log_scale"], target)
     if likelihood != "gaussian":
         return bce_with_logits(out["logits"], target)
     if "log_sigma" in out:
@@ -41,6 +71,8 @@ def decoder_nll(out: dict[str, np.ndarray], target: np.ndarray, likelihood: str,
 
 def decoder_outputs(likelihood: str, learned_sigma: bool) -> list[str]:
     """The decoder outputs decoder_nll needs."""
+    if likelihood == "logistic":
+        return ["probs", "log_scale"]
     if likelihood != "gaussian":
         return ["logits"]
     return ["probs", "log_sigma"] if learned_sigma else ["probs"]

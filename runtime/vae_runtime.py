@@ -524,12 +524,16 @@ class VAERuntime:
         """-log p(x | z) per image in nats, the model's own likelihood: Bernoulli on the decoder's
         logits, or Gaussian around its mean with the bundle's sigma (or the decoder's log_sigma)."""
         out = self._dec_run.plain(self._nll_outputs, {"z": z, **labels})
+        if self.likelihood == "logistic":  # the probability of 8-bit values: x on their grid
+            x = np.round(np.asarray(x, np.float64) * 255) / 255
         return decoder_nll(dict(zip(self._nll_outputs, out, strict=True)), x, self.likelihood, self.sigma)
 
     def bits_per_dim_8bit(self, nats: np.ndarray) -> np.ndarray:
         """Scores of a Gaussian model (nats of the density of images in [0, 1]) as the literature
         reports 8-bit images: bits per dimension of the data in [0, 256), i.e. (nats + D ln 256) / (D ln 2)."""
         d = int(np.prod(self.image_shape))
+        if self.likelihood == "logistic":  # already the probability of the 8-bit values
+            return np.asarray(nats, np.float64) / (d * math.log(2))
         return (np.asarray(nats, np.float64) + d * math.log(256)) / (d * math.log(2))
 
     def compress(self, x) -> bytes:

@@ -16,6 +16,8 @@ UPSAMPLE = ("resize-subpixel", "resize", "convtranspose")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+LOG_SCALE_MIN = -7.0  # the discretized logistic's log-scale floor (PixelCNN++'s)
 
 
 @dataclass
@@ -44,7 +46,10 @@ class VAEConfig:
     # beside the 7x7 and 14x14 feature maps (decoder), not only beside the flat features: the
     # decoder then draws the asked-for digit from y rather than from z.
     cond_planes: bool = False
-    likelihood: str = "bernoulli"  # bernoulli (the decoder's logits) | gaussian (sigmoid(logits) is the mean)
+    # bernoulli (the decoder's logits) | gaussian (sigmoid(logits) is the mean, sigma fixed) |
+    # logistic: 8-bit images, a discretized logistic per value (PixelCNN++'s, one component): the
+    # decoder gives 2C channels, the mean's logits and the log-scale
+    likelihood: str = "bernoulli"
     sigma: float | None = None  # gaussian: the fixed per-pixel standard deviation
     # [C, H, W] of the images: MNIST's by default; conv models need H and W divisible by 4 (two
     # stride-2 stages), MLPs flatten any size.
@@ -71,8 +76,8 @@ class VAEConfig:
             raise VaeEdgeError(f"res blocks: a count >= 0, for conv models only (got {self.res_blocks} for {self.arch})")
         if self.cond_planes and not (self.conditional and self.arch == "conv"):
             raise VaeEdgeError("cond_planes needs a conditional conv model (--arch conv --conditional)")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise VaeEdgeError(f"unknown likelihood {self.likelihood!r}: bernoulli or gaussian")
+        if self.likelihood not in LIKELIHOODS:
+            raise VaeEdgeError(f"unknown likelihood {self.likelihood!r}: {', '.join(LIKELIHOODS)}")
         if self.likelihood == "gaussian" and not (self.sigma and self.sigma > 0):
             raise VaeEdgeError("a gaussian likelihood needs sigma, the per-pixel standard deviation (> 0)")
         if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
@@ -113,6 +118,8 @@ class VAE(nn.Module):
         d, cond = cfg.latent_dim, (NUM_CLASSES if cfg.conditional else 0)
         c0, h0, w0 = cfg.image_shape
         pixels, self.feat = c0 * h0 * w0, (h0 // 4, w0 // 4)  # the conv feature map at 1/4 size
+        k = 2 if cfg.likelihood == "logistic" else 1  # outputs per value: (mean, log-scale) for logistic
+        self.out_shape = (k * c0, h0, w0)
         # One-hot rows picked by a Gather: exports to a plain ONNX Gather on the int64 label.
         self.register_buffer("onehot", torch.eye(NUM_CLASSES), persistent=False)
         if cfg.arch == "mlp":
@@ -126,7 +133,7 @@ class VAE(nn.Module):
 
             self.enc = nn.Sequential(*stack(pixels + cond, h))
             self.enc_out = nn.Linear(h, 2 * d)
-            self.dec = nn.Sequential(*stack(d + cond, hd), nn.Linear(hd, pixels))
+            self.dec = nn.Sequential(*stack(d + cond, hd), nn.Linear(hd, k * pixels))
         else:
             c1, c2 = cfg.channels
             p = NUM_CLASSES if cfg.cond_planes else 0  # one-hot planes beside the feature maps
@@ -141,13 +148,13 @@ class VAE(nn.Module):
             self.dec_res = nn.Sequential(*[ResBlock(c2) for _ in range(cfg.res_blocks)])  # empty: no op
             if cfg.upsample == "resize-subpixel":
                 up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2 + p, c1, 3, padding=1)]
-                up2 = [nn.Conv2d(c1 + p, 4 * c0, 3, padding=1), nn.PixelShuffle(2)]  # ONNX DepthToSpace
+                up2 = [nn.Conv2d(c1 + p, 4 * k * c0, 3, padding=1), nn.PixelShuffle(2)]  # ONNX DepthToSpace
             elif cfg.upsample == "resize":
                 up1 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c2 + p, c1, 3, padding=1)]
-                up2 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c1 + p, c0, 3, padding=1)]
+                up2 = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c1 + p, k * c0, 3, padding=1)]
             else:
                 up1 = [nn.ConvTranspose2d(c2 + p, c1, 4, stride=2, padding=1)]
-                up2 = [nn.ConvTranspose2d(c1 + p, c0, 4, stride=2, padding=1)]
+                up2 = [nn.ConvTranspose2d(c1 + p, k * c0, 4, stride=2, padding=1)]
             if p:  # the planes go in before each stage, so the stages run one at a time
                 self.dec_up1, self.dec_up2 = nn.Sequential(*up1, nn.ReLU()), nn.Sequential(*up2)
             else:
@@ -180,10 +187,11 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """z [B, latent_dim] -> logits [B, C, H, W]: Bernoulli logits, or (gaussian) the mean's
-        logits (sigmoid of them is the mean)."""
+        logits (sigmoid of them is the mean); logistic: [B, 2C, H, W], the mean's logits and the
+        log-scale (split_logistic)."""
         h = self._cond(z, y)
         if self.cfg.arch == "mlp":
-            return self.dec(h).view(-1, *self.cfg.image_shape)
+            return self.dec(h).view(-1, *self.out_shape)
         c2, (fh, fw) = self.cfg.channels[1], self.feat
         h = self.dec_res(self.dec_in(h).view(-1, c2, fh, fw))  # static trailing dims: shape inference can follow
         if not self.cfg.cond_planes:
@@ -208,8 +216,34 @@ class VAE(nn.Module):
         return self.decode(z, y), mu, logvar
 
 
+def split_logistic(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A logistic decoder's [B, 2C, H, W] -> (mean in [0, 1], log-scale >= LOG_SCALE_MIN), [B, C, H, W] each."""
+    m, log_scale = out.chunk(2, dim=1)
+    return torch.sigmoid(m), log_scale.clamp(min=LOG_SCALE_MIN)
+
+
+def discretized_logistic_nll(mean: torch.Tensor, log_scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log P(target) per value (nats) for 8-bit values (target k/255): the logistic's mass on the
+    bin [k - 1/2, k + 1/2] / 255, the two end bins taking the tails (PixelCNN++, Salimans et al.
+    2017, with values in [0, 1])."""
+    centered = target - mean
+    inv_s = torch.exp(-log_scale)
+    plus, minus = inv_s * (centered + 0.5 / 255), inv_s * (centered - 0.5 / 255)
+    log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus): the bin of 0
+    log_one_minus_cdf_min = -F.softplus(minus)  # log (1 - sigmoid(minus)): the bin of 255
+    delta = torch.sigmoid(plus) - torch.sigmoid(minus)
+    mid = inv_s * centered  # where delta underflows: the density at the centre times the bin width
+    log_pdf_mid = mid - log_scale - 2 * F.softplus(mid) - math.log(255)
+    inner = torch.where(delta > 1e-5, torch.log(delta.clamp(min=1e-12)), log_pdf_mid)
+    log_p = torch.where(target < 0.5 / 255, log_cdf_plus, torch.where(target > 1 - 0.5 / 255, log_one_minus_cdf_min, inner))
+    return -log_p
+
+
 def reconstruction_nll(logits: torch.Tensor, target: torch.Tensor, cfg: VAEConfig | None = None) -> torch.Tensor:
-    """-log p(target | z) per value (nats): Bernoulli on the logits, or Gaussian around sigmoid(logits)."""
+    """-log p(target | z) per value (nats): Bernoulli on the logits, Gaussian around sigmoid(logits),
+    or (logistic) the discretized logistic's mass of the 8-bit value."""
+    if cfg is not None and cfg.likelihood == "logistic":
+        return discretized_logistic_nll(*split_logistic(logits), target)
     if cfg is not None and cfg.likelihood == "gaussian":
         d = (target - torch.sigmoid(logits)) / cfg.sigma
         return 0.5 * d * d + (math.log(cfg.sigma) + 0.5 * math.log(2 * math.pi))

@@ -192,8 +192,9 @@ def iwae_loss(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, kl_w:
     eps = torch.randn((k, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)
     z = mu + eps * torch.exp(0.5 * logvar)  # [k, B, D]
     yk = None if y is None else y.repeat(k)
-    logits = model.decode(z.flatten(0, 1), yk).view(k, len(x), -1)  # [k, B, C*H*W]
-    rec = reconstruction_nll(logits, x.flatten(1).expand(k, -1, -1), model.cfg).sum(-1)
+    logits = model.decode(z.flatten(0, 1), yk)  # [k*B, C', H, W] (C' = 2C for logistic)
+    target = x.repeat(k, *([1] * (x.dim() - 1)))  # [k*B, C, H, W], in z's order
+    rec = reconstruction_nll(logits, target, model.cfg).flatten(1).sum(-1).view(k, len(x))
     # log q(z|x) - log p(z), per sample [k, B] (the 2*pi terms cancel)
     kl = 0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
     log_w = -rec - kl_w * kl

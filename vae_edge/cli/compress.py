@@ -1,4 +1,5 @@
-"""`vae-edge compress` and `vae-edge decompress`: lossless bits-back coding of binary images."""
+"""`vae-edge compress` and `vae-edge decompress`: lossless bits-back coding of binary images
+(a Bernoulli model) and 8-bit ones (a logistic model)."""
 
 from __future__ import annotations
 
@@ -29,19 +30,22 @@ def _read_image_exact(path: Path, shape: tuple[int, int, int]):
     return (a / 255.0).astype(np.float32)
 
 
-def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int):
-    """Inputs of compress -> (float32 [N, C, H, W], layout code of the first array input)."""
+def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int, eight_bit: bool = False):
+    """Inputs of compress -> (float32 [N, C, H, W], layout code of the first array input); 8-bit
+    images for a logistic model."""
     import numpy as np
 
     from vae_edge.data import binarize as stochastic
-    from vae_edge.runtime.compress import check_binary, layout_of
+    from vae_edge.runtime.compress import check_8bit, check_binary, layout_of
     from vae_edge.runtime.images import IMAGE_SUFFIXES, _folder_images, load_inputs, load_npy
 
+    if eight_bit and binarize:
+        raise VaeEdgeError("this model codes 8-bit images: --binarize is for binary (Bernoulli) models")
     xs, layout = [], None
     for spec in specs:
         p = Path(spec)
         if spec.lower().endswith(".npy"):
-            x, code = layout_of(load_npy(p, "image array"), shape)
+            x, code = layout_of(load_npy(p, "image array"), shape, eight_bit)
             if x.ndim != 4 or x.shape[1:] != tuple(shape):
                 raise VaeEdgeError(f"{p} holds an array of shape {list(x.shape)}; images must be "
                                    f"[N, {', '.join(map(str, shape))}]")
@@ -58,6 +62,8 @@ def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int):
         x = (x >= 0.5).astype(np.float32)
     elif binarize == "stochastic":
         x = stochastic(x, seed)
+    if eight_bit:
+        return check_8bit(x), (layout if layout is not None else 2)  # (not an array: give back uint8)
     return check_binary(x), (layout or 0)
 
 
@@ -70,11 +76,12 @@ def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int):
 @data_dir_option
 @runtime_options
 def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
-    """Compress binary images losslessly with the model (bits-back coding with ANS).
+    """Compress images losslessly with the model (bits-back coding with ANS).
 
-    Inputs: .npy arrays (float or uint8 0/1, uint8 0/255, bool), 1-bit or black-and-white image
-    files at the model's size (taken pixel for pixel), folders of them, or dataset slices with
-    --binarize. The file records the bundle, the variant and this device's numerics: decompress
+    A binary (Bernoulli) model takes binary images: .npy arrays (float or uint8 0/1, uint8 0/255,
+    bool), 1-bit or black-and-white image files at the model's size (taken pixel for pixel),
+    folders of them, or dataset slices with --binarize. An 8-bit (logistic) model takes 8-bit
+    images: uint8 arrays, grey or colour PNGs, folders, dataset slices. The file records the bundle, the variant and this device's numerics: decompress
     it with the same model on the same kind of device (docs/compression.md).
 
     \b
@@ -88,7 +95,7 @@ def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
     if not is_stdout(out):
         check_output_path(out)
     rt = load_runtime(kw)
-    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed)
+    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood == "logistic")
     data = encode(rt, x, layout=layout)
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
     bpd = 8 * len(data) / x.size
@@ -116,9 +123,9 @@ def check_output_folder(out: Path) -> None:
         raise VaeEdgeError(f"cannot write output {out}: its folder is not writable")
 
 
-def save_decompressed(out: Path, x, layout: int, folder: bool) -> None:
+def save_decompressed(out: Path, x, layout: int, folder: bool, eight_bit: bool = False) -> None:
     """.npy: the array as compress was given it; .png: one image; a folder (ending in /): one
-    1-bit PNG per image, all written before the folder appears."""
+    PNG per image (1-bit, or 8-bit grey or colour), all written before the folder appears."""
     import shutil
     import tempfile
 
@@ -129,8 +136,9 @@ def save_decompressed(out: Path, x, layout: int, folder: bool) -> None:
     from vae_edge.runtime.images import save_image, save_npy
 
     def picture(img):
-        a = (img * 255).astype(np.uint8)
-        return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)).convert("1" if a.shape[0] == 1 else "RGB")
+        a = np.rint(img * 255).astype(np.uint8)
+        grey = "L" if eight_bit else "1"
+        return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)).convert(grey if a.shape[0] == 1 else "RGB")
 
     if folder:
         if out.exists() and any(out.iterdir()):
@@ -194,5 +202,5 @@ def decompress(file, output, **kw) -> None:
         kw["bundle"] = header["name"]
     rt = load_runtime(kw)
     x = decode(rt, data, file)
-    save_decompressed(out, x, header["layout"], folder)
+    save_decompressed(out, x, header["layout"], folder, rt.likelihood == "logistic")
     done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {rt.variant})", out)
