@@ -182,5 +182,7 @@ def bundle_summary(opened, warn=None) -> dict:
         "latent_dim": info.model.latent_dim, "conditional": info.model.conditional,
         "evaluation": info.evaluation, "variants": variants, "tuned": tuned_choice(info, warn),
         "target_variant": target_variant(info), "signature": signature,
-        "release": info.release,
+        "release": info.release, "image_shape": list(info.model.image_shape),
+        "latent_shape": list(info.model.latent_shape), "likelihood": info.model.likelihood,
+        "any_size_multiple_of": info.model.spatial_factor or None,
     }

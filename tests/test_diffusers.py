@@ -235,6 +235,8 @@ def test_any_size_is_split_to_fit_the_memory_limit_and_tiles_blend_within_the_bo
     r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "vae"), "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     rt = VAERuntime.load(tmp_path / "b", warn=lambda s: None)
+    r = CliRunner().invoke(cli, ["info", "--bundle", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "any height and width that are multiples of 2" in r.output, r.output
     per_pixel = rt.info.model.activation_bytes_per_pixel
     assert per_pixel["decoder"] >= 4 * 16 and per_pixel["encoder"] >= 4 * 8  # 16 and 8 channels at full size, fp32
     z = np.random.default_rng(0).standard_normal((2, 4, 64, 48)).astype(np.float32)

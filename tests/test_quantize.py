@@ -129,12 +129,18 @@ def test_budget_miss_keeps_costly_layer_in_float(tmp_path, bundles, mnist_dir, m
     b = tmp_path / "b"
     shutil.copytree(bundles["mlp"], b)
     monkeypatch.setattr(q, "MIN_PSNR", 1e9)  # no variant can meet this: every fallback is tried
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    calibrations = []
+    collect = MinMaxCalibrater.collect_data
+    monkeypatch.setattr(MinMaxCalibrater, "collect_data", lambda self, r: (calibrations.append(1), collect(self, r))[1])
     lines = []
     v, e = quantize_bundle(b, QuantizeConfig(mode="static", calibration_size=64, eval_size=200), data_dir=mnist_dir,
                            log=lines.append)
     assert e["within_budget"] is False
     trials = [s for s in lines if " in float: " in s]
     assert trials and len(set(trials)) == len(trials), lines  # each set of float layers tried once
+    assert len(calibrations) == 2  # one calibration per graph, however many times it is rebuilt
     kept = e["quantization"]["graphs"]["decoder"]["kept_in_float"]
     names = {n.name for n in onnx.load(str(b / "decoder.int8-static.onnx")).graph.node}
     # a node kept in float is still there, unquantized (a Gemm as onnxruntime's MatMul + Add split)

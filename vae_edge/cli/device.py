@@ -374,6 +374,11 @@ def info(bundle, variant, trusted_key, expect, as_json) -> None:
                + (f" (absent: {', '.join(absent)})" if absent else ""))
     click.echo(f"bundle: {summary['path']}  ({summary['name']}, {summary['arch']}, latent {summary['latent_dim']}"
                f"{', conditional' if summary['conditional'] else ''})")
+    shape = "x".join(map(str, summary["image_shape"]))
+    any_size = summary.get("any_size_multiple_of")
+    click.echo(f"  images {shape}" + (f" (its own size; any height and width that are multiples of {any_size})"
+                                     if any_size else "")
+               + f", latents {'x'.join(map(str, summary['latent_shape']))}, likelihood {summary['likelihood']}")
     for v in summary["variants"]:
         acc = f"  -ELBO {v['neg_elbo_delta']:+.3f} nats vs fp32" if v.get("neg_elbo_delta") is not None else ""
         click.echo(f"  {v['variant']:<13} {v['size_bytes'] / 1e6:6.2f} MB{acc}")
