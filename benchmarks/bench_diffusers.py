@@ -289,6 +289,8 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results"
     path = out / f"{args.name}.json"
     report = json.loads(path.read_text()) if path.exists() and args.part != "all" else {}
+    if report and "commands" not in report:  # a results file of the older layout: start afresh
+        report = {}
     commands = report.get("commands", {})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
