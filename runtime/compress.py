@@ -32,6 +32,7 @@ import numpy as np
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime.ans import ANSError, Message
+from vae_edge.runtime.mathops import LOG_SCALE_MIN
 
 MAGIC = b"VAEZ"
 FORMAT_VERSION = 1
@@ -159,7 +160,7 @@ class ValueCDF:
 
     def __init__(self, mean: np.ndarray, log_scale: np.ndarray, prec: int = PIX8_PREC):
         self.mean = np.asarray(mean, np.float64)
-        self.inv_s = det_exp(-np.maximum(np.asarray(log_scale, np.float64), -7.0))
+        self.inv_s = det_exp(-np.maximum(np.asarray(log_scale, np.float64), LOG_SCALE_MIN))
         self.scale = float((1 << prec) - GAP8 * 256)
         self.total = np.uint64(1 << prec)
 

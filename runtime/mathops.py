@@ -28,6 +28,9 @@ def gaussian_nll(mean: np.ndarray, target: np.ndarray, sigma: float | None = Non
     return per.reshape(*per.shape[: per.ndim - 3], -1).sum(-1)
 
 
+LOG_SCALE_MIN = -7.0  # the discretized logistic's log-scale floor (PixelCNN++'s): model, runtime, coder
+
+
 def logistic_nll(mean: np.ndarray, log_scale: np.ndarray, target: np.ndarray) -> np.ndarray:
     """-log P(target) per image (nats), summed over its C x H x W values, for 8-bit values
     (k/255) under a discretized logistic per value (vae_edge.model.discretized_logistic_nll's
@@ -48,7 +51,6 @@ def logistic_nll(mean: np.ndarray, log_scale: np.ndarray, target: np.ndarray) ->
     return per.reshape(*per.shape[: per.ndim - 3], -1).sum(-1)
 
 
-LOG_SCALE_MIN = -7.0  # as the model's
 
 
 def _sigmoid64(v: np.ndarray) -> np.ndarray:

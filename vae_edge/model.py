@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae_edge import VaeEdgeError
+from vae_edge.runtime.mathops import LOG_SCALE_MIN  # the discretized logistic's log-scale floor
 
 ARCHS = ("mlp", "conv")
 UPSAMPLE = ("resize-subpixel", "resize", "convtranspose")
@@ -17,7 +18,6 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
-LOG_SCALE_MIN = -7.0  # the discretized logistic's log-scale floor (PixelCNN++'s)
 
 
 @dataclass
