@@ -301,22 +301,19 @@ class VAERuntime:
             return tiled(lambda t: self.encode(t, y), np.asarray(x, np.float32), self.latent_shape[1:], f, 1)
         x = self._images(x)
         if self.spatial and not self.conditional:  # within max_memory: per image, or in tiles
-            split = self._split("encoder", x, self._encode_one, self.spatial, 1)
+            split = self._split("encoder", x, lambda t: self._posterior({"x": np.ascontiguousarray(t)}), self.spatial, 1)
             if split is not None:
                 return split
         feeds = {"x": x} if y is None and not self.conditional else {"x": x, **self._labels(y, len(x))}
+        return self._posterior(feeds, copy)
+
+    def _posterior(self, feeds: dict, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar) of the encoder on checked feeds."""
         if self.deterministic:  # a point mass at mu: log-variance -inf, said, not invented
             mu = self._enc_run(self._enc_out, feeds, None, True)[0]
             return mu, np.full_like(mu, -np.inf)
         mu, logvar = self._enc_run(self._enc_out, feeds, None, copy)
         return mu, logvar
-
-    def _encode_one(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(x)
-        if self.deterministic:
-            mu = self._enc_run(self._enc_out, {"x": x}, None, True)[0]
-            return mu, np.full_like(mu, -np.inf)
-        return tuple(self._enc_run(self._enc_out, {"x": x}, None, True))
 
     # -- tiles: larger images and latents than the graphs' own -----------------------------
     def _spatial_shape(self, a: np.ndarray, shape: tuple[int, ...], what: str, f: int) -> tuple[int, ...]:
