@@ -193,3 +193,22 @@ def test_reduce_range_stores_7_bit_weights(tmp_path, bundles, mnist_dir, mode, m
         else:
             assert lo < -64 or hi > 63
         assert load_manifest(b)["variants"][v]["quantization"]["config"]["reduce_range"] is reduce_range
+
+
+def test_fp16_finiteness_check_reaches_the_last_batch(tmp_path):
+    # The written fp16 graph is run on a few calibration batches spread over the data, the last one
+    # included: a non-finite output there is refused in one line.
+    from onnx import TensorProto, helper
+
+    from vae_edge.export.quantize import FINITE_CHECK_BATCHES, check_finite
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "log.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    batches = [{"x": np.ones((1, 2), np.float32)} for _ in range(3 * FINITE_CHECK_BATCHES)]
+    check_finite(path, batches, "decoder")
+    batches[-1] = {"x": np.zeros((1, 2), np.float32)}
+    with pytest.raises(VaeEdgeError, match="non-finite values in the decoder's y"):
+        check_finite(path, batches, "decoder")
