@@ -22,6 +22,7 @@ from vae_edge.runtime.denoise import noise_loglik, parse_noise  # noqa: F401  (r
 from vae_edge.runtime.graphcheck import GraphError, check_io
 from vae_edge.runtime.manifest import MAX_IMAGE_VALUES, Manifest
 from vae_edge.runtime.mathops import (  # noqa: F401
+    EIGHT_BIT,
     bce_with_logits,
     decoder_nll,
     decoder_outputs,
@@ -325,9 +326,12 @@ class VAERuntime:
         h, w = a.shape[-2:]
         if h < f or w < f or h % f or w % f:
             raise VaeEdgeError(f"{what} of {h}x{w}: this model takes sides that are multiples of {f} (pad or crop them)")
-        if shape[0] * h * w > MAX_IMAGE_VALUES or (what == "latents" and shape[0] * h * w * self.spatial ** 2 * 3
-                                                       > 4 * MAX_IMAGE_VALUES):
+        if shape[0] * h * w > MAX_IMAGE_VALUES:
             raise VaeEdgeError(f"{what} of {h}x{w} are over the {MAX_IMAGE_VALUES:,} values one image may hold")
+        decoded = self.image_shape[0] * h * w * self.spatial ** 2
+        if what == "latents" and decoded > MAX_IMAGE_VALUES:  # the same bound as the images they decode to
+            raise VaeEdgeError(f"latents of {h}x{w} would give images of {h * self.spatial}x{w * self.spatial} "
+                               f"({decoded:,} values), over the {MAX_IMAGE_VALUES:,} of one image")
         return (shape[0], h, w)
 
     def _plan(self, graph: str, n: int, cells: tuple[int, int]) -> tuple[int, int] | None:
@@ -521,7 +525,7 @@ class VAERuntime:
         """-log p(x | z) per image in nats, the model's own likelihood: Bernoulli on the decoder's
         logits, or Gaussian around its mean with the bundle's sigma (or the decoder's log_sigma)."""
         out = self._dec_run.plain(self._nll_outputs, {"z": z, **labels})
-        if self.likelihood == "logistic":  # the probability of 8-bit values: x on their grid
+        if self.likelihood in EIGHT_BIT:  # the probability of 8-bit values: x on their grid
             x = np.round(np.asarray(x, np.float64) * 255) / 255
         return decoder_nll(dict(zip(self._nll_outputs, out, strict=True)), x, self.likelihood, self.sigma)
 
@@ -529,7 +533,7 @@ class VAERuntime:
         """Scores of a Gaussian model (nats of the density of images in [0, 1]) as the literature
         reports 8-bit images: bits per dimension of the data in [0, 256), i.e. (nats + D ln 256) / (D ln 2)."""
         d = int(np.prod(self.image_shape))
-        if self.likelihood == "logistic":  # already the probability of the 8-bit values
+        if self.likelihood in EIGHT_BIT:  # already the probability of the 8-bit values
             return np.asarray(nats, np.float64) / (d * math.log(2))
         return (np.asarray(nats, np.float64) + d * math.log(256)) / (d * math.log(2))
 

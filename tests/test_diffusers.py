@@ -227,7 +227,7 @@ def test_taesd_exports_with_a_deterministic_encoder(tmp_path):
 
 
 @pytest.mark.slow
-def test_any_size_is_split_to_fit_the_memory_limit_and_tiles_blend_within_the_bound(tmp_path):
+def test_any_size_is_split_to_fit_the_memory_limit_and_tiles_blend_within_the_bound(tmp_path, monkeypatch):
     """The graphs take any size; a call estimated over --max-memory runs one image at a time, then
     in tiles that fit; --tile asks for tiles. Tiles against the untiled decode: the bound stated in
     docs/diffusers.md (random weights, GroupNorm statistics taken per tile). Errors in one line."""
@@ -284,3 +284,12 @@ def test_any_size_is_split_to_fit_the_memory_limit_and_tiles_blend_within_the_bo
         rt.encode(np.zeros((1, 3, 33, 32), np.float32))
     with pytest.raises(VaeEdgeError, match="shape \\[batch, 3, height, width\\]"):
         rt.encode(np.zeros((1, 4, 32, 32), np.float32))
+    # latents are bounded by the image they decode to (3 x 128 x 96 values here), not by their own size
+    import vae_edge.runtime.vae_runtime as vr
+
+    rt.max_memory = 2 << 30
+    monkeypatch.setattr(vr, "MAX_IMAGE_VALUES", 3 * 128 * 96 - 1)
+    with pytest.raises(VaeEdgeError, match="would give images of 128x96 \\(36,864 values\\)"):
+        rt.decode(z[:1])
+    monkeypatch.setattr(vr, "MAX_IMAGE_VALUES", 3 * 128 * 96)
+    assert rt.decode(z[:1]).shape == (1, 3, 128, 96)
