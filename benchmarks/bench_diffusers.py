@@ -2,12 +2,13 @@
 parameters, random weights: speed and memory do not depend on them) saved with save_pretrained,
 then every step through the CLI in a fresh process each (time and peak RSS); decode and encode
 latency of every variant against diffusers' own module in torch (eager, channels_last, bf16
-autocast, torch.compile), in one run; quality on a small AutoencoderKL trained here.
+autocast, torch.compile), in one run; quality on a small AutoencoderKL trained here. With
+--model taesd, TAESD (diffusers' AutoencoderTiny, 1.2M + 1.2M parameters) the same way.
 
-    python benchmarks/bench_diffusers.py [--size 512] [--calibration 64] [--part pipeline|latency|quality]
-                                         [--workdir DIR]
+    python benchmarks/bench_diffusers.py [--model sd|taesd] [--size 512] [--calibration 64]
+                                         [--part pipeline|latency|quality] [--workdir DIR [--resume]]
 
-Writes benchmarks/results/diffusers.md and .json (docs/diffusers.md quotes them).
+Writes benchmarks/results/diffusers.md and .json, or diffusers-taesd.* (docs/diffusers.md quotes them).
 """
 
 from __future__ import annotations
@@ -24,9 +25,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = {  # --model: (diffusers class, config, what the docs call it)
+    "sd": ("AutoencoderKL", None, "an SD 1.x-config AutoencoderKL"),
+    # TAESD: diffusers' AutoencoderTiny defaults are madebyollin's taesd (64 channels, 1/3/3/3 blocks)
+    "taesd": ("AutoencoderTiny", {}, "a TAESD-config AutoencoderTiny"),
+}
 SD15 = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
             block_out_channels=(128, 256, 512, 512), sample_size=512, scaling_factor=0.18215,
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+MODELS["sd"] = (MODELS["sd"][0], SD15, MODELS["sd"][2])
 _WRAP = ("import atexit, sys\n"
          "atexit.register(lambda: sys.stderr.write('\\nPEAK_KB ' + next(l.split()[1] for l in "
          "open('/proc/self/status') if l.startswith('VmHWM:')) + '\\n'))\n"
@@ -54,23 +61,31 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def latency(bundle: Path, folder: Path, sizes: list[int], repeats: int, compile_: bool) -> list[dict]:
+def _class(model: str):
+    import diffusers
+
+    return getattr(diffusers, MODELS[model][0])
+
+
+def latency(bundle: Path, folder: Path, sizes: list[int], repeats: int, compile_: bool, model: str = "sd") -> list[dict]:
     """Decode and encode of one image at each size, one thread and all: torch (eager, channels_last,
     bf16 autocast, torch.compile) against every variant of the bundle, in one run."""
     import torch
-    from diffusers import AutoencoderKL
 
     from vae_edge.runtime import VAERuntime
 
     rows = []
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False).eval()
+    vae = _class(model).from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False).eval()
+    scale = float(vae.config.get("scaling_factor") or 1.0)
+    tiny = model == "taesd"
     compiled = {}
     for size in sizes:
         z = np.random.default_rng(0).standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)
         base = np.random.default_rng(1).random((1, 3, 8, 8)).astype(np.float32)
         x = np.repeat(np.repeat(base, size // 8, axis=2), size // 8, axis=3)  # a smooth colour field
-        zt, xt = torch.from_numpy(z) / 0.18215, torch.from_numpy(2 * x - 1)
-        calls = {"decode": (lambda m, a: m.decode(a).sample, zt), "encode": (lambda m, a: m.encode(a).latent_dist.mean, xt)}
+        zt, xt = torch.from_numpy(z) / scale, torch.from_numpy(2 * x - 1)
+        calls = {"decode": (lambda m, a: m.decode(a).sample, zt),
+                 "encode": ((lambda m, a: m.encode(a).latents) if tiny else (lambda m, a: m.encode(a).latent_dist.mean), xt)}
         for threads in (1, os.cpu_count()):
             torch.set_num_threads(threads)
             for graph, (call, arg) in calls.items():
@@ -226,46 +241,63 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(round(10 * np.log10(1.0 / mse), 1)) if mse > 0 else None
 
 
-def pipeline(work: Path, size: int, n_calib: int, n_eval: int, tiled_sizes: list[int]) -> dict:
+def pipeline(work: Path, size: int, n_calib: int, n_eval: int, tiled_sizes: list[int], resume: bool,
+             model: str = "sd") -> dict:
     """Every CLI step at the real size in a new process each: export, static int8 with n_calib
-    calibration images, guarded fp16, and decodes of large images within the default --max-memory."""
-    import torch
-    from diffusers import AutoencoderKL
+    calibration images, guarded fp16, and decodes of large images within the default --max-memory.
 
+    Each step's row is kept in WORK/steps.json as it completes; with resume, a step whose row is
+    there (and the model and bundle it worked on) is not run again: a run cut short goes on."""
+    import torch
+
+    cache_path = work / "steps.json"
+    cache = json.loads(cache_path.read_text()) if resume and cache_path.exists() else {}
     torch.manual_seed(0)
-    vae = AutoencoderKL(**SD15)
+    vae = _class(model)(**MODELS[model][1])
     params = {g: sum(p.numel() for n, p in vae.named_parameters() if n.startswith(g)) for g in ("encoder", "decoder")}
-    vae.save_pretrained(work / "sd-vae")
+    if not (resume and (work / "sd-vae" / "config.json").exists()):
+        vae.save_pretrained(work / "sd-vae")
+        cache = {}  # a new model: nothing measured on the old one stands
     del vae
     # quantize keeps half the images it is given to calibrate, a quarter to choose the float layers
     # and a quarter to measure the accuracy (each quarter at most --eval-size)
     n = 2 * n_calib
-    rng = np.random.default_rng(0)  # smooth colour fields, not noise, stored as 8-bit
-    base = (rng.random((n, 3, 8, 8)) * 255).astype(np.uint8)
-    np.save(work / "calib.npy", np.repeat(np.repeat(base, size // 8, axis=2), size // 8, axis=3))
-    del base
+    if not (resume and (work / "calib.npy").exists()):
+        rng = np.random.default_rng(0)  # smooth colour fields, not noise, stored as 8-bit
+        base = (rng.random((n, 3, 8, 8)) * 255).astype(np.uint8)
+        np.save(work / "calib.npy", np.repeat(np.repeat(base, size // 8, axis=2), size // 8, axis=3))
+        del base
     b, s_ = work / "b", str(size)
-    steps = [step(f"export --diffusers (any size; {s_}x{s_} its own)", "export", "--diffusers", str(work / "sd-vae"),
-                  "--input-shape", f"3,{s_},{s_}", "--out", str(b)),
-             step(f"quantize --mode static, {n_calib} calibration images of {s_}x{s_}", "quantize", str(b), "--mode",
-                  "static", "--calibration-data", str(work / "calib.npy"), "--eval-size", str(n_eval)),
-             step(f"quantize --mode fp16 (guarded), {n_calib} images of {s_}x{s_}", "quantize", str(b), "--mode", "fp16",
-                  "--calibration-data", str(work / "calib.npy"), "--eval-size", str(n_eval))]
+
+    def run(name: str, *args: str) -> dict:
+        if name in cache:
+            print(f"{name}: kept from {cache_path}", flush=True)
+            return cache[name]
+        row = cache[name] = step(name, *args)
+        cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+        return row
+
+    steps = [run(f"export --diffusers (any size; {s_}x{s_} its own)", "export", "--diffusers", str(work / "sd-vae"),
+                 "--input-shape", f"3,{s_},{s_}", "--out", str(b)),
+             run(f"quantize --mode static, {n_calib} calibration images of {s_}x{s_}", "quantize", str(b), "--mode",
+                 "static", "--calibration-data", str(work / "calib.npy"), "--eval-size", str(n_eval)),
+             run(f"quantize --mode fp16 (guarded), {n_calib} images of {s_}x{s_}", "quantize", str(b), "--mode", "fp16",
+                 "--calibration-data", str(work / "calib.npy"), "--eval-size", str(n_eval))]
+    channels = json.loads((work / "sd-vae" / "config.json").read_text()).get("latent_channels", 4)
     for big in tiled_sizes:
-        z = np.random.default_rng(1).standard_normal((1, 4, big // 8, big // 8)).astype(np.float32)
+        z = np.random.default_rng(1).standard_normal((1, channels, big // 8, big // 8)).astype(np.float32)
         np.save(work / f"z{big}.npy", z)
         for variant in ("int8-static", "fp32"):
-            steps.append(step(f"decode {big}x{big}, {variant}, default --max-memory (2G)", "decode",
-                              str(work / f"z{big}.npy"), "--bundle", str(b), "--variant", variant,
-                              "-o", str(work / f"big{big}.npy")))
-    np.save(work / "z512.npy", np.random.default_rng(1).standard_normal((1, 4, 64, 64)).astype(np.float32))
-    steps.append(step(f"sample 1 image of {s_}x{s_} (its own size), int8-static", "sample", "-n", "1", "--bundle", str(b),
-                      "--variant", "int8-static", "-o", str(work / "sample.png")))
-    steps.append(step("verify (sha256 of every file, streamed; golden vectors of every variant)", "verify", str(b)))
+            steps.append(run(f"decode {big}x{big}, {variant}, default --max-memory (2G)", "decode",
+                             str(work / f"z{big}.npy"), "--bundle", str(b), "--variant", variant,
+                             "-o", str(work / f"big{big}.npy")))
+    steps.append(run(f"sample 1 image of {s_}x{s_} (its own size), int8-static", "sample", "-n", "1", "--bundle", str(b),
+                     "--variant", "int8-static", "-o", str(work / "sample.png")))
+    steps.append(run("verify (sha256 of every file, streamed; golden vectors of every variant)", "verify", str(b)))
     manifest = json.loads((b / "manifest.json").read_text())
     sizes = {v: round(sum(manifest["files"][f]["size"] for f in e["files"].values()) / 2**20, 1)
              for v, e in manifest["variants"].items()}
-    return {"parameters": params, "steps": steps, "bundle_mb": sizes,
+    return {"model": MODELS[model][2], "parameters": params, "steps": steps, "bundle_mb": sizes,
             "accuracy": {v: e.get("accuracy") for v, e in manifest["variants"].items() if v != "fp32"}}
 
 
@@ -279,14 +311,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="Leave torch.compile out of the latency table.")
     ap.add_argument("--train-steps", type=int, default=600, help="Steps of the small trained model (quality).")
+    ap.add_argument("--model", choices=sorted(MODELS), default="sd",
+                    help="sd: SD 1.x's AutoencoderKL; taesd: TAESD (AutoencoderTiny; no quality part).")
     ap.add_argument("--part", choices=["pipeline", "latency", "quality", "all"], default="all",
                     help="Run one part (the others' results are kept from the results file).")
     ap.add_argument("--workdir", default=None, help="Keep the models and bundles here (latency reuses pipeline's).")
-    ap.add_argument("--name", default="diffusers", help="Results file: benchmarks/results/NAME.md and .json.")
+    ap.add_argument("--resume", action="store_true",
+                    help="pipeline: keep the steps already measured in --workdir (a run cut short goes on).")
+    ap.add_argument("--name", default=None,
+                    help="Results file: benchmarks/results/NAME.md and .json (diffusers, or diffusers-taesd).")
     args = ap.parse_args()
     from vae_edge.runtime.sysinfo import cpu
 
     out = ROOT / "benchmarks" / "results"
+    args.name = args.name or ("diffusers" if args.model == "sd" else f"diffusers-{args.model}")
     path = out / f"{args.name}.json"
     report = json.loads(path.read_text()) if path.exists() and args.part != "all" else {}
     if report and "commands" not in report:  # a results file of the older layout: start afresh
@@ -298,15 +336,15 @@ def main() -> None:
         cmd = "python benchmarks/bench_diffusers.py " + " ".join(sys.argv[1:])
         if args.part in ("pipeline", "all"):
             report["pipeline"] = pipeline(work, args.size, args.calibration, args.eval_size,
-                                          [int(n) for n in args.tiled.split(",") if n])
+                                          [int(n) for n in args.tiled.split(",") if n], args.resume, args.model)
             report["size"], commands["pipeline"] = args.size, cmd
         if args.part in ("latency", "all"):
             if not (work / "b").is_dir():
                 sys.exit(f"--part latency needs the bundle of --part pipeline in --workdir ({work / 'b'} is missing)")
             report["latency"] = latency(work / "b", work / "sd-vae", [int(n) for n in args.latency_sizes.split(",")],
-                                        args.repeats, not args.no_compile)
+                                        args.repeats, not args.no_compile, args.model)
             commands["latency"] = cmd
-        if args.part in ("quality", "all"):
+        if args.part in ("quality", "all") and args.model == "sd":
             report["quality"] = quality(work, args.train_steps)
             commands["quality"] = cmd
     report["cpu"], report["commands"] = cpu(), commands
@@ -321,8 +359,8 @@ def render(report: dict) -> str:
     p = report.get("pipeline")
     if p:
         params = p["parameters"]
-        md += [f"Measured by `{report['commands']['pipeline']}` on {info['model']}, {info['cores']} cores: an SD "
-               f"1.x-config AutoencoderKL ({params['encoder'] / 1e6:.1f}M encoder, {params['decoder'] / 1e6:.1f}M "
+        md += [f"Measured by `{report['commands']['pipeline']}` on {info['model']}, {info['cores']} cores: "
+               f"{p.get('model', MODELS['sd'][2])} ({params['encoder'] / 1e6:.1f}M encoder, {params['decoder'] / 1e6:.1f}M "
                "decoder parameters; random weights), every step a new process.", "",
                "| step | time | peak RSS |", "|---|---:|---:|"]
         md += [f"| {s['step']} | {s['seconds']:.0f} s | {s['peak_rss_gb']:.2f} GB |" for s in p["steps"]]
