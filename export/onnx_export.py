@@ -30,6 +30,7 @@ from vae_edge.runtime import selfcheck
 from vae_edge.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, is_bundle, variant_filename
 from vae_edge.runtime.bundle_writer import add_variant, replace_dir
 from vae_edge.runtime.files import write_json_atomic
+from vae_edge.runtime.mathops import CONTEXT, EIGHT_BIT
 from vae_edge.train import fp16_weights, load_checkpoint, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,11 @@ def graph_specs(model: VAE, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
     image = ("batch", *model.cfg.image_shape)
     outputs = ((TensorSpec("logits", "float32", image), TensorSpec("probs", "float32", image))
                if model.cfg.likelihood == "bernoulli" else (TensorSpec("probs", "float32", image),))
-    if model.cfg.likelihood == "logistic":  # 8-bit values: the discretized logistic's mean and log-scale
+    if model.cfg.likelihood in EIGHT_BIT:  # 8-bit values: the discretized logistic's mean and log-scale
         outputs = (TensorSpec("probs", "float32", image), TensorSpec("log_scale", "float32", image))
+    if model.cfg.likelihood == "logistic-ar":  # and the weights of each value's neighbours
+        c, h, w = model.cfg.image_shape
+        outputs += (TensorSpec("context", "float32", ("batch", len(CONTEXT) * c, h, w)),)
     return {
         "encoder": GraphSpec(
             "encoder",
@@ -132,8 +136,8 @@ class DecoderGraph(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None):
         logits = self.model.decode(z, y)
-        if self.model.cfg.likelihood == "logistic":
-            return split_logistic(logits)  # (mean in [0, 1], log-scale)
+        if self.model.cfg.likelihood in EIGHT_BIT:  # (mean in [0, 1], log-scale (, neighbours' weights))
+            return split_logistic(logits, ar=self.model.cfg.likelihood == "logistic-ar")
         if self.model.cfg.likelihood == "gaussian":
             return (torch.sigmoid(logits),)
         return logits, torch.sigmoid(logits)

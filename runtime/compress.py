@@ -32,7 +32,7 @@ import numpy as np
 
 from vae_edge import VaeEdgeError
 from vae_edge.runtime.ans import ANSError, Message
-from vae_edge.runtime.mathops import LOG_SCALE_MIN
+from vae_edge.runtime.mathops import CONTEXT, EIGHT_BIT, LOG_SCALE_MIN, context_mean
 
 MAGIC = b"VAEZ"
 FORMAT_VERSION = 1
@@ -244,22 +244,64 @@ class Codec:
         self.centres = buckets(bits)[1]
         self.d = rt.latent_dim
         self.pixels = int(np.prod(rt.image_shape))
-        self.eight_bit = rt.likelihood == "logistic"
+        self.eight_bit = rt.likelihood in EIGHT_BIT
+        self.context = rt.likelihood == "logistic-ar"
 
-    def _values(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The decoder's (mean, log_scale) at the buckets' centres, [pixels, n] each."""
+    def _values(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The decoder's (mean, log_scale) at the buckets' centres, [pixels, n] each; with
+        context=True the raw outputs [n, ...] (mean, log_scale and the neighbours' weights)."""
         z = self.centres[idx].reshape(len(idx), *self.rt.latent_shape)
-        mean, log_scale = decoder_values(self.rt, z)
+        out = decoder_values(self.rt, z)
+        if self.context:
+            return out
+        mean, log_scale = out
         return mean.reshape(len(idx), -1).T.copy(), log_scale.reshape(len(idx), -1).T.copy()
 
     def _push_values(self, m: Message, x: np.ndarray, idx: np.ndarray) -> None:
-        mean, log_scale = self._values(idx)
         v = np.rint(x.reshape(len(x), -1).T * 255).astype(np.int64)  # [pixels, n]
+        if self.context:  # each value's mean follows its neighbours' values: popped in raster order
+            probs, log_scale, weights = self._values(idx)
+            vals = v.T.reshape(x.shape)
+            mean = context_mean(probs, weights, vals / 255.0).reshape(len(x), -1).T
+            starts, freqs = ValueCDF(mean, log_scale.reshape(len(x), -1).T).interval(v)
+            for j in range(self.pixels - 1, -1, -1):
+                m.push(starts[j], freqs[j], PIX8_PREC)
+            return
+        mean, log_scale = self._values(idx)
         starts, freqs = ValueCDF(mean, log_scale).interval(v)  # every pixel's at once
         for j in range(self.pixels):
             m.push(starts[j], freqs[j], PIX8_PREC)
 
+    def _pop_context(self, m: Message, idx: np.ndarray) -> np.ndarray:
+        """A logistic-ar model's values, popped in raster order: each value's mean from its decoded
+        neighbours (the same float64 operations, in the same order, as context_mean)."""
+        n = len(idx)
+        probs, log_scale, weights = (np.asarray(a, np.float64) for a in self._values(idx))
+        c_, h, w = self.rt.image_shape
+        r = np.zeros((n, c_, h, w))  # decoded value / 255 - probs, filled as the values come
+        v = np.empty((n, c_, h, w), np.int64)
+        lanes = np.arange(n)
+        zero = np.zeros(n)
+        for c in range(c_):
+            for i in range(h):
+                for j in range(w):
+                    p = probs[:, c, i, j]
+                    mean = p
+                    for k, (dy, dx) in enumerate(CONTEXT):
+                        inside = 0 <= i + dy < h and 0 <= j + dx < w
+                        mean = mean + weights[:, k * c_ + c, i, j] * (r[:, c, i + dy, j + dx] if inside else zero)
+                    row = ValueCDF(mean[:, None], log_scale[:, c, i, j, None]).table()[:, 0]  # [n, 257]
+                    cf = m.peek(n, PIX8_PREC)
+                    k_ = (row <= cf[:, None]).sum(1) - 1
+                    start = row[lanes, k_]
+                    m.pop(cf, start, row[lanes, k_ + 1] - start, PIX8_PREC)
+                    v[:, c, i, j] = k_
+                    r[:, c, i, j] = k_ / 255.0 - p
+        return (v / 255.0).astype(np.float32)
+
     def _pop_values(self, m: Message, idx: np.ndarray) -> np.ndarray:
+        if self.context:
+            return self._pop_context(m, idx)
         n = len(idx)
         mean, log_scale = self._values(idx)
         v = np.empty((self.pixels, n), np.int64)
@@ -339,16 +381,18 @@ class Codec:
         return bits.T.reshape(n, *self.rt.image_shape).astype(np.float32)
 
 
-def decoder_values(rt, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A logistic decoder's (mean, log_scale) of latents z, its raw float32 outputs."""
-    mean, log_scale = rt._dec_run.plain(["probs", "log_scale"], {"z": np.ascontiguousarray(z, np.float32)})
-    return mean, log_scale
+def decoder_values(rt, z: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A logistic decoder's (mean, log_scale) of latents z, its raw float32 outputs; a logistic-ar
+    decoder's (mean, log_scale, context)."""
+    names = ["probs", "log_scale"] + (["context"] if rt.likelihood == "logistic-ar" else [])
+    return tuple(rt._dec_run.plain(names, {"z": np.ascontiguousarray(z, np.float32)}))
 
 
 def check_model(rt) -> None:
-    if rt.likelihood not in ("bernoulli", "logistic"):
+    if rt.likelihood not in ("bernoulli", *EIGHT_BIT):
         raise VaeEdgeError(f"compression codes binary images (a Bernoulli decoder) or 8-bit ones (a logistic "
-                           f"decoder: train --likelihood logistic); this model's likelihood is {rt.likelihood}")
+                           f"decoder: train --likelihood logistic-ar or logistic); this model's likelihood is "
+                           f"{rt.likelihood}")
     if rt.conditional:
         raise VaeEdgeError("compression takes an unconditional model (a conditional one would need each image's "
                            "digit stored too): use --bundle conv-mnist or mlp-mnist")
@@ -384,10 +428,10 @@ def fingerprint(rt, bits: int = LATENT_BITS) -> bytes:
     k = 1 << bits
     idx = (np.arange(8)[:, None] * 37 + np.arange(rt.latent_dim)[None] * 11) % k
     z = buckets(bits)[1][idx].reshape(8, *rt.latent_shape)
-    if rt.likelihood == "logistic":
-        mean, log_scale = decoder_values(rt, z)
-        mu, logvar = rt.encode((np.rint(mean * 255) / 255).astype(np.float32))
-        outs = (mean, log_scale, mu, logvar)
+    if rt.likelihood in EIGHT_BIT:
+        values = decoder_values(rt, z)
+        mu, logvar = rt.encode((np.rint(values[0] * 255) / 255).astype(np.float32))
+        outs = (*values, mu, logvar)
     else:
         logits = rt.decode(z, logits=True)
         mu, logvar = rt.encode((logits > 0).astype(np.float32))
@@ -446,7 +490,7 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
     file's bytes. `layout` records how the caller's array looked (see LAYOUTS), for giving it back
     the same way."""
     check_model(rt)
-    eight_bit = rt.likelihood == "logistic"
+    eight_bit = rt.likelihood in EIGHT_BIT
     x = (check_8bit if eight_bit else check_binary)(rt._images(x))
     if len(x) > MAX_IMAGES or x.size > MAX_VALUES:
         raise VaeEdgeError(f"at most {MAX_IMAGES:,} images and {MAX_VALUES:,} pixels per file: compress "
@@ -561,7 +605,7 @@ def check_match(rt, h: Header, where: object = "file") -> None:
         raise CompressError(f"{where} was made with {made} (variant {h['variant']}, manifest sha256 "
                             f"{h['manifest'].hex()[:12]}...), whose graphs differ from this bundle's "
                             f"({rt.info.name or rt.bundle}): use the bundle it was made with")
-    pix = PIX8_PREC if rt.likelihood == "logistic" else PIX_PREC
+    pix = PIX8_PREC if rt.likelihood in EIGHT_BIT else PIX_PREC
     if (h["latent_bits"], h["post_prec"], h["pix_prec"]) != (LATENT_BITS, POST_PREC, pix):
         raise CompressError(f"{where} was coded with other settings than this vae-edge's: decompress it with the "
                             "version that made it")
@@ -585,7 +629,7 @@ def decompress(rt, data: bytes, where: object = "file") -> np.ndarray:
         m.check_start(h["virtual"])
     except (ANSError, ZeroDivisionError, FloatingPointError) as e:
         raise CompressError(f"{where} did not decode ({e}): its numbers differ from this device's") from None
-    if data_digest(out, rt.likelihood == "logistic") != h["data"]:
+    if data_digest(out, rt.likelihood in EIGHT_BIT) != h["data"]:
         raise CompressError(f"{where} decoded to other images than it was made from (its data checksum differs): "
                             f"made on {h['device']}, here {device_label()}")
     return out

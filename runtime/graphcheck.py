@@ -10,6 +10,7 @@ weights inside itself (bundles stay small enough for that: the shipped graphs ar
 from __future__ import annotations
 
 from vae_edge import VaeEdgeError
+from vae_edge.runtime.mathops import EIGHT_BIT
 
 # Field numbers of onnx.proto3 (ModelProto and the messages that can hold a TensorProto).
 _MODEL = {7: "graph", 20: "training", 25: "function"}
@@ -146,8 +147,10 @@ def check_io(sess, spec: dict, where: object, graph: str = "", likelihood: str =
         needed = REQUIRED.get(graph, {}).get(kind, set())
         if likelihood != "bernoulli":
             needed = needed - {"logits"}
-        if likelihood == "logistic" and graph == "decoder" and kind == "outputs":
+        if likelihood in EIGHT_BIT and graph == "decoder" and kind == "outputs":
             needed = needed | {"log_scale"}  # the discretized logistic's mean (probs) and log-scale
+        if likelihood == "logistic-ar" and graph == "decoder" and kind == "outputs":
+            needed = needed | {"context"}  # and the weights of each value's neighbours
         if deterministic:  # an encoder that gives the latents alone (the manifest says so)
             needed = needed - {"logvar"}
         if not needed <= set(have):

@@ -170,7 +170,7 @@ def _model_info(model: Mapping) -> ModelInfo:
         raise ValueError(f"image shape {list(image)} / latent of {d:,} values: over the {MAX_IMAGE_VALUES:,} values "
                          "an image or latent may hold")
     likelihood = str(model.get("likelihood") or "bernoulli")
-    if likelihood not in ("bernoulli", "gaussian", "logistic"):
+    if likelihood not in ("bernoulli", "gaussian", "logistic", "logistic-ar"):
         raise ValueError(f"likelihood {likelihood!r}")
     sigma = model.get("sigma")
     learned = bool(model.get("learned_sigma"))

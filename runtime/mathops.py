@@ -29,6 +29,36 @@ def gaussian_nll(mean: np.ndarray, target: np.ndarray, sigma: float | None = Non
 
 
 LOG_SCALE_MIN = -7.0  # the discretized logistic's log-scale floor (PixelCNN++'s): model, runtime, coder
+EIGHT_BIT = ("logistic", "logistic-ar")  # the likelihoods of 8-bit images
+# logistic-ar: each value's mean also follows its already-coded neighbours (raster order) in its
+# own channel: mean = probs + sum_k w_k (x - probs) at the neighbour (dy, dx), 0 outside the image.
+# The decoder gives the weights w_k (in [-1, 1]) per value; with x = probs everywhere the
+# corrections vanish, so probs is also the model's point decode.
+CONTEXT = ((0, -1), (-1, -1), (-1, 0), (-1, 1))  # (dy, dx): left, up-left, up, up-right
+
+
+def neighbour(r: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """r at (i + dy, j + dx) for every (i, j) of the last two axes; 0 where that is outside."""
+    h, w = r.shape[-2:]
+    out = np.zeros_like(r)
+    i0, i1, j0, j1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
+    if i1 > i0 and j1 > j0:
+        out[..., i0:i1, j0:j1] = r[..., i0 + dy:i1 + dy, j0 + dx:j1 + dx]
+    return out
+
+
+def context_mean(probs: np.ndarray, weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A logistic-ar decoder's mean of every value given the values x ([B, C, H, W] each; weights
+    [B, len(CONTEXT) * C, H, W], neighbour k's in channels k*C .. k*C + C - 1), in float64 and in
+    this order of operations: the coder's per-value means are the same numbers."""
+    probs, x = np.asarray(probs, np.float64), np.asarray(x, np.float64)
+    w = np.asarray(weights, np.float64)
+    c = probs.shape[-3]
+    r = x - probs
+    mean = probs
+    for k, (dy, dx) in enumerate(CONTEXT):
+        mean = mean + w[..., k * c:(k + 1) * c, :, :] * neighbour(r, dy, dx)
+    return mean
 
 
 def logistic_nll(mean: np.ndarray, log_scale: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -61,9 +91,12 @@ def decoder_nll(out: dict[str, np.ndarray], target: np.ndarray, likelihood: str,
     """-log p(target | z) per image (nats) from a decoder's outputs by name, the model's own
     likelihood: Bernoulli on `logits`; Gaussian around `probs` (the mean) with its own `log_sigma`
     when the decoder gives one, else the fixed sigma; logistic: the discretized logistic of mean
-    `probs` and `log_scale` (8-bit values)."""
+    `probs` and `log_scale` (8-bit values); logistic-ar: its mean follows the target's
+    neighbours by the weights `context` (context_mean)."""
     if likelihood == "logistic":
         return logistic_nll(out["probs"], out["log_scale"], target)
+    if likelihood == "logistic-ar":
+        return logistic_nll(context_mean(out["probs"], out["context"], target), out["log_scale"], target)
     if likelihood != "gaussian":
         return bce_with_logits(out["logits"], target)
     if "log_sigma" in out:
@@ -75,6 +108,8 @@ def decoder_outputs(likelihood: str, learned_sigma: bool) -> list[str]:
     """The decoder outputs decoder_nll needs."""
     if likelihood == "logistic":
         return ["probs", "log_scale"]
+    if likelihood == "logistic-ar":
+        return ["probs", "log_scale", "context"]
     if likelihood != "gaussian":
         return ["logits"]
     return ["probs", "log_sigma"] if learned_sigma else ["probs"]

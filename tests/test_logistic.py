@@ -148,3 +148,79 @@ def test_8bit_cli_round_trips_colour_arrays_and_grey_pngs(colour8, grey8, tmp_pa
     r = CliRunner().invoke(cli, ["compress", str(tmp_path / "pngs"), "--bundle", gb, "--binarize", "threshold",
                                  "-o", str(tmp_path / "bad.vaez")])
     assert r.exit_code != 0 and "8-bit" in r.output and not (tmp_path / "bad.vaez").exists()
+
+
+# -- logistic-ar: each value's mean follows its already-coded neighbours ----------------------------
+def test_the_context_mean_is_the_same_in_torch_and_numpy_and_vanishes_at_the_point_decode():
+    from vae_edge.model import context_mean as torch_mean
+    from vae_edge.runtime.mathops import CONTEXT, context_mean
+
+    g = torch.Generator().manual_seed(0)
+    p, x = torch.rand(2, 3, 5, 7, generator=g), torch.rand(2, 3, 5, 7, generator=g)
+    w = torch.rand(2, 3 * len(CONTEXT), 5, 7, generator=g) * 2 - 1
+    got = context_mean(p.numpy(), w.numpy(), x.numpy())
+    assert np.abs(got - torch_mean(p, w, x).double().numpy()).max() < 1e-6
+    r = (x - p).double().numpy()
+    for c, i, j in ((1, 3, 4), (2, 0, 6), (0, 4, 0)):  # by hand: inside, top row, left column
+        want = float(p[0, c, i, j])
+        for k, (dy, dx) in enumerate(CONTEXT):
+            if 0 <= i + dy < 5 and 0 <= j + dx < 7:
+                want += float(w[0, 3 * k + c, i, j]) * r[0, c, i + dy, j + dx]
+        assert abs(got[0, c, i, j] - want) < 1e-6
+    assert np.array_equal(context_mean(p.numpy(), w.numpy(), p.numpy()), p.numpy().astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def grey_ar(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("grey_ar")
+    ckpt = _train(root / "run", mnist_dir, steps=20, arch="conv", channels=(8, 16), latent_dim=8,
+                  likelihood="logistic-ar")
+    r = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(root / "b"), "--data-dir", str(mnist_dir)])
+    assert r.exit_code == 0, r.output
+    return ckpt, VAERuntime.load(root / "b", warn=lambda s: None)
+
+
+def test_a_logistic_ar_model_exports_scores_and_compresses_exactly(grey_ar, mnist_dir):
+    from vae_edge.data import load_slice
+    from vae_edge.runtime import compress as C
+
+    ckpt, rt = grey_ar
+    model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    manifest = json.loads((rt.bundle / "manifest.json").read_text())
+    outs = {o["name"]: o["shape"] for o in manifest["graphs"]["decoder"]["outputs"]}
+    assert list(outs) == ["probs", "log_scale", "context"] and outs["context"][1:] == [4, 28, 28]
+    x, _ = load_slice("mnist:test[0:40]", mnist_dir)
+    mu, _ = rt.encode(x[:8])
+    with torch.no_grad():
+        out = model.decode(torch.from_numpy(mu))
+        want = reconstruction_nll(out, torch.from_numpy(x[:8]), model.cfg).flatten(1).sum(1).double().numpy()
+        plain = discretized_logistic_nll(*split_logistic(out, ar=True)[:2], torch.from_numpy(x[:8]))
+    got = rt._nll(mu, x[:8], {})
+    assert np.allclose(got, want, rtol=1e-4)  # the runtime's likelihood is the model's, context and all
+    assert not np.allclose(got, plain.flatten(1).sum(1).double().numpy(), rtol=1e-3)  # ... and the context counts
+    data = C.compress(rt, x)
+    back = C.decompress(rt, data)
+    assert np.array_equal(np.rint(back * 255), np.rint(x * 255))
+    rate = 8 * len(data) / x.size
+    elbo = float(np.mean(rt.bits_per_dim_8bit(rt.score(x, elbo_samples=64))))
+    assert abs(rate - elbo) < 0.3 * elbo, (rate, elbo)
+    for extreme in (np.zeros((2, 1, 28, 28), np.float32), np.ones((2, 1, 28, 28), np.float32), x[:1]):
+        assert np.array_equal(C.decompress(rt, C.compress(rt, extreme)), extreme)
+
+
+def test_a_colour_logistic_ar_model_of_an_odd_size_round_trips(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (24, 3, 6, 5), dtype=np.uint8)
+    x[:, 1] = x[:, 0] // 2 + 60  # channels that differ, neighbours that matter
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(cli, ["train", "--arch", "mlp", "--data", str(tmp_path / "x.npy"), "--input-shape", "3,6,5",
+                                 "--likelihood", "logistic-ar", "--hidden", "16", "--latent-dim", "3", "--max-steps",
+                                 "2", "--batch-size", "8", "--quiet", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["export", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    for args in (["compress", str(tmp_path / "x.npy"), "-o", str(tmp_path / "x.vaez")],
+                 ["decompress", str(tmp_path / "x.vaez"), "-o", str(tmp_path / "y.npy")]):
+        r = CliRunner().invoke(cli, [*args, "--bundle", str(tmp_path / "b")])
+        assert r.exit_code == 0, r.output
+    back = np.load(tmp_path / "y.npy")
+    assert back.dtype == np.uint8 and np.array_equal(back, x)

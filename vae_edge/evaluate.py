@@ -110,7 +110,7 @@ def evaluate(
     xg, labels = load_test_set(dataset, data_dir, limit)
     y = torch.from_numpy(labels) if model.cfg.conditional else None
     grey = torch.from_numpy(xg)
-    if model.cfg.likelihood == "logistic":
+    if model.cfg.likelihood in ("logistic", "logistic-ar"):
         return _evaluate_8bit(model, dataset, grey, y, iw_samples, seed, progress)
     xb = torch.from_numpy(binarize(xg, BINARIZE_SEED))
     res = {

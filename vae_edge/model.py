@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae_edge import VaeEdgeError
-from vae_edge.runtime.mathops import LOG_SCALE_MIN  # the discretized logistic's log-scale floor
+from vae_edge.runtime.mathops import CONTEXT, LOG_SCALE_MIN  # shared with the runtime and coder
 
 ARCHS = ("mlp", "conv")
 UPSAMPLE = ("resize-subpixel", "resize", "convtranspose")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
-LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic", "logistic-ar")
 
 
 @dataclass
@@ -48,7 +48,9 @@ class VAEConfig:
     cond_planes: bool = False
     # bernoulli (the decoder's logits) | gaussian (sigmoid(logits) is the mean, sigma fixed) |
     # logistic: 8-bit images, a discretized logistic per value (PixelCNN++'s, one component): the
-    # decoder gives 2C channels, the mean's logits and the log-scale
+    # decoder gives 2C channels, the mean's logits and the log-scale; logistic-ar: the mean also
+    # follows each value's already-coded neighbours (runtime.mathops.CONTEXT) by weights the decoder
+    # gives: (2 + len(CONTEXT))C channels
     likelihood: str = "bernoulli"
     sigma: float | None = None  # gaussian: the fixed per-pixel standard deviation
     # [C, H, W] of the images: MNIST's by default; conv models need H and W divisible by 4 (two
@@ -118,7 +120,7 @@ class VAE(nn.Module):
         d, cond = cfg.latent_dim, (NUM_CLASSES if cfg.conditional else 0)
         c0, h0, w0 = cfg.image_shape
         pixels, self.feat = c0 * h0 * w0, (h0 // 4, w0 // 4)  # the conv feature map at 1/4 size
-        k = 2 if cfg.likelihood == "logistic" else 1  # outputs per value: (mean, log-scale) for logistic
+        k = outputs_per_value(cfg.likelihood)
         self.out_shape = (k * c0, h0, w0)
         # One-hot rows picked by a Gather: exports to a plain ONNX Gather on the int64 label.
         self.register_buffer("onehot", torch.eye(NUM_CLASSES), persistent=False)
@@ -216,10 +218,32 @@ class VAE(nn.Module):
         return self.decode(z, y), mu, logvar
 
 
-def split_logistic(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A logistic decoder's [B, 2C, H, W] -> (mean in [0, 1], log-scale >= LOG_SCALE_MIN), [B, C, H, W] each."""
-    m, log_scale = out.chunk(2, dim=1)
-    return torch.sigmoid(m), log_scale.clamp(min=LOG_SCALE_MIN)
+def outputs_per_value(likelihood: str) -> int:
+    """The decoder's output channels per image channel: the mean's logits (Bernoulli: the logits),
+    and for 8-bit likelihoods the log-scale and, for logistic-ar, one weight per neighbour."""
+    return {"logistic": 2, "logistic-ar": 2 + len(CONTEXT)}.get(likelihood, 1)
+
+
+def split_logistic(out: torch.Tensor, ar: bool = False) -> tuple[torch.Tensor, ...]:
+    """A logistic decoder's [B, 2C, H, W] -> (mean in [0, 1], log-scale >= LOG_SCALE_MIN), [B, C, H, W]
+    each; a logistic-ar decoder's [B, (2 + K)C, H, W] -> those and the K neighbours' weights in
+    [-1, 1], [B, K C, H, W] (neighbour k's in channels k C .. k C + C - 1)."""
+    c = out.shape[1] // (2 + len(CONTEXT) if ar else 2)
+    m, log_scale = out[:, :c], out[:, c:2 * c]
+    if not ar:
+        return torch.sigmoid(m), log_scale.clamp(min=LOG_SCALE_MIN)
+    return torch.sigmoid(m), log_scale.clamp(min=LOG_SCALE_MIN), torch.tanh(out[:, 2 * c:])
+
+
+def context_mean(probs: torch.Tensor, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A logistic-ar decoder's means given the values x (runtime.mathops.context_mean's arithmetic)."""
+    c, (h, w) = probs.shape[1], probs.shape[2:]
+    r = x - probs
+    mean = probs
+    for k, (dy, dx) in enumerate(CONTEXT):  # r at (i + dy, j + dx), zero outside: dy <= 0
+        shifted = F.pad(r, (max(-dx, 0), max(dx, 0), -dy, 0))[:, :, :h, max(dx, 0):max(dx, 0) + w]
+        mean = mean + weights[:, k * c:(k + 1) * c] * shifted
+    return mean
 
 
 def discretized_logistic_nll(mean: torch.Tensor, log_scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -244,6 +268,9 @@ def reconstruction_nll(logits: torch.Tensor, target: torch.Tensor, cfg: VAEConfi
     or (logistic) the discretized logistic's mass of the 8-bit value."""
     if cfg is not None and cfg.likelihood == "logistic":
         return discretized_logistic_nll(*split_logistic(logits), target)
+    if cfg is not None and cfg.likelihood == "logistic-ar":
+        probs, log_scale, weights = split_logistic(logits, ar=True)
+        return discretized_logistic_nll(context_mean(probs, weights, target), log_scale, target)
     if cfg is not None and cfg.likelihood == "gaussian":
         d = (target - torch.sigmoid(logits)) / cfg.sigma
         return 0.5 * d * d + (math.log(cfg.sigma) + 0.5 * math.log(2 * math.pi))

@@ -10,6 +10,7 @@ import click
 
 from vae_edge import VaeEdgeError
 from vae_edge.cli.base import data_dir_option, done, load_runtime, runtime_options, seed_option
+from vae_edge.runtime.mathops import EIGHT_BIT
 
 MAX_FILE_BYTES = 1 << 31
 
@@ -95,7 +96,7 @@ def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
     if not is_stdout(out):
         check_output_path(out)
     rt = load_runtime(kw)
-    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood == "logistic")
+    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in EIGHT_BIT)
     data = encode(rt, x, layout=layout)
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
     bpd = 8 * len(data) / x.size
@@ -202,5 +203,5 @@ def decompress(file, output, **kw) -> None:
         kw["bundle"] = header["name"]
     rt = load_runtime(kw)
     x = decode(rt, data, file)
-    save_decompressed(out, x, header["layout"], folder, rt.likelihood == "logistic")
+    save_decompressed(out, x, header["layout"], folder, rt.likelihood in EIGHT_BIT)
     done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {rt.variant})", out)

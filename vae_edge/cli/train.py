@@ -86,10 +86,12 @@ def _apply_recipe(ctx: click.Context, param: click.Parameter, value: str | None)
                    "image files or folders (resized to --input-shape); repeatable.")
 @click.option("--input-shape", default="1,28,28", show_default=True, metavar="C,H,W",
               help="Image shape: conv models need H and W divisible by 4; MLPs flatten any size.")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "logistic"]), default="bernoulli",
+@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "logistic", "logistic-ar"]), default="bernoulli",
               show_default=True,
               help="bernoulli: binary or grey targets (MNIST); gaussian: natural images, with --sigma; logistic: "
-                   "8-bit images, a discretized logistic per value (its -ELBO is bits per dimension of the 8-bit data).")
+                   "8-bit images, a discretized logistic per value (its -ELBO is bits per dimension of the 8-bit data); "
+                   "logistic-ar: its mean also follows each value's already-decoded neighbours (left, above): the "
+                   "stronger 8-bit model, for compression.")
 @click.option("--sigma", type=float, default=None, help="Gaussian likelihood: the per-pixel standard deviation (e.g. 0.1).")
 @data_dir_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, help="Where to train: auto picks cuda, then mps, then cpu.")
