@@ -518,6 +518,51 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
     return data
 
 
+def compress_best(rt, x: np.ndarray, layout: int = 0, classical: tuple[str, ...] = ("png", "webp")
+                  ) -> tuple[bytes, dict]:
+    """The smaller of the VAE file and a classical one (PNG, or WebP lossless) of the same images:
+    (the file's bytes, a report: what was chosen, and each candidate's bits per value, the
+    classical ones measured on the same images; WebP of more than FULL_WEBP_IMAGES images is first
+    measured on that many and coded whole only if it could win)."""
+    from vae_edge.runtime import classic
+
+    eight_bit = rt.likelihood in EIGHT_BIT
+    data = compress(rt, x, layout=layout)
+    x = rt._images(x)
+    values = np.rint(np.asarray(x, np.float64) * (255 if eight_bit else 1)).astype(np.uint8)
+    digest = data_digest(x, eight_bit)
+    rates = {"vae-edge": 8 * len(data) / x.size}
+    best, best_codec = data, "vae-edge"
+    codecs = [c for c in classical if c != "webp" or classic.webp_available()]
+    for codec in codecs:
+        n = len(values)
+        if codec == "webp" and n > classic.FULL_WEBP_IMAGES:  # slow: a sample first
+            k = classic.FULL_WEBP_IMAGES
+            sample = sum(len(c) + 4 for c in classic.encode(values[:k], codec, not eight_bit))
+            estimate = 8 * sample * n / k / x.size
+            rates[codec + " (est.)"] = estimate
+            if estimate * x.size / 8 >= 0.98 * len(best):
+                continue
+        coded = classic.encode(values, codec, not eight_bit)
+        file = classic.pack(codec, coded, layout, tuple(rt.image_shape), n, not eight_bit, digest)
+        rates.pop(codec + " (est.)", None)
+        rates[codec] = 8 * len(file) / x.size
+        if len(file) < len(best):
+            best, best_codec = file, codec
+    return best, {"chosen": best_codec, "bits_per_value": rates, "bytes": len(best)}
+
+
+def decompress_classic(data: bytes, where: object = "file") -> tuple[dict, np.ndarray]:
+    """A classical file (compress_best chose PNG or WebP) -> (its header, the images [N, C, H, W]
+    float32), checked against the data digest it carries; no model needed."""
+    from vae_edge.runtime import classic
+
+    h, x = classic.read(data, where)
+    if data_digest(x, not h["binary"]) != h["data"]:
+        raise CompressError(f"{where} decoded to other images than it was made from (its data checksum differs)")
+    return h, x
+
+
 # How the caller's array looked: the dtype and value of a 1, and whether it had no channel axis.
 LAYOUTS = {0: ("float32", 1), 1: ("uint8", 1), 2: ("uint8", 255), 3: ("bool", 1)}
 NO_CHANNEL_AXIS = 4

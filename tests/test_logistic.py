@@ -224,3 +224,58 @@ def test_a_colour_logistic_ar_model_of_an_odd_size_round_trips(tmp_path):
         assert r.exit_code == 0, r.output
     back = np.load(tmp_path / "y.npy")
     assert back.dtype == np.uint8 and np.array_equal(back, x)
+
+
+# -- one image, or a few: the container keeps the smaller of the VAE's file and a classical one ----
+def test_a_lone_image_never_costs_more_than_its_png_and_comes_back_exactly(grey8, tmp_path, mnist_dir):
+    import io
+
+    from vae_edge.data import load_slice
+    from vae_edge.runtime import classic
+    from vae_edge.runtime import compress as C
+
+    x, _ = load_slice("mnist:test[0:1]", mnist_dir)
+    v = np.rint(x[0, 0] * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(v).save(buf, "PNG", optimize=True)
+    data, report = C.compress_best(grey8, x, layout=2)
+    assert len(data) <= len(buf.getvalue()) and report["bytes"] == len(data)
+    assert set(report["bits_per_value"]) >= {"vae-edge", "png"}
+    # the 20-step model costs more than a PNG here: the container is a classical one, read back exactly
+    assert report["chosen"] != "vae-edge" and classic.is_classic(data)
+    h, back = C.decompress_classic(data)
+    assert np.array_equal(back, x) and h["layout"] == 2
+    # damage is refused in one line
+    for bad in (data[:-5] + data[-4:], data[:10] + bytes([data[10] ^ 1]) + data[11:]):
+        with pytest.raises(VaeEdgeError, match="damaged"):
+            C.decompress_classic(bad)
+    # through the CLI: the rates printed, a PNG back
+    Image.fromarray(v).save(tmp_path / "one.png")
+    r = CliRunner().invoke(cli, ["compress", str(tmp_path / "one.png"), "--bundle", str(grey8.bundle),
+                                 "-o", str(tmp_path / "one.vaez")])
+    assert r.exit_code == 0 and "coded with" in r.output and "PNG" in r.output, r.output
+    assert (tmp_path / "one.vaez").stat().st_size <= len(buf.getvalue())
+    r = CliRunner().invoke(cli, ["decompress", str(tmp_path / "one.vaez"), "-o", str(tmp_path / "back.png")])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "back.png")), v)
+    # --codec vae keeps the VAE's file
+    r = CliRunner().invoke(cli, ["compress", str(tmp_path / "one.png"), "--bundle", str(grey8.bundle), "--codec",
+                                 "vae", "-o", str(tmp_path / "vae.vaez")])
+    assert r.exit_code == 0 and (tmp_path / "vae.vaez").read_bytes()[:4] == b"VAEZ", r.output
+
+
+def test_classical_files_of_colour_odd_and_binary_images_round_trip(tmp_path):
+    from vae_edge.runtime import classic
+    from vae_edge.runtime.compress import data_digest, decompress_classic
+
+    rng = np.random.default_rng(0)
+    for shape, binary in (((3, 3, 10, 13), False), ((2, 2, 5, 7), False), ((4, 1, 28, 28), True),
+                          ((2, 1, 9, 9), False)):
+        v = rng.integers(0, 2 if binary else 256, shape, dtype=np.uint8)
+        v[0] = 0
+        x = v.astype(np.float32) if binary else (v / 255.0).astype(np.float32)
+        for codec in ("png", "webp") if classic.webp_available() else ("png",):
+            data = classic.pack(codec, classic.encode(v, codec, binary), 0, shape[1:], len(v), binary,
+                                data_digest(x, not binary))
+            h, back = decompress_classic(data)
+            assert np.array_equal(back, x) and h["codec"] == codec, (shape, codec)

@@ -73,23 +73,29 @@ def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int, 
 @click.option("-o", "--output", required=True, type=click.Path(), help="The compressed file (e.g. digits.vaez; - for stdout).")
 @click.option("--binarize", type=click.Choice(["threshold", "stochastic"]), default=None,
               help="Make grey images binary first: threshold at 0.5, or one Bernoulli draw per pixel (--seed).")
+@click.option("--codec", type=click.Choice(["auto", "vae"]), default="auto", show_default=True,
+              help="auto: the smallest of the VAE's file and PNG / WebP lossless of the same images (a lone image "
+                   "can cost less as a PNG); vae: the VAE's file always.")
 @seed_option
 @data_dir_option
 @runtime_options
-def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
+def compress(inputs, output, binarize, codec, seed, data_dir, **kw) -> None:
     """Compress images losslessly with the model (bits-back coding with ANS).
 
     A binary (Bernoulli) model takes binary images: .npy arrays (float or uint8 0/1, uint8 0/255,
     bool), 1-bit or black-and-white image files at the model's size (taken pixel for pixel),
     folders of them, or dataset slices with --binarize. An 8-bit (logistic) model takes 8-bit
-    images: uint8 arrays, grey or colour PNGs, folders, dataset slices. The file records the bundle, the variant and this device's numerics: decompress
-    it with the same model on the same kind of device (docs/compression.md).
+    images: uint8 arrays, grey or colour PNGs, folders, dataset slices. The file records the
+    bundle, the variant and this device's numerics: decompress it with the same model on the same
+    kind of device (docs/compression.md). The images are also coded as PNG and WebP lossless, and
+    the smallest file is kept (--codec vae: the VAE's always); the rates are printed.
 
     \b
     Example: vae-edge compress "mnist:test[0:1000]" --binarize stochastic -o digits.vaez
              vae-edge decompress digits.vaez -o digits.npy
     """
-    from vae_edge.runtime.compress import compress as encode
+    from vae_edge.runtime.classic import NAMES
+    from vae_edge.runtime.compress import compress_best
     from vae_edge.runtime.files import check_output_path, is_stdout, write_output
 
     out = Path(output)
@@ -97,11 +103,15 @@ def compress(inputs, output, binarize, seed, data_dir, **kw) -> None:
         check_output_path(out)
     rt = load_runtime(kw)
     x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in EIGHT_BIT)
-    data = encode(rt, x, layout=layout)
+    data, report = compress_best(rt, x, layout, () if codec == "vae" else ("png", "webp"))
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
-    bpd = 8 * len(data) / x.size
-    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out}: {len(data):,} bytes, {bpd:.4f} bits per pixel "
-         f"({rt.info.name} {rt.variant})", out)
+    rates = report["bits_per_value"]
+    chosen = report["chosen"]
+    label = f"{rt.info.name} {rt.variant}" if chosen == "vae-edge" else NAMES[chosen]
+    others = ", ".join(f"{NAMES.get(k.split()[0], k)}{' (est.)' if 'est.' in k else ''} {v:.4f}"
+                       for k, v in rates.items() if k.split()[0] != chosen)
+    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out}: {len(data):,} bytes, {rates[chosen]:.4f} bits per "
+         f"value, coded with {label}" + (f" (also measured: {others})" if others else ""), out)
 
 
 def read_compressed(path: Path) -> bytes:
@@ -156,7 +166,7 @@ def save_decompressed(out: Path, x, layout: int, folder: bool, eight_bit: bool =
     elif out.suffix.lower() == ".npy" or str(out) == "-":
         save_npy(restore_layout(x, layout), out)
     elif len(x) == 1:
-        save_image(picture(x[0]), out, "png")
+        save_image(picture(x[0]), out, ".png")
     else:
         raise VaeEdgeError(f"the file holds {len(x)} images: write them to a .npy or a folder (a path ending in /)")
 
@@ -177,7 +187,7 @@ def decompress(file, output, **kw) -> None:
     Example: vae-edge decompress digits.vaez -o digits.npy
              vae-edge decompress digit.vaez -o digit.png
     """
-    from vae_edge.runtime import shipped_bundles
+    from vae_edge.runtime import classic, shipped_bundles
     from vae_edge.runtime.compress import decompress as decode
     from vae_edge.runtime.compress import read_header
     from vae_edge.runtime.files import check_output_path, is_stdout
@@ -192,6 +202,13 @@ def decompress(file, output, **kw) -> None:
             raise VaeEdgeError(f"output {out} must end in .npy or .png, or be a folder ending in /")
         check_output_path(out)
     data = read_compressed(Path(file))
+    if classic.is_classic(data):  # PNG or WebP inside: no model needed
+        from vae_edge.runtime.compress import decompress_classic
+
+        header, x = decompress_classic(data, file)
+        save_decompressed(out, x, header["layout"], folder, not header["binary"])
+        done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {classic.NAMES[header['codec']]})", out)
+        return
     header, _, _ = read_header(data, file)
     ctx = click.get_current_context()
     if ctx.get_parameter_source("variant") == click.core.ParameterSource.DEFAULT:
