@@ -173,7 +173,7 @@ def test_cli_round_trips_arrays_images_and_folders(runner, tmp_path, digits, mni
     np.save(tmp_path / "x.npy", u8)
     res = runner.invoke(cli, ["compress", str(tmp_path / "x.npy"), "-o", str(tmp_path / "x.vaez")])
     assert res.exit_code == 0, res.output
-    assert "12 images" in res.output and "bits per pixel" in res.output
+    assert "12 images" in res.output and "bits per value" in res.output and "coded with mlp-mnist" in res.output
     res = runner.invoke(cli, ["decompress", str(tmp_path / "x.vaez"), "-o", str(tmp_path / "y.npy")])
     assert res.exit_code == 0, res.output
     back = np.load(tmp_path / "y.npy")
