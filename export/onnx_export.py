@@ -400,6 +400,7 @@ def export_bundle(
                 ort_name = variant_filename(g, "fp32", ".ort")
                 write_ort(tmp / fname, tmp / ort_name)
                 entry["ort_files"][g] = ort_name
+        add_portable(tmp, model, manifest, log)
         record_fp32(tmp, manifest, entry)
     return out
 
@@ -426,6 +427,29 @@ def new_bundle(out: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+PORTABLE_FILE = "portable.npz"
+
+
+def add_portable(tmp: Path, model: VAE, manifest: dict, log=print) -> None:
+    """The compressor's integer network (export/portable.py), for the models that can be coded:
+    unconditional MLP and conv models with a Bernoulli or (8-bit) logistic likelihood."""
+    from vae_edge.export.portable import build, eligible
+    from vae_edge.runtime.bundle_writer import file_entry
+
+    if eligible(model) is not None:
+        return
+    data, report = build(model)
+    (tmp / PORTABLE_FILE).write_bytes(data)
+    manifest.setdefault("files", {})[PORTABLE_FILE] = file_entry(tmp / PORTABLE_FILE)
+    manifest["portable"] = {"file": PORTABLE_FILE, "format": 1, "weights": "int16, a power-of-two scale per "
+                            "output channel", "activations": "int16, a power-of-two scale per tensor",
+                            "sums": "float64, every partial sum an integer below 2^53 (exact on every device)",
+                            **report}
+    worst = max(report["max_abs_diff"].values())
+    log(f"  portable network (integer, for compression on any device): {len(data) / 2**20:.1f} MB, largest "
+        f"output difference from PyTorch {worst:.1e}")
 
 
 def record_fp32(tmp: Path, manifest: dict, entry: dict) -> None:

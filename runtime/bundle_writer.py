@@ -61,6 +61,8 @@ def add_variant(bundle: Path, manifest: dict, variant: str, entry: dict, log=Non
             manifest.setdefault("files", {})[name] = file_entry(path)
         used = {n for v in manifest["variants"].values()
                 for n in list(v["files"].values()) + list(v.get("ort_files", {}).values())}
+        if manifest.get("portable"):  # the compressor's integer network (runtime/portable.py)
+            used.add(manifest["portable"]["file"])
         stale = sorted(n for n in before - used if n != MANIFEST)
         for name in stale:
             manifest["files"].pop(name, None)

@@ -234,13 +234,18 @@ def _chunks_reversed(n: int, lanes: int) -> Iterator[tuple[int, int, int]]:
         end -= grow[k]
 
 
+PORTABLE = "portable"  # the variant a file names when the bundle's portable network coded it
+
+
 class Codec:
     """BB-ANS on one runtime (an unconditional Bernoulli or logistic model): compress and
-    decompress chunks."""
+    decompress chunks; with portable=True through the bundle's integer network (the same bits on
+    every device) instead of its graphs."""
 
-    def __init__(self, rt, bits: int = LATENT_BITS):
+    def __init__(self, rt, bits: int = LATENT_BITS, portable: bool = False):
         check_model(rt)
         self.rt, self.bits = rt, bits
+        self.net = rt.portable if portable else None
         self.centres = buckets(bits)[1]
         self.d = rt.latent_dim
         self.pixels = int(np.prod(rt.image_shape))
@@ -251,7 +256,7 @@ class Codec:
         """The decoder's (mean, log_scale) at the buckets' centres, [pixels, n] each; with
         context=True the raw outputs [n, ...] (mean, log_scale and the neighbours' weights)."""
         z = self.centres[idx].reshape(len(idx), *self.rt.latent_shape)
-        out = decoder_values(self.rt, z)
+        out = decoder_values(self.rt, z, self.net)
         if self.context:
             return out
         mean, log_scale = out
@@ -320,12 +325,13 @@ class Codec:
         return (v.T.reshape(n, *self.rt.image_shape) / 255.0).astype(np.float32)
 
     def _posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, logvar = self.rt.encode(x)
+        mu, logvar = self.net.encode(x) if self.net is not None else self.rt.encode(x)
         return mu.reshape(len(x), -1), logvar.reshape(len(x), -1)
 
     def _freqs(self, idx: np.ndarray) -> np.ndarray:
         z = self.centres[idx].reshape(len(idx), *self.rt.latent_shape)
-        logits = self.rt.decode(z, logits=True).reshape(len(idx), -1)
+        logits = (self.net.decode(z)["logits"] if self.net is not None
+                  else self.rt.decode(z, logits=True)).reshape(len(idx), -1)
         return pixel_freqs(logits).T.copy()  # [pixels, n]: one contiguous row per step
 
     def push_chunk(self, m: Message, x: np.ndarray) -> None:
@@ -381,10 +387,13 @@ class Codec:
         return bits.T.reshape(n, *self.rt.image_shape).astype(np.float32)
 
 
-def decoder_values(rt, z: np.ndarray) -> tuple[np.ndarray, ...]:
-    """A logistic decoder's (mean, log_scale) of latents z, its raw float32 outputs; a logistic-ar
-    decoder's (mean, log_scale, context)."""
+def decoder_values(rt, z: np.ndarray, net=None) -> tuple[np.ndarray, ...]:
+    """A logistic decoder's (mean, log_scale) of latents z, its raw float32 outputs (or the
+    portable network's float64 ones); a logistic-ar decoder's (mean, log_scale, context)."""
     names = ["probs", "log_scale"] + (["context"] if rt.likelihood == "logistic-ar" else [])
+    if net is not None:
+        out = net.decode(z)
+        return tuple(out[k] for k in names)
     return tuple(rt._dec_run.plain(names, {"z": np.ascontiguousarray(z, np.float32)}))
 
 
@@ -421,29 +430,34 @@ def check_binary(x: np.ndarray) -> np.ndarray:
 
 
 # -- what both ends must agree on ---------------------------------------------------------------
-def fingerprint(rt, bits: int = LATENT_BITS) -> bytes:
+def fingerprint(rt, bits: int = LATENT_BITS, net=None) -> bytes:
     """8 bytes of sha256 over the graphs' raw float outputs on a fixed probe (8 latents at
     bucket centres decoded, the images they give encoded): equal on two devices when they compute
-    the graphs the same way, which the coder needs bit for bit."""
+    the graphs the same way, which the coder needs bit for bit. With the portable network, its
+    float64 outputs (the same on every device)."""
     k = 1 << bits
     idx = (np.arange(8)[:, None] * 37 + np.arange(rt.latent_dim)[None] * 11) % k
     z = buckets(bits)[1][idx].reshape(8, *rt.latent_shape)
+    encode = net.encode if net is not None else rt.encode
     if rt.likelihood in EIGHT_BIT:
-        values = decoder_values(rt, z)
-        mu, logvar = rt.encode((np.rint(values[0] * 255) / 255).astype(np.float32))
+        values = decoder_values(rt, z, net)
+        mu, logvar = encode((np.rint(values[0] * 255) / 255).astype(np.float32))
         outs = (*values, mu, logvar)
     else:
-        logits = rt.decode(z, logits=True)
-        mu, logvar = rt.encode((logits > 0).astype(np.float32))
+        logits = net.decode(z)["logits"] if net is not None else rt.decode(z, logits=True)
+        mu, logvar = encode((logits > 0).astype(np.float32))
         outs = (logits, mu, logvar)
     h = hashlib.sha256()
     for a in outs:
-        h.update(np.ascontiguousarray(a, np.float32).tobytes())
+        h.update(np.ascontiguousarray(a, np.float64 if net is not None else np.float32).tobytes())
     return h.digest()[:8]
 
 
-def graphs_digest(rt) -> bytes:
+def graphs_digest(rt, portable: bool = False) -> bytes:
     info = rt.info
+    if portable:  # the integer network's file
+        name = rt.manifest["portable"]["file"]
+        return hashlib.sha256(f"portable:{info.files[name].sha256}".encode()).digest()[:16]
     files = info.variant(rt.variant).files
     text = "|".join(f"{g}:{info.files[files[g]].sha256}" for g in sorted(files))
     return hashlib.sha256(text.encode()).digest()[:16]
@@ -495,7 +509,8 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
     if len(x) > MAX_IMAGES or x.size > MAX_VALUES:
         raise VaeEdgeError(f"at most {MAX_IMAGES:,} images and {MAX_VALUES:,} pixels per file: compress "
                            f"{len(x):,} images of {x[0].size:,} pixels in parts")
-    codec = Codec(rt)
+    portable = rt.portable is not None  # the bundle's integer network codes: files open on every device
+    codec = Codec(rt, portable=portable)
     lanes = lanes or lanes_for(len(x))
     if not lanes_for(len(x)) <= lanes <= LANES:  # what a reader accepts: bounded work per image decoded
         raise ValueError(f"lanes must be between {lanes_for(len(x))} and {LANES} for {len(x)} images")
@@ -505,8 +520,9 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> by
         m.open(b - a)
         codec.push_chunk(m, x[a:b])
     words = m.stored_words()
-    body = (_short(rt.info.name or "") + _short(rt.variant) + _short(device_label())
-            + _FIXED.pack(manifest_digest(rt), graphs_digest(rt), fingerprint(rt), len(x), *rt.image_shape, lanes,
+    net = codec.net
+    body = (_short(rt.info.name or "") + _short(PORTABLE if portable else rt.variant) + _short(device_label())
+            + _FIXED.pack(manifest_digest(rt), graphs_digest(rt, portable), fingerprint(rt, net=net), len(x), *rt.image_shape, lanes,
                           LATENT_BITS, POST_PREC, PIX8_PREC if eight_bit else PIX_PREC, layout, m.virtual_drawn(),
                           data_digest(x, eight_bit), len(words))
             + m.head[:used].astype("<u8").tobytes() + words.astype("<u4").tobytes())
@@ -642,8 +658,12 @@ def check_match(rt, h: Header, where: object = "file") -> None:
     if h["shape"] != tuple(rt.image_shape):
         raise CompressError(f"{where} holds {list(h['shape'])} images made with {made}; this bundle's are "
                             f"{list(rt.image_shape)}: use the bundle it was made with")
-    same_graphs = h["graphs"] == graphs_digest(rt)
-    if h["variant"] != rt.variant and not same_graphs:
+    portable = h["variant"] == PORTABLE
+    if portable and rt.portable is None:
+        raise CompressError(f"{where} was coded by {made}'s portable network, which this bundle "
+                            f"({rt.info.name or rt.bundle}) does not have: use the bundle it was made with")
+    same_graphs = h["graphs"] == graphs_digest(rt, portable)
+    if h["variant"] != rt.variant and not same_graphs and not portable:
         raise CompressError(f"{where} was made with variant {h['variant']} of {made}; this is {rt.variant}: "
                             f"pass --variant {h['variant']}")
     if not same_graphs:
@@ -654,7 +674,10 @@ def check_match(rt, h: Header, where: object = "file") -> None:
     if (h["latent_bits"], h["post_prec"], h["pix_prec"]) != (LATENT_BITS, POST_PREC, pix):
         raise CompressError(f"{where} was coded with other settings than this vae-edge's: decompress it with the "
                             "version that made it")
-    if h["fingerprint"] != fingerprint(rt):
+    if h["fingerprint"] != fingerprint(rt, net=rt.portable if portable else None):
+        if portable:  # cannot happen on an IEEE-754 machine: say so plainly
+            raise CompressError(f"{where}: this device computes {made}'s portable network differently from "
+                                f"the one that made the file ({h['device']}); please report it")
         raise CompressError(f"{where} was made on a device that computes {made}'s graphs differently from this one "
                             f"(made on {h['device']}; here {device_label()}): decompress it on that kind of device, "
                             "see docs/compression.md")
@@ -664,7 +687,7 @@ def decompress(rt, data: bytes, where: object = "file") -> np.ndarray:
     """A file's bytes -> the binary images [N, C, H, W] float32 it was made from, exactly."""
     h, heads, words = read_header(data, where)
     check_match(rt, h, where)
-    codec = Codec(rt, h["latent_bits"])
+    codec = Codec(rt, h["latent_bits"], portable=h["variant"] == PORTABLE)
     m = Message(len(heads), words=words, heads=heads, strict=True)
     out = np.empty((h["images"], *h["shape"]), np.float32)  # bounded by read_header; pages taken as written
     try:

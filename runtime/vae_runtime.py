@@ -130,6 +130,31 @@ class VAERuntime:
         self.max_memory: int = DEFAULT_MAX_MEMORY  # bytes a call may use before it is split (spatial graphs)
         self.tile: int | None = None  # pixels a side of the tiles, when asked for (spatial graphs)
         self._weight_bytes = sum(self.info.files[f].size for f in self.info.variant(variant).files.values())
+        self._portable = None
+
+    @property
+    def portable(self):
+        """The bundle's portable (integer) network (runtime/portable.py), or None if it has none:
+        what the compressor runs, the same bits on every device. Its file is checked against the
+        manifest's sha256 when first read."""
+        entry = self.manifest.get("portable")
+        if not entry:
+            return None
+        if self._portable is None:
+            import hashlib
+
+            from vae_edge.runtime.bundle import BundleError, check_name, read_file
+            from vae_edge.runtime.portable import PortableVAE
+
+            name = check_name(str(entry["file"]), self.bundle)
+            listed = self.info.files.get(name)
+            if listed is None:
+                raise BundleError(f"{self.bundle}: {name} is not listed in the manifest")
+            data = read_file(self.bundle, name, size=listed.size)
+            if hashlib.sha256(data).hexdigest() != listed.sha256:
+                raise BundleError(f"{self.bundle}: {name} does not match its sha256 in the manifest (tampered or corrupt)")
+            self._portable = PortableVAE.from_bytes(dict(self.manifest["model"]), data)
+        return self._portable
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod

@@ -1,10 +1,12 @@
 """Bits-back files across devices (tests/test_arm64.py runs this under x86 and emulated ARM64):
 
-    python compress_probe.py DIR TAG [OTHER_TAG]
+    python compress_probe.py DIR TAG [OTHER_TAG ...]
 
-compresses DIR/x.npy with each (bundle, variant) of DIR/pairs.json into DIR/<bundle>.<variant>.<TAG>.vaez,
-decompresses its own files (they must come back exactly) and, given OTHER_TAG, the files another
-device wrote; prints one JSON line: {pair: {"own": ..., "other": "exact" | "refused: ..." | "WRONG"}}."""
+compresses DIR/x.npy (or a pair's own array: a third entry, a file name in DIR) with each (bundle,
+variant) of DIR/pairs.json into DIR/<bundle>.<variant>.<TAG>.vaez, decompresses its own files (they
+must come back exactly) and, given OTHER_TAGs, the files other devices wrote; prints one JSON line:
+{pair: {"own": ..., "other": "exact" | "refused: ..." | "WRONG", "others": {tag: ...}}} ("other":
+the first OTHER_TAG's)."""
 
 import json
 import sys
@@ -23,17 +25,18 @@ def attempt(rt, path: Path, x: np.ndarray) -> str:
 
 
 def main() -> None:
-    d, tag = Path(sys.argv[1]), sys.argv[2]
-    other = sys.argv[3] if len(sys.argv) > 3 else None
-    x = np.load(d / "x.npy")
+    d, tag, others = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     out = {}
-    for bundle, variant in json.loads((d / "pairs.json").read_text()):
+    for bundle, variant, *arr in json.loads((d / "pairs.json").read_text()):
+        x = np.load(d / (arr[0] if arr else "x.npy"))
         rt = VAERuntime.load(bundle, variant=variant, self_check=False)
-        own = d / f"{bundle}.{variant}.{tag}.vaez"
+        stem = Path(bundle).name
+        own = d / f"{stem}.{variant}.{tag}.vaez"
         own.write_bytes(rt.compress(x))
-        out[f"{bundle}/{variant}"] = {"own": attempt(rt, own, x)}
-        if other:
-            out[f"{bundle}/{variant}"]["other"] = attempt(rt, d / f"{bundle}.{variant}.{other}.vaez", x)
+        row = out[f"{bundle}/{variant}"] = {"own": attempt(rt, own, x)}
+        if others:
+            row["others"] = {o: attempt(rt, d / f"{stem}.{variant}.{o}.vaez", x) for o in others}
+            row["other"] = row["others"][others[0]]
     print(json.dumps(out))
 
 

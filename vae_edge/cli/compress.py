@@ -212,7 +212,7 @@ def decompress(file, output, **kw) -> None:
     header, _, _ = read_header(data, file)
     ctx = click.get_current_context()
     if ctx.get_parameter_source("variant") == click.core.ParameterSource.DEFAULT:
-        kw["variant"] = header["variant"]
+        kw["variant"] = "fp32" if header["variant"] == "portable" else header["variant"]  # portable: any variant
     if kw["bundle"] is None:
         if header["name"] not in shipped_bundles():
             raise VaeEdgeError(f"{file} was made with bundle {header['name'] or '(unnamed)'}, which is not shipped: "
