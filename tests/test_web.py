@@ -396,3 +396,40 @@ def test_an_uploaded_digit_is_framed_and_scored_as_in_python(pages, tmp_path, mn
     with VAERuntime.load("mlp-mnist") as rt:
         assert abs(shown["score"] - float(rt.score(x_py[None], seed=0, elbo_samples=SCORE_SAMPLES)[0])) < 0.1
     assert errors == []
+
+
+@pytest.mark.browser
+def test_a_diffusers_vae_decodes_a_large_image_on_the_page_in_tiles(tmp_path, browser):
+    """A small AutoencoderKL exported from its diffusers folder: the page decodes a 256x256 image
+    (128x128 latent cells) in tiles of the bundle's own size, blended as the Python runtime's
+    `--tile` blends them, with a progress bar that reaches its end, and inference in
+    onnxruntime-web's worker: the page's own thread never pauses long."""
+    import importlib.util
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from vae_edge.cli import cli
+
+    spec = importlib.util.spec_from_file_location("test_diffusers_module", Path(__file__).parent / "test_diffusers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod._save_kl(tmp_path / "vae", "sd")
+    r = CliRunner().invoke(cli, ["export", "--diffusers", str(tmp_path / "vae"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    build_site(tmp_path / "b", ("fp32",), tmp_path / "site", log=lambda s: None)
+    config = json.loads((tmp_path / "site" / "config.json").read_text())
+    assert config["model"]["spatial_factor"] == 2 and config["model"]["latent_shape"] == [4, 8, 8]
+    rt = VAERuntime.load(tmp_path / "b", warn=lambda s: None)
+    rt.tile = 16  # the page's tiles: the bundle's own size
+    z = np.random.default_rng(0).standard_normal((1, 4, 128, 128)).astype(np.float32)
+    want = rt.decode(z)
+    with serving(tmp_path / "site") as url, open_page(url, browser) as (page, errors):
+        assert page.locator("#large").is_visible()
+        got = page.evaluate("(z) => window.vaeEdge.large(256, 0, z)", z.reshape(-1).tolist())
+        assert got["tiles"] == 21 * 21 and got["progress"][-1] == 1
+        assert page.evaluate("document.getElementById('large-progress').value") == 21 * 21
+        assert page.evaluate("document.getElementById('large-canvas').width") == 256
+        assert np.max(np.abs(np.array(got["image"]) - want.reshape(-1))) < 1e-4
+        assert got["proxy"] and got["maxGapMs"] < 250, got["maxGapMs"]  # inference in the worker: the page's thread stayed free
+        assert errors == []

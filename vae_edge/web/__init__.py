@@ -227,7 +227,9 @@ def _site_config(info: Manifest, path: Path, chosen, default: str, why: str, rng
         "model": {"arch": info.model.arch, "latent_dim": info.model.latent_dim,
                   "latent_shape": list(info.model.latent_shape), "image_shape": list(info.model.image_shape),
                   "likelihood": info.model.likelihood, "sigma": info.model.sigma,
-                  "learned_sigma": info.model.learned_sigma, "mnist_like": info.model.mnist_like},
+                  "learned_sigma": info.model.learned_sigma, "mnist_like": info.model.mnist_like,
+                  # > 0: graphs of any size (a diffusers VAE): the page decodes large images in tiles
+                  "spatial_factor": info.model.spatial_factor},
         "variants": {v: {"encoder": f"models/{info.variants[v].files['encoder']}",
                          "decoder": f"models/{info.variants[v].files['decoder']}",
                          "dtype": info.variants[v].dtype,

@@ -88,8 +88,8 @@ async function score(x, v = current) {
 // ------------------------------------------------------------------------------------------
 
 /** Images [n, C, H, W] (C = 1: grey, 3: colour) as a grid on a canvas. */
-function paint(canvas, images, n, cols, scale = 1) {
-  const [c, h, w] = IS, rows = Math.ceil(n / cols), pad = 2;
+function paint(canvas, images, n, cols, scale = 1, shape = IS) {
+  const [c, h, w] = shape, rows = Math.ceil(n / cols), pad = 2, size = c * h * w;
   canvas.width = cols * (w + pad) - pad;
   canvas.height = rows * (h + pad) - pad;
   const ctx = canvas.getContext("2d");
@@ -99,7 +99,7 @@ function paint(canvas, images, n, cols, scale = 1) {
   for (let k = 0; k < n; k++) {
     const ox = (k % cols) * (w + pad), oy = Math.floor(k / cols) * (h + pad);
     for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
-      const o = ((oy + y) * canvas.width + ox + x) * 4, at = k * P + y * w + x;
+      const o = ((oy + y) * canvas.width + ox + x) * 4, at = k * size + y * w + x;
       for (let ch = 0; ch < 3; ch++) {
         img.data[o + ch] = Math.round(255 * Math.min(1, Math.max(0, images[at + (c === 3 ? ch * h * w : 0)])));
       }
@@ -112,6 +112,97 @@ function paint(canvas, images, n, cols, scale = 1) {
 
 function ms(t) {
   return t < 1 ? `${(t * 1000).toFixed(0)} µs` : `${t.toFixed(1)} ms`;
+}
+
+// ------------------------------------------------------------------------------------------
+// Large images (graphs of any size: a diffusers VAE): tiles blended as runtime/tiles.py does
+// ------------------------------------------------------------------------------------------
+
+const TILE_CELLS = 32;  // latent cells a side of a tile at most (SD: 256x256 pixels, ~1.3 GB in WASM)
+
+function tileStarts(n, tile, overlap) {
+  const stride = Math.max(1, tile - overlap), s = new Set([n - tile]);
+  for (let a = 0; a < n - tile; a += stride) s.add(a);
+  return [...s].sort((a, b) => a - b);
+}
+
+function ramp(length, lo, hi) {
+  const w = new Float32Array(length).fill(1);
+  for (let i = 0; i < lo; i++) w[i] = (i + 1) / (lo + 1);
+  for (let i = 0; i < hi; i++) w[length - hi + i] = Math.min(w[length - hi + i], (hi - i) / (hi + 1));
+  return w;
+}
+
+function tileAxis(n, tile, overlap) {
+  const s = tileStarts(n, tile, overlap);
+  return s.map((a, k) => [a, k ? s[k - 1] + tile - a : 0, k + 1 < s.length ? a + tile - s[k + 1] : 0]);
+}
+
+/** One latent [1, C, cells, cells] -> the image [1, IC, cells*f, cells*f], decoded tile by tile
+ * (each tile one call in onnxruntime-web's worker); onProgress(done, total) after each. */
+async function decodeLarge(z, cells, onProgress = () => {}) {
+  const f = config.model.spatial_factor, c = LS[0], ic = IS[0];
+  const tile = Math.min(cells, LS[1], TILE_CELLS), ov = cells > tile ? Math.max(1, Math.round(tile * 0.25)) : 0;
+  const axis = tileAxis(cells, tile, ov), size = cells * f, tp = tile * f;
+  const acc = new Float32Array(ic * size * size), weight = new Float32Array(size * size);
+  const total = axis.length * axis.length, s = await loadVariant(current);
+  let done = 0;
+  for (const [top, up, down] of axis) {
+    const wy = ramp(tp, up * f, down * f);
+    for (const [left, before, after] of axis) {
+      const wx = ramp(tp, before * f, after * f), piece = new Float32Array(c * tile * tile);
+      for (let ch = 0; ch < c; ch++) for (let y = 0; y < tile; y++) for (let x = 0; x < tile; x++) {
+        piece[(ch * tile + y) * tile + x] = z[(ch * cells + top + y) * cells + left + x];
+      }
+      const r = await s.dec.run({ z: new ort.Tensor("float32", piece, [1, c, tile, tile]) }, ["probs"]);
+      const out = r.probs.data;
+      for (let y = 0; y < tp; y++) for (let x = 0; x < tp; x++) {
+        const w = wy[y] * wx[x], at = (top * f + y) * size + left * f + x;
+        weight[at] += w;
+        for (let ch = 0; ch < ic; ch++) acc[ch * size * size + at] += out[(ch * tp + y) * tp + x] * w;
+      }
+      onProgress(++done, total);
+      await new Promise((r) => setTimeout(r, 0));  // let the page paint the progress
+    }
+  }
+  for (let i = 0; i < acc.length; i++) acc[i] /= weight[i % (size * size)];
+  return acc;
+}
+
+function setupLarge() {
+  const f = config.model.spatial_factor;
+  if (!f) return;
+  $("large").hidden = false;
+  const sel = $("large-size"), own = LS[1] * f;
+  for (const px of [own, 2 * own, 4 * own, 256].filter((v, i, a) => v <= 1024 && a.indexOf(v) === i)) {
+    sel.add(new Option(`${px}x${px}`, String(px)));
+  }
+  $("large-go").addEventListener("click", () => showLarge(Number(sel.value)).catch((e) => fail(e.message)));
+}
+
+/** Decode a random latent for an image of px x px; returns what it took and how responsive the
+ * page stayed (the longest gap between ticks of a 10 ms timer on the page's own thread). */
+async function showLarge(px, seed = Number($("seed").value) || 0, given = null) {
+  const f = config.model.spatial_factor, cells = px / f;
+  const g = V.normalRng(seed), z = given ? Float32Array.from(given) : new Float32Array(LS[0] * cells * cells);
+  if (!given) for (let i = 0; i < z.length; i++) z[i] = g();
+  const bar = $("large-progress"), seen = [];
+  let last = performance.now(), gap = 0;
+  const tick = setInterval(() => { const t = performance.now(); gap = Math.max(gap, t - last); last = t; }, 10);
+  const t0 = performance.now();
+  let image;
+  try {
+    image = await decodeLarge(z, cells, (done, total) => { bar.max = total; bar.value = done; seen.push(done / total); });
+  } finally {
+    clearInterval(tick);
+  }
+  const took = performance.now() - t0;
+  paint($("large-canvas"), image, 1, 1, 1, [IS[0], px, px]);
+  $("large-time").textContent = `${px}x${px} in ${seen.length} tiles: ${(took / 1000).toFixed(1)} s; ` +
+    `the page's longest pause ${gap.toFixed(0)} ms`;
+  api.lastLarge = { px, seed, ms: took, tiles: seen.length, progress: seen, maxGapMs: gap, proxy: ort.env.wasm.proxy,
+                    image: Array.from(image) };
+  return api.lastLarge;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -357,6 +448,9 @@ async function main() {
   if (config.pad) setupPad();
   else $("draw").hidden = true;  // the pad draws digits: for one-channel digit-style models only
   setupUpload();
+  // graphs of any size run in onnxruntime-web's worker: a large decode never blocks the page
+  if (config.model.spatial_factor) ort.env.wasm.proxy = true;
+  setupLarge();
   try {
     await useVariant(params.get("variant") || config.default_variant);
   } catch (e) {
@@ -402,6 +496,9 @@ Object.assign(api, {
     return (performance.now() - t0) / calls;
   },
   isolated: () => self.crossOriginIsolated,
+  /** A px x px image from a random latent (seed) or the latent z given (flat), in tiles:
+   * { ms, tiles, progress, maxGapMs, image }. */
+  large: (px, seed = 0, z = null) => showLarge(px, seed, z),
 });
 
 main();
