@@ -103,6 +103,8 @@ def latency(bundle: Path, folder: Path, sizes: list[int], repeats: int, compile_
                     vae.to(memory_format=torch.contiguous_format)
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         bf = call(vae, arg).float().numpy()
+                        if graph == "decode":  # diffusers' [-1, 1] as the reference's [0, 1]
+                            bf = ((bf + 1) / 2).clip(0, 1)
                         rows.append({"graph": graph, "size": size, "who": "torch bf16 autocast", "threads": threads,
                                      "ms": median_ms(lambda c=call, a=arg: c(vae, a), repeats), **agreement(graph, bf, ref)})
                 if compile_:
