@@ -52,6 +52,13 @@ _ONE_BITS = np.float32(1.0).view(np.uint32)
 # without onnxruntime's arena, 4.9 with it: benchmarks/bench_diffusers.py).
 DEFAULT_MAX_MEMORY = 2 << 30  # a phone app's share
 PEAK_TENSORS = 5
+# What a process holds before a call's activations: Python, numpy and onnxruntime, and the loaded
+# graphs at LOAD_FACTOR times their files (onnxruntime's initializers, prepacked weights and the
+# parse). Measured on SD's VAE (AMD EPYC, onnxruntime 1.32): fp32 graphs of 335 MB -> 1.22 GB
+# resident after loading, int8 ones of 85 MB -> 0.28 GB; a 512x512 decode then peaked 5.1 KiB
+# (fp32) and 3.1 KiB (int8) a pixel above that, against PEAK_TENSORS x 1 KiB estimated.
+BASE_BYTES = 150 << 20
+LOAD_FACTOR = 3
 MIN_TILE_CELLS = 8  # latent cells a side of the smallest tile (64 pixels for SD): smaller ones show seams
 
 
@@ -129,7 +136,8 @@ class VAERuntime:
         self.spatial: int = model.spatial_factor  # > 0: the graphs take any multiple of it
         self.max_memory: int = DEFAULT_MAX_MEMORY  # bytes a call may use before it is split (spatial graphs)
         self.tile: int | None = None  # pixels a side of the tiles, when asked for (spatial graphs)
-        self._weight_bytes = sum(self.info.files[f].size for f in self.info.variant(variant).files.values())
+        self._weight_bytes = BASE_BYTES + LOAD_FACTOR * sum(
+            self.info.files[f].size for f in self.info.variant(variant).files.values())  # held before a call
         self._portable = None
 
     @property
@@ -198,6 +206,10 @@ class VAERuntime:
             candidates = [_named_variant(variant, opened.info, path, shipped)]
         plist = prov.resolve(providers, provider_options, strict=strict, warn=warn)
         so = prov.session_options(threads, opt_level)
+        if opened.info.model.spatial_factor:
+            # graphs of any size: no arena, which grows in powers of two and keeps what it took, so a
+            # call's memory is its own (SD's decoder, 2048x2048 in 576-pixel tiles: 4.6 GB with it)
+            so.enable_cpu_mem_arena = False
         failures = []
         for v in candidates:
             try:

@@ -238,6 +238,8 @@ def test_any_size_is_split_to_fit_the_memory_limit_and_tiles_blend_within_the_bo
     r = CliRunner().invoke(cli, ["info", "--bundle", str(tmp_path / "b")])
     assert r.exit_code == 0 and "any height and width that are multiples of 2" in r.output, r.output
     per_pixel = rt.info.model.activation_bytes_per_pixel
+    # no memory arena for graphs of any size (it grows in powers of two and keeps what it took)
+    assert not rt.decoder.get_session_options().enable_cpu_mem_arena
     assert per_pixel["decoder"] >= 4 * 16 and per_pixel["encoder"] >= 4 * 8  # 16 and 8 channels at full size, fp32
     z = np.random.default_rng(0).standard_normal((2, 4, 64, 48)).astype(np.float32)
     whole = rt.decode(z)

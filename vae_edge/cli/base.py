@@ -342,3 +342,8 @@ def _csv(kind: type):
     return parse
 
 
+def eight_bit_likelihoods() -> tuple[str, ...]:
+    """The 8-bit likelihoods (imported when used: the CLI's modules import no runtime at load)."""
+    from vae_edge.runtime.mathops import EIGHT_BIT
+
+    return EIGHT_BIT

@@ -9,8 +9,14 @@ from pathlib import Path
 import click
 
 from vae_edge import VaeEdgeError
-from vae_edge.cli.base import data_dir_option, done, load_runtime, runtime_options, seed_option
-from vae_edge.runtime.mathops import EIGHT_BIT
+from vae_edge.cli.base import (
+    data_dir_option,
+    done,
+    eight_bit_likelihoods,
+    load_runtime,
+    runtime_options,
+    seed_option,
+)
 
 MAX_FILE_BYTES = 1 << 31
 
@@ -102,7 +108,7 @@ def compress(inputs, output, binarize, codec, seed, data_dir, **kw) -> None:
     if not is_stdout(out):
         check_output_path(out)
     rt = load_runtime(kw)
-    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in EIGHT_BIT)
+    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in eight_bit_likelihoods())
     data, report = compress_best(rt, x, layout, () if codec == "vae" else ("png", "webp"))
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
     rates = report["bits_per_value"]
@@ -220,5 +226,5 @@ def decompress(file, output, **kw) -> None:
         kw["bundle"] = header["name"]
     rt = load_runtime(kw)
     x = decode(rt, data, file)
-    save_decompressed(out, x, header["layout"], folder, rt.likelihood in EIGHT_BIT)
+    save_decompressed(out, x, header["layout"], folder, rt.likelihood in eight_bit_likelihoods())
     done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {rt.variant})", out)

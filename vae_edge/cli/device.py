@@ -13,6 +13,7 @@ from vae_edge.cli.base import (
     data_dir_option,
     digit_option,
     done,
+    eight_bit_likelihoods,
     expect_option,
     json_option,
     positive,
@@ -22,7 +23,6 @@ from vae_edge.cli.base import (
     warner,
     with_runtime,
 )
-from vae_edge.runtime.mathops import EIGHT_BIT
 
 
 @click.command()
@@ -235,7 +235,7 @@ def score(rt, inputs, iw_samples, elbo_samples, complexity, seed, digit, data_di
                  if complexity else None)
     inked = [has_ink(xi) for xi in x]
     kind = f"iw_nll_k{iw_samples}" if iw_samples else "neg_elbo"
-    bpd = rt.bits_per_dim_8bit(scores) if rt.likelihood in ("gaussian", *EIGHT_BIT) else None
+    bpd = rt.bits_per_dim_8bit(scores) if rt.likelihood in ("gaussian", *eight_bit_likelihoods()) else None
     if as_json:
         rows = []
         for i, (nm, s) in enumerate(zip(names, scores, strict=True)):
