@@ -153,14 +153,20 @@ def pixel_freqs(logits: np.ndarray, prec: int = PIX_PREC) -> np.ndarray:
     return np.clip(np.floor(p1 * (1 << prec) + 0.5), 1, (1 << prec) - 1).astype(np.uint64)
 
 
+def inv_scale(log_scale: np.ndarray) -> np.ndarray:
+    """1 / s of the discretized logistic from its log-scale (floored at LOG_SCALE_MIN), deterministic."""
+    return det_exp(-np.maximum(np.asarray(log_scale, np.float64), LOG_SCALE_MIN))
+
+
 class ValueCDF:
     """The quantised CDF of the discretized logistic (mean, log_scale) of one 8-bit value, for n
     lanes: C(0) = 0, C(256) = 2^prec, C(k) = floor(sigmoid(((k - 1/2)/255 - mean) / s)
     (2^prec - GAP8 256)) + GAP8 k between: every value gets a frequency >= 1."""
 
-    def __init__(self, mean: np.ndarray, log_scale: np.ndarray, prec: int = PIX8_PREC):
+    def __init__(self, mean: np.ndarray, log_scale: np.ndarray | None, prec: int = PIX8_PREC,
+                 inv_s: np.ndarray | None = None):
         self.mean = np.asarray(mean, np.float64)
-        self.inv_s = det_exp(-np.maximum(np.asarray(log_scale, np.float64), LOG_SCALE_MIN))
+        self.inv_s = inv_s if inv_s is not None else inv_scale(log_scale)
         self.scale = float((1 << prec) - GAP8 * 256)
         self.total = np.uint64(1 << prec)
 
@@ -282,6 +288,7 @@ class Codec:
         neighbours (the same float64 operations, in the same order, as context_mean)."""
         n = len(idx)
         probs, log_scale, weights = (np.asarray(a, np.float64) for a in self._values(idx))
+        inv_s = inv_scale(log_scale)  # every value's at once: the scale does not follow the context
         c_, h, w = self.rt.image_shape
         r = np.zeros((n, c_, h, w))  # decoded value / 255 - probs, filled as the values come
         v = np.empty((n, c_, h, w), np.int64)
@@ -295,7 +302,7 @@ class Codec:
                     for k, (dy, dx) in enumerate(CONTEXT):
                         inside = 0 <= i + dy < h and 0 <= j + dx < w
                         mean = mean + weights[:, k * c_ + c, i, j] * (r[:, c, i + dy, j + dx] if inside else zero)
-                    row = ValueCDF(mean[:, None], log_scale[:, c, i, j, None]).table()[:, 0]  # [n, 257]
+                    row = ValueCDF(mean[:, None], None, inv_s=inv_s[:, c, i, j, None]).table()[:, 0]  # [n, 257]
                     cf = m.peek(n, PIX8_PREC)
                     k_ = (row <= cf[:, None]).sum(1) - 1
                     start = row[lanes, k_]
