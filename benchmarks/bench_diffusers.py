@@ -67,9 +67,11 @@ def _class(model: str):
     return getattr(diffusers, MODELS[model][0])
 
 
-def latency(bundle: Path, folder: Path, sizes: list[int], repeats: int, compile_: bool, model: str = "sd") -> list[dict]:
+def latency(bundle: Path, folder: Path, sizes: list[int], repeats: int, compile_: bool, model: str = "sd",
+            only: str | None = None, graphs: tuple[str, ...] = ("decode", "encode")) -> list[dict]:
     """Decode and encode of one image at each size, one thread and all: torch (eager, channels_last,
-    bf16 autocast, torch.compile) against every variant of the bundle, in one run."""
+    bf16 autocast, torch.compile) against every variant of the bundle, in one run. only: the
+    vae-edge variant alone (a row measured again; its torch rows are not)."""
     import torch
 
     from vae_edge.runtime import VAERuntime
@@ -89,27 +91,31 @@ def latency(bundle: Path, folder: Path, sizes: list[int], repeats: int, compile_
         for threads in (1, os.cpu_count()):
             torch.set_num_threads(threads)
             for graph, (call, arg) in calls.items():
+                if graph not in graphs:
+                    continue
                 first = len(rows)
                 with torch.inference_mode():
                     ref = call(vae, arg).float().numpy()
                     if graph == "decode":
                         ref = ((ref + 1) / 2).clip(0, 1)
-                    rows.append({"graph": graph, "size": size, "who": "torch eager fp32", "threads": threads,
-                                 "ms": median_ms(lambda c=call, a=arg: c(vae, a), repeats)})
-                    vae.to(memory_format=torch.channels_last)
-                    ac = arg.contiguous(memory_format=torch.channels_last)
-                    rows.append({"graph": graph, "size": size, "who": "torch channels_last fp32", "threads": threads,
-                                 "ms": median_ms(lambda c=call, ac=ac: c(vae, ac), repeats)})
-                    vae.to(memory_format=torch.contiguous_format)
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        bf = call(vae, arg).float().numpy()
-                        if graph == "decode":  # diffusers' [-1, 1] as the reference's [0, 1]
-                            bf = ((bf + 1) / 2).clip(0, 1)
-                        rows.append({"graph": graph, "size": size, "who": "torch bf16 autocast", "threads": threads,
-                                     "ms": median_ms(lambda c=call, a=arg: c(vae, a), repeats), **agreement(graph, bf, ref)})
-                if compile_:
+                if only is None:  # the torch rows (a variant measured again alone has none)
+                    with torch.inference_mode():
+                        rows.append({"graph": graph, "size": size, "who": "torch eager fp32", "threads": threads,
+                                     "ms": median_ms(lambda c=call, a=arg: c(vae, a), repeats)})
+                        vae.to(memory_format=torch.channels_last)
+                        ac = arg.contiguous(memory_format=torch.channels_last)
+                        rows.append({"graph": graph, "size": size, "who": "torch channels_last fp32", "threads": threads,
+                                     "ms": median_ms(lambda c=call, ac=ac: c(vae, ac), repeats)})
+                        vae.to(memory_format=torch.contiguous_format)
+                        with torch.autocast("cpu", dtype=torch.bfloat16):
+                            bf = call(vae, arg).float().numpy()
+                            if graph == "decode":  # diffusers' [-1, 1] as the reference's [0, 1]
+                                bf = ((bf + 1) / 2).clip(0, 1)
+                            rows.append({"graph": graph, "size": size, "who": "torch bf16 autocast", "threads": threads,
+                                         "ms": median_ms(lambda c=call, a=arg: c(vae, a), repeats), **agreement(graph, bf, ref)})
+                if compile_ and only is None:
                     rows.append(_compiled(compiled, vae, graph, call, arg, ref, size, threads, repeats))
-                for variant in ("fp32", "int8-static", "fp16"):
+                for variant in (only,) if only else ("fp32", "int8-static", "fp16"):
                     rt = VAERuntime.load(bundle, variant=variant, threads=threads, warn=lambda s: None)
                     rt.max_memory = 1 << 40  # the whole image in one call, as torch runs it (tiles: the pipeline's rows)
                     if graph == "decode":
@@ -319,6 +325,10 @@ def main() -> None:
     ap.add_argument("--part", choices=["pipeline", "latency", "quality", "all"], default="all",
                     help="Run one part (the others' results are kept from the results file).")
     ap.add_argument("--workdir", default=None, help="Keep the models and bundles here (latency reuses pipeline's).")
+    ap.add_argument("--only", default=None, metavar="VARIANT",
+                    help="latency: measure this vae-edge variant again alone (its rows replace the results file's, "
+                         "marked); with --graphs.")
+    ap.add_argument("--graphs", default="decode,encode", help="latency: decode, encode or both.")
     ap.add_argument("--resume", action="store_true",
                     help="pipeline: keep the steps already measured in --workdir (a run cut short goes on).")
     ap.add_argument("--name", default=None,
@@ -344,9 +354,15 @@ def main() -> None:
         if args.part in ("latency", "all"):
             if not (work / "b").is_dir():
                 sys.exit(f"--part latency needs the bundle of --part pipeline in --workdir ({work / 'b'} is missing)")
-            report["latency"] = latency(work / "b", work / "sd-vae", [int(n) for n in args.latency_sizes.split(",")],
-                                        args.repeats, not args.no_compile, args.model)
-            commands["latency"] = cmd
+            rows = latency(work / "b", work / "sd-vae", [int(n) for n in args.latency_sizes.split(",")],
+                           args.repeats, not args.no_compile, args.model, args.only, tuple(args.graphs.split(",")))
+            if args.only:  # replace those rows of the earlier run, marked as measured again
+                key = lambda r: (r["graph"], r["size"], r["who"], r["threads"])  # noqa: E731
+                again = {key(r): {**r, "again": cmd} for r in rows}
+                report["latency"] = [again.pop(key(r), r) for r in report.get("latency", [])] + list(again.values())
+            else:
+                report["latency"] = rows
+                commands["latency"] = cmd
         if args.part in ("quality", "all") and args.model == "sd":
             report["quality"] = quality(work, args.train_steps)
             commands["quality"] = cmd
@@ -380,7 +396,13 @@ def render(report: dict) -> str:
                      f"max {r['max_diff']:g}" if r.get("max_diff") is not None else "")
             ms = f"{r['ms']:.0f}" if "ms" in r else f"failed ({r.get('failed', '')})"
             extra = f" (compiled in {r['compile_s']} s)" if r.get("compile_s") else ""
-            md.append(f"| {r['graph']} | {r['size']} | {r['who']}{extra} | {r['threads']} | {ms} | {agree} |")
+            mark = " (measured again: see below)" if r.get("again") else ""
+            md.append(f"| {r['graph']} | {r['size']} | {r['who']}{extra}{mark} | {r['threads']} | {ms} | {agree} |")
+        again = sorted({r["again"] for r in rows if r.get("again")})
+        if again:
+            md += ["", "Rows marked were measured again alone, after the run above, by " +
+                   ", ".join(f"`{c}`" for c in again) + " (the vae-edge calls of the first run tiled at the default "
+                   "--max-memory where the variant did not fit: they now run the whole image, as torch does)."]
     qual = report.get("quality")
     if qual:
         t = qual["trained"]
