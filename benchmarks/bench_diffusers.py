@@ -382,7 +382,8 @@ def render(report: dict) -> str:
                f"{p.get('model', MODELS['sd'][2])} ({params['encoder'] / 1e6:.1f}M encoder, {params['decoder'] / 1e6:.1f}M "
                "decoder parameters; random weights), every step a new process.", "",
                "| step | time | peak RSS |", "|---|---:|---:|"]
-        md += [f"| {s['step']} | {s['seconds']:.0f} s | {s['peak_rss_gb']:.2f} GB |" for s in p["steps"]]
+        md += [f"| {s['step']}{' (' + s['measured'] + ')' if s.get('measured') else ''} | {s['seconds']:.0f} s | "
+               f"{s['peak_rss_gb']:.2f} GB |" for s in p["steps"]]
         md += ["", "| variant | size (both graphs) |", "|---|---:|"]
         md += [f"| {v} | {mb:.1f} MB |" for v, mb in p["bundle_mb"].items()]
     rows = report.get("latency")
