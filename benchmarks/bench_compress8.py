@@ -115,7 +115,8 @@ def vae_rows(v: np.ndarray, name: str, bundle: str, variants: list[str]) -> list
         back, td = _timed(C.decompress, rt, data)
         assert np.array_equal(np.rint(back * 255).astype(np.uint8), v), (name, variant)
         nelbo = float(np.mean(rt.bits_per_dim_8bit(rt.score(x, elbo_samples=10))))
-        rows.append({"codec": f"vae-edge {name} {variant}", "bytes": len(data), "bpd": 8 * len(data) / v.size,
+        coder = "portable network" if rt.portable is not None else f"{variant} graphs"
+        rows.append({"codec": f"vae-edge {rt.info.name or name} ({coder})", "bytes": len(data), "bpd": 8 * len(data) / v.size,
                      "compress_per_s": len(v) / tc, "decompress_per_s": len(v) / td, "neg_elbo_bpd": nelbo,
                      "exact": True})
         rt.close()

@@ -32,6 +32,7 @@ SOURCES = {
     "mlp_widths": "mlp_widths.md",
     "x86_targets": "x86_targets.md",
     "compression": "compression.md",
+    "compression8": "compression8.md",
     "ab_mnist": "ab_mnist.md",
     "diffusers": "diffusers.md",
 }
