@@ -70,6 +70,11 @@ def det_exp(x: np.ndarray) -> np.ndarray:
     return np.ldexp(p, k.astype(np.int32))
 
 
+def det_sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) in float64 on det_exp (the same bits on every CPU)."""
+    return 1.0 / (1.0 + det_exp(-np.asarray(x, np.float64)))
+
+
 def det_ndtr(t: np.ndarray) -> np.ndarray:
     """The standard normal CDF (Numerical Recipes' erfcc, absolute error < 6e-8), on det_exp."""
     v = np.clip(np.asarray(t, np.float64), -40.0, 40.0) * -0.7071067811865476
@@ -149,7 +154,7 @@ class Posterior:
 
 def pixel_freqs(logits: np.ndarray, prec: int = PIX_PREC) -> np.ndarray:
     """The frequency of a 1 for each pixel, of a total 2^prec, in [1, 2^prec - 1]: uint64."""
-    p1 = 1.0 / (1.0 + det_exp(-np.asarray(logits, np.float64)))
+    p1 = det_sigmoid(logits)
     return np.clip(np.floor(p1 * (1 << prec) + 0.5), 1, (1 << prec) - 1).astype(np.uint64)
 
 
@@ -172,7 +177,7 @@ class ValueCDF:
 
     def cdf(self, k: np.ndarray) -> np.ndarray:
         t = ((k - 0.5) / 255.0 - self.mean) * self.inv_s
-        sig = 1.0 / (1.0 + det_exp(-t))
+        sig = det_sigmoid(t)
         c = np.floor(sig * self.scale).astype(np.uint64) + np.uint64(GAP8) * k.astype(np.uint64)
         c[k <= 0] = 0
         c[k >= 256] = self.total

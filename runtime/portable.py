@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vae_edge import VaeEdgeError
-from vae_edge.runtime.compress import det_exp  # exp from IEEE basic operations only
+from vae_edge.runtime.compress import det_sigmoid  # IEEE basic operations only
 from vae_edge.runtime.mathops import LOG_SCALE_MIN
 
 FORMAT = 1
@@ -37,10 +37,6 @@ ACT_MAX = 32767  # activations are integers in [-ACT_MAX, ACT_MAX] (16 bits)
 W_MAX = 32767  # and weights
 Z_BITS = 10  # the decoder's input: z rounded to units of 2^-10
 EXACT = float(2**53)  # every partial sum of a layer must stay below this (float64 integers)
-def det_sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + det_exp(-np.asarray(x, np.float64)))
-
-
 def det_tanh(x: np.ndarray) -> np.ndarray:
     return 2.0 * det_sigmoid(2.0 * np.asarray(x, np.float64)) - 1.0
 

@@ -111,6 +111,7 @@ class VAERuntime:
 
     def __init__(self, bundle: Bundle, variant: str, sessions: dict, providers: list, threads):
         self.bundle, self.manifest, self.variant = bundle.path, bundle.manifest, variant
+        self._opened = bundle  # reads further files checked against the manifest (and signature)
         self.info: Manifest = bundle.info  # the manifest, typed
         self.signature, self.signed_by = bundle.signature, bundle.key
         self.self_check_diffs: dict[str, float] | None = None
@@ -144,24 +145,14 @@ class VAERuntime:
     def portable(self):
         """The bundle's portable (integer) network (runtime/portable.py), or None if it has none:
         what the compressor runs, the same bits on every device. Its file is checked against the
-        manifest's sha256 when first read."""
+        manifest's sha256 (and a verified signature) when first read."""
         entry = self.manifest.get("portable")
         if not entry:
             return None
         if self._portable is None:
-            import hashlib
-
-            from vae_edge.runtime.bundle import BundleError, check_name, read_file
             from vae_edge.runtime.portable import PortableVAE
 
-            name = check_name(str(entry["file"]), self.bundle)
-            listed = self.info.files.get(name)
-            if listed is None:
-                raise BundleError(f"{self.bundle}: {name} is not listed in the manifest")
-            data = read_file(self.bundle, name, size=listed.size)
-            if hashlib.sha256(data).hexdigest() != listed.sha256:
-                raise BundleError(f"{self.bundle}: {name} does not match its sha256 in the manifest (tampered or corrupt)")
-            self._portable = PortableVAE.from_bytes(dict(self.manifest["model"]), data)
+            self._portable = PortableVAE.from_bytes(dict(self.manifest["model"]), self._opened.read(str(entry["file"])))
         return self._portable
 
     # -- loading ---------------------------------------------------------------------------
