@@ -308,11 +308,7 @@ class Codec:
                         inside = 0 <= i + dy < h and 0 <= j + dx < w
                         mean = mean + weights[:, k * c_ + c, i, j] * (r[:, c, i + dy, j + dx] if inside else zero)
                     row = ValueCDF(mean[:, None], None, inv_s=inv_s[:, c, i, j, None]).table()[:, 0]  # [n, 257]
-                    cf = m.peek(n, PIX8_PREC)
-                    k_ = (row <= cf[:, None]).sum(1) - 1
-                    start = row[lanes, k_]
-                    m.pop(cf, start, row[lanes, k_ + 1] - start, PIX8_PREC)
-                    v[:, c, i, j] = k_
+                    k_ = v[:, c, i, j] = _pop_value(m, row, lanes)
                     r[:, c, i, j] = k_ / 255.0 - p
         return (v / 255.0).astype(np.float32)
 
@@ -328,12 +324,7 @@ class Codec:
             lo = max(0, hi - block)
             table = ValueCDF(mean[lo:hi], log_scale[lo:hi]).table()  # [pixels, n, 257]
             for j in range(hi - 1, lo - 1, -1):
-                cf = m.peek(n, PIX8_PREC)
-                row = table[j - lo]
-                k = (row <= cf[:, None]).sum(1) - 1
-                start = row[lanes, k]
-                m.pop(cf, start, row[lanes, k + 1] - start, PIX8_PREC)
-                v[j] = k
+                v[j] = _pop_value(m, table[j - lo], lanes)
         return (v.T.reshape(n, *self.rt.image_shape) / 255.0).astype(np.float32)
 
     def _posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -397,6 +388,15 @@ class Codec:
             bits[j] = ones
             m.pop(cf, np.where(ones, f0[j], 0).astype(np.uint64), np.where(ones, f1[j], f0[j]), PIX_PREC)
         return bits.T.reshape(n, *self.rt.image_shape).astype(np.float32)
+
+
+def _pop_value(m: Message, row: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+    """Pop one 8-bit value per lane under its CDF table row [n, 257]: the values [n]."""
+    cf = m.peek(len(lanes), PIX8_PREC)
+    k = (row <= cf[:, None]).sum(1) - 1
+    start = row[lanes, k]
+    m.pop(cf, start, row[lanes, k + 1] - start, PIX8_PREC)
+    return k
 
 
 def decoder_values(rt, z: np.ndarray, net=None) -> tuple[np.ndarray, ...]:
