@@ -40,19 +40,21 @@ def eligible(model: VAE) -> str | None:
 
 
 def _layers(model: VAE) -> dict[str, torch.nn.Module]:
-    """Name -> Linear/Conv2d module, in the runtime's naming."""
+    """Name -> Linear/Conv2d module, in the runtime's naming and running order (each layer's input
+    exponent is the one before's output)."""
     c, out = model.cfg, {}
     if c.arch == "mlp":
-        for i in range(c.depth):
-            out[f"enc.{i}"] = model.enc[2 * i]
-            out[f"dec.{i}"] = model.dec[2 * i]
-        out["enc_out"], out["dec_out"] = model.enc_out, model.dec[2 * c.depth]
+        out.update({f"enc.{i}": model.enc[2 * i] for i in range(c.depth)})
+        out["enc_out"] = model.enc_out
+        out.update({f"dec.{i}": model.dec[2 * i] for i in range(c.depth)})
+        out["dec_out"] = model.dec[2 * c.depth]
         return out
     out["enc.0"], out["enc.1"] = model.enc[0], model.enc[2]
     for r in range(c.res_blocks):
         out[f"enc.res{r}.0"], out[f"enc.res{r}.1"] = model.enc[4 + r].body[1], model.enc[4 + r].body[3]
-        out[f"dec.res{r}.0"], out[f"dec.res{r}.1"] = model.dec_res[r].body[1], model.dec_res[r].body[3]
     out["enc_out"], out["dec_in"] = model.enc_out, model.dec_in[0]
+    for r in range(c.res_blocks):
+        out[f"dec.res{r}.0"], out[f"dec.res{r}.1"] = model.dec_res[r].body[1], model.dec_res[r].body[3]
     out["dec.up1"] = model.dec[1]
     out["dec.up2"] = model.dec[4] if c.upsample == "resize" else model.dec[3]
     return out
@@ -108,7 +110,7 @@ def build(model: VAE, n: int = 256, seed: int = 0) -> tuple[bytes, dict]:
     layers = _layers(model)
     arrays: dict[str, np.ndarray] = {}
     e, bound = 0, 255.0  # the encoder's input: the 8-bit value k, exponent 0
-    for name in _order(model):
+    for name in layers:  # in running order
         if name in ("dec_in", "dec.0") and (name == "dec_in" or model.cfg.arch == "mlp"):
             e, bound = -Z_BITS, 2.0 ** Z_BITS * 8  # the decoder's input: z in units of 2^-Z_BITS, |z| < 8
         eo = None if name in ("enc_out", "dec_out", "dec.up2") else _exponent(peak[name], ACT_MAX)
@@ -121,29 +123,6 @@ def build(model: VAE, n: int = 256, seed: int = 0) -> tuple[bytes, dict]:
     net = PortableVAE(model.cfg.to_dict(), arrays)
     report = compare(model, net, x[:64], z[:64])
     return data.getvalue(), report
-
-
-def _order(model: VAE):
-    """The layers in running order (each one's input exponent is the one before's output)."""
-    c = model.cfg
-    if c.arch == "mlp":
-        yield from (f"enc.{i}" for i in range(c.depth))
-        yield "enc_out"
-        yield from (f"dec.{i}" for i in range(c.depth))
-        yield "dec_out"
-        return
-    yield "enc.0"
-    yield "enc.1"
-    for r in range(c.res_blocks):
-        yield f"enc.res{r}.0"
-        yield f"enc.res{r}.1"
-    yield "enc_out"
-    yield "dec_in"
-    for r in range(c.res_blocks):
-        yield f"dec.res{r}.0"
-        yield f"dec.res{r}.1"
-    yield "dec.up1"
-    yield "dec.up2"
 
 
 def _quantize(name: str, m: torch.nn.Module, e_in: int, eo: int | None, first: bool) -> dict[str, np.ndarray]:
