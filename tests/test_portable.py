@@ -106,14 +106,13 @@ def test_an_oversized_layer_is_refused(monkeypatch):
 # -- across devices ----------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.arm64
-def test_portable_files_open_on_every_device(ar8, tmp_path, mnist_dir):
-    """Files of an 8-bit logistic-ar model and of a binary MLP made on this x86 decompress exactly
-    on an AVX2-only x86 and on emulated ARM64 (neoverse-n1, max), and files made there exactly here:
-    every pair of devices."""
+def test_portable_files_open_on_every_device(tmp_path, mnist_dir):
+    """Files of the shipped 8-bit compression model (conv-mnist8) and of a binary MLP made on this
+    x86 decompress exactly on an AVX2-only x86 and on emulated ARM64 (neoverse-n1, max), and files
+    made there exactly here: every pair of devices."""
     from tools import arm64_env
     from vae_edge.data import binarize
 
-    root, _ = ar8
     mlp = tmp_path / "mlp"
     mlp.mkdir()
     ckpt = _train(mlp / "run", mnist_dir, steps=20, arch="mlp", hidden=32, latent_dim=4)
@@ -129,7 +128,9 @@ def test_portable_files_open_on_every_device(ar8, tmp_path, mnist_dir):
     shutil.copy(HERE / "compress_probe.py", d / "compress_probe.py")
     np.save(d / "x8.npy", _eight_bit(mnist_dir, 2))  # few images: the emulated coder is slow
     np.save(d / "xb.npy", binarize(_eight_bit(mnist_dir, 2), 0))
-    (d / "pairs.json").write_text(json.dumps([[str(root / "b"), "fp32", "x8.npy"], [str(mlp / "binary"), "fp32", "xb.npy"]]))
+    shipped = stage / "vae_edge" / "pretrained" / "conv-mnist8" / "bundle"  # as the staged package ships it
+    assert "portable" in json.loads((shipped / "manifest.json").read_text())
+    (d / "pairs.json").write_text(json.dumps([[str(shipped), "fp32", "x8.npy"], [str(mlp / "binary"), "fp32", "xb.npy"]]))
     devices = {"x86": None, "avx2": "EPYC-Rome", "n1": "neoverse-n1", "max": "max"}
     order, results = list(devices), {}
     # each device writes its files, reads them back, and reads those of the devices before it; then

@@ -13,9 +13,9 @@ from vae_edge.cli.train import train as train_command
 from vae_edge.pretrained import make_pretrained as mp
 
 TRAIN_OPTIONS = {p.name for p in train_command.params}
-MODEL_KEYS = {"arch", "latent_dim", "hidden", "dec_hidden", "depth", "activation", "res_blocks", "conditional",
+MODEL_KEYS = {"arch", "latent_dim", "hidden", "dec_hidden", "depth", "activation", "res_blocks", "conditional", "likelihood",
               "cond_planes"}
-TRAIN_KEYS = {"epochs", "lr", "lr_schedule", "kl_warmup", "iw_k", "binarize", "seed"}
+TRAIN_KEYS = {"epochs", "lr", "lr_schedule", "kl_warmup", "iw_k", "binarize", "seed", "dataset"}
 
 
 def test_every_recipe_loads_and_uses_train_options_only():
@@ -26,11 +26,11 @@ def test_every_recipe_loads_and_uses_train_options_only():
         for stage in r.stages:
             assert set(stage) <= TRAIN_OPTIONS, (name, set(stage) - TRAIN_OPTIONS)
     assert set(mp.MODELS) == {n for n in recipes.names() if recipes.load(n).shipped} == \
-        {"mlp-mnist", "conv-mnist", "conv-cond-mnist"}
+        {"mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8"}
     assert mp.MODELS["conv-mnist"][0][1][:2] == ["--init-from", mp.PREVIOUS]
 
 
-@pytest.mark.parametrize("name", ["mlp-mnist", "conv-mnist", "conv-cond-mnist"])
+@pytest.mark.parametrize("name", ["mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8"])
 def test_recipe_is_what_the_shipped_checkpoint_was_trained_with(name):
     """The shipped model.pt records its architecture and its last stage's training options: the
     recipe's last stage says the same (and the first stage the architecture)."""

@@ -74,6 +74,30 @@ def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int, 
     return check_binary(x), (layout or 0)
 
 
+BINARY_MODEL, EIGHT_BIT_MODEL = "mlp-mnist", "conv-mnist8"  # the shipped compression models (28x28 grey)
+
+
+def coded_by(rt) -> str:
+    """What computes the coder's probabilities: the bundle's portable integer network when it has
+    one (files that open on any device), else the variant's graphs."""
+    return "portable network (any device)" if "portable" in rt.manifest else rt.variant
+
+
+def default_model(inputs, data_dir, binarize: str | None, seed: int) -> str:
+    """Without --bundle: the shipped binary model for binary images (0/1, 0/255, bool, 1-bit
+    files, or --binarize), the shipped 8-bit one for any other grey image."""
+    import numpy as np
+
+    if binarize:
+        return BINARY_MODEL
+    try:
+        x, _ = load_binary_inputs(inputs, (1, 28, 28), data_dir, None, seed, eight_bit=True)
+    except VaeEdgeError:
+        return BINARY_MODEL  # not 8-bit images at 28x28: the binary model's loader says what is wrong
+    levels = np.unique(x)
+    return BINARY_MODEL if set(levels.tolist()) <= {0.0, 1.0} or np.all(levels <= np.float32(1 / 255)) else EIGHT_BIT_MODEL
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The compressed file (e.g. digits.vaez; - for stdout).")
@@ -91,13 +115,17 @@ def compress(inputs, output, binarize, codec, seed, data_dir, **kw) -> None:
     A binary (Bernoulli) model takes binary images: .npy arrays (float or uint8 0/1, uint8 0/255,
     bool), 1-bit or black-and-white image files at the model's size (taken pixel for pixel),
     folders of them, or dataset slices with --binarize. An 8-bit (logistic) model takes 8-bit
-    images: uint8 arrays, grey or colour PNGs, folders, dataset slices. The file records the
-    bundle, the variant and this device's numerics: decompress it with the same model on the same
-    kind of device (docs/compression.md). The images are also coded as PNG and WebP lossless, and
-    the smallest file is kept (--codec vae: the VAE's always); the rates are printed.
+    images: uint8 arrays, grey or colour PNGs, folders, dataset slices. Without --bundle, binary
+    images go to the shipped mlp-mnist and 8-bit ones to the shipped conv-mnist8. The file records
+    the bundle and the variant: a bundle with a portable integer network (conv-mnist8, and every
+    new export of an unconditional model) makes files that decompress exactly on any device;
+    otherwise only on the same kind of device (docs/compression.md). The images are also coded as
+    PNG and WebP lossless, and the smallest file is kept (--codec vae: the VAE's always); the
+    rates are printed.
 
     \b
-    Example: vae-edge compress "mnist:test[0:1000]" --binarize stochastic -o digits.vaez
+    Example: vae-edge compress "mnist:test[0:1000]" -o digits.vaez          (8-bit: conv-mnist8)
+             vae-edge compress "mnist:test[0:1000]" --binarize stochastic -o bits.vaez
              vae-edge decompress digits.vaez -o digits.npy
     """
     from vae_edge.runtime.classic import NAMES
@@ -107,13 +135,15 @@ def compress(inputs, output, binarize, codec, seed, data_dir, **kw) -> None:
     out = Path(output)
     if not is_stdout(out):
         check_output_path(out)
+    if kw["bundle"] is None:
+        kw["bundle"] = default_model(inputs, data_dir, binarize, seed)
     rt = load_runtime(kw)
     x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in eight_bit_likelihoods())
     data, report = compress_best(rt, x, layout, () if codec == "vae" else ("png", "webp"))
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
     rates = report["bits_per_value"]
     chosen = report["chosen"]
-    label = f"{rt.info.name} {rt.variant}" if chosen == "vae-edge" else NAMES[chosen]
+    label = f"{rt.info.name} {coded_by(rt)}" if chosen == "vae-edge" else NAMES[chosen]
     others = ", ".join(f"{NAMES.get(k.split()[0], k)}{' (est.)' if 'est.' in k else ''} {v:.4f}"
                        for k, v in rates.items() if k.split()[0] != chosen)
     done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out}: {len(data):,} bytes, {rates[chosen]:.4f} bits per "
@@ -227,4 +257,4 @@ def decompress(file, output, **kw) -> None:
     rt = load_runtime(kw)
     x = decode(rt, data, file)
     save_decompressed(out, x, header["layout"], folder, rt.likelihood in eight_bit_likelihoods())
-    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {rt.variant})", out)
+    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {coded_by(rt)})", out)
