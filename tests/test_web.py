@@ -209,6 +209,34 @@ def test_browser_preprocessing_and_score_equal_pythons_on_pillow_drawings(pages)
     assert errors == []
 
 
+@pytest.mark.browser
+def test_the_8bit_compression_model_scores_on_the_page_as_in_python(tmp_path, browser, mnist_dir):
+    """The shipped conv-mnist8 (a logistic-ar decoder: discretized logistic per 8-bit value, its mean
+    following the value's neighbours) on the page: a test digit's -ELBO equals the Python runtime's."""
+    from vae_edge.data import load_slice
+
+    build_site("conv-mnist8", ("auto",), tmp_path / "site", data_dir=mnist_dir, log=lambda s: None)
+    config = json.loads((tmp_path / "site" / "config.json").read_text())
+    assert config["model"]["likelihood"] == "logistic-ar" and config["score"]["range"]["images"] == 1000
+    x, _ = load_slice("mnist:test[0:3]", mnist_dir)
+    with serving(tmp_path / "site") as url, open_page(url, browser) as (page, errors), \
+            VAERuntime.load("conv-mnist8", warn=lambda s: None) as rt:
+        for xi in x:
+            s_js = page.evaluate("([x]) => window.vaeEdge.score(x, 'fp32')", [xi.ravel().tolist()])
+            s_py = float(rt.score(xi[None], seed=0, elbo_samples=SCORE_SAMPLES)[0])
+            assert abs(s_js - s_py) < 0.05, (s_js, s_py)  # about 700 nats: the same to 1e-4
+        plain = page.evaluate("([x]) => window.vaeEdge.score(x.map(v => Math.min(1, v + 0.1)), 'fp32')",
+                              [x[0].ravel().tolist()])
+        assert plain > s_js + 50  # a brightened digit is less likely: the score follows the values
+        t = np.linspace(0, 1, 25)  # a "1" on the drawing pad: scored under the same likelihood
+        _draw_with_pointer(page, [np.stack([128 + 0 * t, 50 + 150 * t], 1).tolist()])
+        state = page.evaluate("window.vaeEdge.pad()")
+        x_pad = np.array(state["input"], np.float32).reshape(1, 1, 28, 28)
+        s_pad = float(rt.score(x_pad, seed=0, elbo_samples=SCORE_SAMPLES)[0])
+        assert abs(state["score"] - s_pad) < 0.05 and page.inner_text("#score") == f"{state['score']:.1f}"
+        assert errors == []
+
+
 def _draw_with_pointer(page, strokes):
     box = page.locator("#pad").bounding_box()
     sx, sy = box["width"] / PAD_SIZE, box["height"] / PAD_SIZE

@@ -185,6 +185,15 @@ def choose_variants(info: Manifest, requested: tuple[str, ...]) -> tuple[list[st
     return chosen, default, why
 
 
+def digit_model(info: Manifest) -> bool:
+    """A model of MNIST-style digits, binary (Bernoulli) or 8-bit (logistic): the page gives it the
+    drawing pad and the MNIST test set's score range."""
+    from vae_edge.runtime.mathops import EIGHT_BIT
+
+    return info.model.mnist_like or (tuple(info.model.image_shape) == (1, 28, 28) and info.model.likelihood in EIGHT_BIT
+                                     and not info.model.spatial_factor)
+
+
 def score_draws(latent_dim: int) -> np.ndarray:
     """The page's fixed noise for its -ELBO: the draws rt.score(x, seed=0, elbo_samples=16) uses for one image."""
     return np.random.default_rng(0).standard_normal((SCORE_SAMPLES, latent_dim), dtype=np.float32)
@@ -236,8 +245,8 @@ def _site_config(info: Manifest, path: Path, chosen, default: str, why: str, rng
                          "accuracy": dict(info.variants[v].accuracy)} for v in chosen},
         "default_variant": default, "why": why,
         "score": {"draws": score_draws(info.model.latent_dim).tolist(), "range": rng},
-        # the drawing pad draws digits: for one-channel digit-style (MNIST-like) models only
-        "pad": {"size": PAD_SIZE, "stroke": PAD_STROKE} if info.model.mnist_like else None,
+        # the drawing pad draws digits: for one-channel 28x28 digit models (binary or 8-bit) only
+        "pad": {"size": PAD_SIZE, "stroke": PAD_STROKE} if digit_model(info) else None,
         "onnxruntime_web": ORT_WEB_VERSION,
         "signature": signature,
         "evaluation": info.evaluation,
@@ -300,7 +309,7 @@ def build_site(
     chosen, default, why = choose_variants(info, tuple(variants))
     graphs = {v: opened.variant_bytes(v) for v in chosen}  # checked (and signature-verified) bytes
     ort_dir = ort_web_dir(log)
-    rng = score_range(path, default, data_dir, warn=log) if with_score_range and info.model.mnist_like else {}
+    rng = score_range(path, default, data_dir, warn=log) if with_score_range and digit_model(info) else {}
     config = _site_config(info, path, chosen, default, why, rng, opened.signature)
     _write_site(out, info, chosen, graphs, ort_dir, config, path)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -68,7 +68,8 @@ async function encode(x, n, v = current) {
 }
 
 /** -ELBO of one preprocessed image (Float32Array C*H*W), as rt.score(x, seed=0, elbo_samples=16),
- * under the model's own likelihood (Bernoulli logits, or a Gaussian around the decoded mean). */
+ * under the model's own likelihood (Bernoulli logits, a Gaussian around the decoded mean, or the
+ * discretized logistic of 8-bit values, following the neighbours for logistic-ar). */
 async function score(x, v = current) {
   const { mu, logvar } = await encode(x, 1, v);
   const draws = config.score.draws;
@@ -77,6 +78,13 @@ async function score(x, v = current) {
     const learned = config.model.learned_sigma;  // the decoder's own log_sigma per value
     const r = await decode(z, draws.length, v, learned ? ["probs", "log_sigma"] : ["probs"]);
     return { score: V.negElboGaussian(x, mu, logvar, r.probs.data, config.model.sigma, learned ? r.log_sigma.data : null),
+             mu, logvar };
+  }
+  const lik = config.model.likelihood;
+  if (lik === "logistic" || lik === "logistic-ar") {  // 8-bit values: a discretized logistic per value
+    const ar = lik === "logistic-ar";
+    const r = await decode(z, draws.length, v, ar ? ["probs", "log_scale", "context"] : ["probs", "log_scale"]);
+    return { score: V.negElboLogistic(x, mu, logvar, r.probs.data, r.log_scale.data, ar ? r.context.data : null, IS),
              mu, logvar };
   }
   const r = await decode(z, draws.length, v, ["logits"]);

@@ -279,6 +279,57 @@ export function negElboGaussian(x, mu, logvar, means, sigma, logSigmas = null) {
   return total / k;
 }
 
+const LOG_SCALE_MIN = -7.0;  // runtime/mathops.py: the discretized logistic's log-scale floor
+const CONTEXT = [[0, -1], [-1, -1], [-1, 0], [-1, 1]];  // logistic-ar's neighbours (dy, dx), mathops.CONTEXT
+
+function logAddExp0(v) { return v > 0 ? v + Math.log1p(Math.exp(-v)) : Math.log1p(Math.exp(v)); }  // log(1 + e^v)
+
+/** A logistic-ar decoder's mean of every value of one image (mathops.context_mean, in its order):
+ * probs + sum_k w_k * (x - probs) at neighbour k (0 outside the image); shape [C, H, W]. */
+export function contextMean(probs, weights, x, shape, offset = 0) {
+  const [c, h, w] = shape, n = c * h * w, mean = new Float64Array(n), r = new Float64Array(n);
+  for (let j = 0; j < n; j++) { r[j] = x[j] - probs[offset + j]; mean[j] = probs[offset + j]; }
+  CONTEXT.forEach(([dy, dx], k) => {
+    for (let ch = 0; ch < c; ch++) for (let i = 0; i < h; i++) for (let jj = 0; jj < w; jj++) {
+      const ii = i + dy, jx = jj + dx, at = (ch * h + i) * w + jj;
+      const nb = ii >= 0 && ii < h && jx >= 0 && jx < w ? r[(ch * h + ii) * w + jx] : 0;
+      mean[at] = mean[at] + weights[offset * 4 + (k * c + ch) * h * w + i * w + jj] * nb;
+    }
+  });
+  return mean;
+}
+
+/** -log P(x) of one image's 8-bit values under a discretized logistic per value (mathops.logistic_nll). */
+export function logisticNll(mean, logScales, x, offset = 0) {
+  let s = 0;
+  for (let j = 0; j < x.length; j++) {
+    const ls = Math.max(logScales[offset + j], LOG_SCALE_MIN), invS = Math.exp(-ls), c = x[j] - mean[j];
+    const plus = invS * (c + 0.5 / 255), minus = invS * (c - 0.5 / 255);
+    let logP;
+    if (x[j] < 0.5 / 255) logP = plus - logAddExp0(plus);
+    else if (x[j] > 1 - 0.5 / 255) logP = -logAddExp0(minus);
+    else {
+      const delta = Math.exp(-logAddExp0(-plus)) - Math.exp(-logAddExp0(-minus)), mid = invS * c;
+      logP = delta > 1e-5 ? Math.log(Math.max(delta, 1e-12)) : mid - ls - 2 * logAddExp0(mid) - Math.log(255);
+    }
+    s -= logP;
+  }
+  return s;
+}
+
+/** -ELBO of an 8-bit (logistic or logistic-ar) decoder: the mean over the draws of the values'
+ * NLL + KL (probs, logScales and, for logistic-ar, context: the decoder's outputs per draw). */
+export function negElboLogistic(x, mu, logvar, probs, logScales, context, shape) {
+  const k = probs.length / x.length, kl = klToPrior(mu, logvar);
+  let total = 0;
+  for (let i = 0; i < k; i++) {
+    const off = i * x.length;
+    const mean = context ? contextMean(probs, context, x, shape, off) : probs.subarray(off, off + x.length);
+    total += logisticNll(mean, logScales, x, off) + kl;
+  }
+  return total / k;
+}
+
 /** Where a score falls in the test set's range: a short verdict. */
 export function verdict(score, range) {
   const p = range && range.percentiles;
