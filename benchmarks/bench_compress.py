@@ -1,8 +1,10 @@
 """Lossless compression of binarized MNIST: vae-edge's bits-back coder against the classical codecs.
 
 The whole test set, stochastically binarized once (seed 0: the fixed set every reported IW-NLL
-uses), the same bits for every codec. Rows: vae-edge with each shipped unconditional model and
-variant (one file for the set; bits per dimension of the whole file, header included); gzip -9,
+uses), the same bits for every codec. Rows: vae-edge with each shipped binary model through its
+portable network (what `compress` uses: files for every device), and through each variant's float
+graphs (files for the same kind of device only; one file for the set; bits per dimension of the
+whole file, header included); gzip -9,
 bz2 -9 and lzma -9e on the packed bits of the whole set (their best case: one stream); PNG (1-bit,
 optimized) and WebP lossless (method 6), one file per image as those formats are used; the BB-ANS
 paper's figure as a reference row. Beside each model: its -ELBO (10 draws, in this run) and its
@@ -97,9 +99,11 @@ def vae_rows(xb: np.ndarray) -> list[dict]:
     n, dims = len(xb), xb[0].size
     rows = []
     for model in MODELS:
-        for variant in VAERuntime.load(model).info.variants:
+        has_portable = VAERuntime.load(model).portable is not None
+        runs = ([("fp32", None)] if has_portable else []) + [(v, False) for v in VAERuntime.load(model).info.variants]
+        for variant, portable in runs:
             rt = VAERuntime.load(model, variant=variant, threads=1)
-            data, tc = _timed(rt.compress, xb)
+            data, tc = _timed(lambda x: rt.compress(x, portable=portable), xb)  # noqa: B023
             back, td = _timed(rt.decompress, data)
             exact = bool(np.array_equal(back, xb))
             header, heads, words = read_header(data)
@@ -108,7 +112,10 @@ def vae_rows(xb: np.ndarray) -> list[dict]:
             elbo = float(rt.score(xb, elbo_samples=10).mean())
             iw = iw_nll(model, variant)
             to_bpd = 1 / (dims * math.log(2))
-            rows.append({"codec": f"vae-edge {model} {variant}", "model": model, "variant": variant,
+            label = "portable network (any device)" if portable is None else \
+                f"{variant}{' float graphs (this device only)' if has_portable else ''}"
+            rows.append({"codec": f"vae-edge {model} {label}", "model": model,
+                         "variant": "portable" if portable is None else variant,
                          "bytes": len(data), "bpd": 8 * len(data) / (n * dims), "exact": exact,
                          "neg_elbo_nats": elbo, "neg_elbo_bpd": elbo * to_bpd,
                          "iw_nll_nats": iw, "iw_nll_bpd": iw * to_bpd if iw else None,

@@ -19,7 +19,7 @@ import torch
 
 from vae_edge import VaeEdgeError
 from vae_edge.model import VAE
-from vae_edge.runtime.portable import ACT_MAX, EXACT, W_MAX, Z_BITS, PortableVAE
+from vae_edge.runtime.portable import ACT_MAX, EXACT, TANH_EXP, W_MAX, Z_BITS, PortableVAE
 
 MARGIN = 2.0  # activation ranges: twice the largest value seen
 LIKELIHOODS = ("bernoulli", "logistic", "logistic-ar")
@@ -32,8 +32,8 @@ def eligible(model: VAE) -> str | None:
         return "a conditional model"
     if c.likelihood not in LIKELIHOODS:
         return f"its {c.likelihood} likelihood (compression needs bernoulli, logistic or logistic-ar)"
-    if c.arch == "mlp" and c.activation != "relu":
-        return f"an MLP with {c.activation} activations (relu only)"
+    if c.arch == "mlp" and c.activation not in ("relu", "tanh"):
+        return f"an MLP with {c.activation} activations (relu or tanh only)"
     if c.arch == "conv" and c.upsample not in ("resize-subpixel", "resize"):
         return f"a conv decoder with {c.upsample} upsampling"
     return None
@@ -113,7 +113,12 @@ def build(model: VAE, n: int = 256, seed: int = 0) -> tuple[bytes, dict]:
     for name in layers:  # in running order
         if name in ("dec_in", "dec.0") and (name == "dec_in" or model.cfg.arch == "mlp"):
             e, bound = -Z_BITS, 2.0 ** Z_BITS * 8  # the decoder's input: z in units of 2^-Z_BITS, |z| < 8
-        eo = None if name in ("enc_out", "dec_out", "dec.up2") else _exponent(peak[name], ACT_MAX)
+        if name in ("enc_out", "dec_out", "dec.up2"):
+            eo = None
+        elif model.cfg.arch == "mlp" and model.cfg.activation == "tanh":
+            eo = TANH_EXP  # the activation's range is [-1, 1] whatever the sums
+        else:
+            eo = _exponent(peak[name], ACT_MAX)
         arrays.update(_quantize(name, layers[name], e, eo, first=name == "enc.0"))
         _check_exact(name, arrays, bound)
         if eo is not None:

@@ -511,17 +511,21 @@ def lanes_for(n: int) -> int:
     return min(LANES, max(1, n // IMAGES_PER_LANE))
 
 
-def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0) -> bytes:
+def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0, portable: bool | None = None) -> bytes:
     """Binary images [N, C, H, W] (the bundle's shape; 8-bit ones for a logistic model) -> the
     file's bytes. `layout` records how the caller's array looked (see LAYOUTS), for giving it back
-    the same way."""
+    the same way. `portable`: None codes with the bundle's portable network when it has one (files
+    for every device), False with the variant's float graphs (faster; the file then opens only
+    where the graphs compute the same floats)."""
     check_model(rt)
     eight_bit = rt.likelihood in EIGHT_BIT
     x = (check_8bit if eight_bit else check_binary)(rt._images(x))
     if len(x) > MAX_IMAGES or x.size > MAX_VALUES:
         raise VaeEdgeError(f"at most {MAX_IMAGES:,} images and {MAX_VALUES:,} pixels per file: compress "
                            f"{len(x):,} images of {x[0].size:,} pixels in parts")
-    portable = rt.portable is not None  # the bundle's integer network codes: files open on every device
+    if portable and rt.portable is None:
+        raise VaeEdgeError(f"{rt.info.name or 'this bundle'} has no portable network: re-export it with vae-edge export")
+    portable = rt.portable is not None if portable is None else portable  # integers: files for every device
     codec = Codec(rt, portable=portable)
     lanes = lanes or lanes_for(len(x))
     if not lanes_for(len(x)) <= lanes <= LANES:  # what a reader accepts: bounded work per image decoded

@@ -37,6 +37,9 @@ ACT_MAX = 32767  # activations are integers in [-ACT_MAX, ACT_MAX] (16 bits)
 W_MAX = 32767  # and weights
 Z_BITS = 10  # the decoder's input: z rounded to units of 2^-10
 EXACT = float(2**53)  # every partial sum of a layer must stay below this (float64 integers)
+TANH_EXP = -15  # an MLP's tanh activations: integers in units of 2^-15 (|tanh| <= 1)
+
+
 def det_tanh(x: np.ndarray) -> np.ndarray:
     return 2.0 * det_sigmoid(2.0 * np.asarray(x, np.float64)) - 1.0
 
@@ -125,6 +128,15 @@ class PortableVAE:
         out = _requant(acc, e_acc, layer.eo, relu, axis)
         return out, layer.eo
 
+    def _hidden(self, name: str, a: np.ndarray, e_in: int) -> tuple[np.ndarray, int]:
+        """An MLP's hidden layer and its activation: ReLU on the integers, or tanh (det_tanh of the
+        exact sum, rounded to units of 2^TANH_EXP)."""
+        if self.cfg.get("activation", "relu") == "relu":
+            return self._run(name, a, e_in, relu=True)
+        layer = self.layers[name]
+        v = _exact(_linear(a, layer), layer.ew + e_in, 1)
+        return np.clip(np.rint(np.ldexp(det_tanh(v), -layer.eo)), -ACT_MAX, ACT_MAX), layer.eo
+
     def _res(self, prefix: str, h: np.ndarray, e: int) -> tuple[np.ndarray, int]:
         """x + Conv(ReLU(Conv(ReLU(x)))), the sum requantized to the block's output exponent."""
         y, e1 = self._run(f"{prefix}.0", np.maximum(h, 0), e, relu=True, conv=(1, 1))
@@ -143,7 +155,7 @@ class PortableVAE:
         if cfg["arch"] == "mlp":
             a, e = a.reshape(n, -1), 0
             for i in range(int(cfg["depth"])):
-                a, e = self._run(f"enc.{i}", a, e, relu=True)
+                a, e = self._hidden(f"enc.{i}", a, e)
         else:
             a, e = self._run("enc.0", a, 0, relu=True, conv=(2, 1))
             a, e = self._run("enc.1", a, e, relu=True, conv=(2, 1))
@@ -163,7 +175,7 @@ class PortableVAE:
         c0, h0, w0 = cfg["image_shape"]
         if cfg["arch"] == "mlp":
             for i in range(int(cfg["depth"])):
-                a, e = self._run(f"dec.{i}", a, e, relu=True)
+                a, e = self._hidden(f"dec.{i}", a, e)
             out, _ = self._run("dec_out", a, e, relu=False)
             out = out.reshape(len(a), -1, h0, w0)
         else:

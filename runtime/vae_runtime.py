@@ -56,9 +56,11 @@ PEAK_TENSORS = 5
 # graphs at LOAD_FACTOR times their files (onnxruntime's initializers, prepacked weights and the
 # parse). Measured on SD's VAE (AMD EPYC, onnxruntime 1.32): fp32 graphs of 335 MB -> 1.22 GB
 # resident after loading, int8 ones of 85 MB -> 0.28 GB; a 512x512 decode then peaked 5.1 KiB
-# (fp32) and 3.1 KiB (int8) a pixel above that, against PEAK_TENSORS x 1 KiB estimated.
+# (fp32) and 3.1 KiB (int8) a pixel above that, against PEAK_TENSORS x 1 KiB estimated. With a
+# factor of 3, fp32 decodes "within 2G" peaked at 2.12 GiB (1024x1024) and 2.10 GiB (2048x2048): 4
+# covers the 3.6x measured for fp32 (3.3x for int8).
 BASE_BYTES = 150 << 20
-LOAD_FACTOR = 3
+LOAD_FACTOR = 4
 MIN_TILE_CELLS = 8  # latent cells a side of the smallest tile (64 pixels for SD): smaller ones show seams
 
 
@@ -152,7 +154,8 @@ class VAERuntime:
         if self._portable is None:
             from vae_edge.runtime.portable import PortableVAE
 
-            self._portable = PortableVAE.from_bytes(dict(self.manifest["model"]), self._opened.read(str(entry["file"])))
+            config = {**self.manifest["model"], "image_shape": list(self.info.model.image_shape)}  # older: 28x28
+            self._portable = PortableVAE.from_bytes(config, self._opened.read(str(entry["file"])))
         return self._portable
 
     # -- loading ---------------------------------------------------------------------------
@@ -565,12 +568,14 @@ class VAERuntime:
             return np.asarray(nats, np.float64) / (d * math.log(2))
         return (np.asarray(nats, np.float64) + d * math.log(256)) / (d * math.log(2))
 
-    def compress(self, x) -> bytes:
-        """Binary images [N, C, H, W] (every pixel 0 or 1) -> a lossless file's bytes: bits-back
-        coding with this model (runtime/compress.py); about the -ELBO in bits per image."""
+    def compress(self, x, portable: bool | None = None) -> bytes:
+        """Binary images [N, C, H, W] (every pixel 0 or 1; 8-bit ones for a logistic model) -> a
+        lossless file's bytes: bits-back coding with this model (runtime/compress.py); about the
+        -ELBO in bits per image. With the bundle's portable network when it has one (files that
+        open on every device), unless portable=False (the float graphs: faster, same device only)."""
         from vae_edge.runtime import compress
 
-        return compress.compress(self, x)
+        return compress.compress(self, x, portable=portable)
 
     def decompress(self, data: bytes, where: object = "file") -> np.ndarray:
         """A file from compress -> exactly the images it was given (float32 0/1); refuses, in one

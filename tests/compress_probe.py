@@ -2,8 +2,9 @@
 
     python compress_probe.py DIR TAG [OTHER_TAG ...]
 
-compresses DIR/x.npy (or a pair's own array: a third entry, a file name in DIR) with each (bundle,
-variant) of DIR/pairs.json into DIR/<bundle>.<variant>.<TAG>.vaez, decompresses its own files (they
+compresses DIR/x.npy (or a pair's own array: a third entry, a file name in DIR; a fourth, "float":
+with the variant's float graphs, not the bundle's portable network) with each (bundle, variant) of
+DIR/pairs.json into DIR/<bundle>.<variant>.<TAG>.vaez, decompresses its own files (they
 must come back exactly) and, given OTHER_TAGs, the files other devices wrote; prints one JSON line:
 {pair: {"own": ..., "other": "exact" | "refused: ..." | "WRONG", "others": {tag: ...}}} ("other":
 the first OTHER_TAG's)."""
@@ -29,10 +30,11 @@ def main() -> None:
     out = {}
     for bundle, variant, *arr in json.loads((d / "pairs.json").read_text()):
         x = np.load(d / (arr[0] if arr else "x.npy"))
+        portable = len(arr) < 2 or arr[1] != "float"  # "float": code with the float graphs even if it has one
         rt = VAERuntime.load(bundle, variant=variant, self_check=False)
-        stem = Path(bundle).name
+        stem = "-".join(Path(bundle).parts[-2:])  # e.g. mlp-mnist-bundle
         own = d / f"{stem}.{variant}.{tag}.vaez"
-        own.write_bytes(rt.compress(x))
+        own.write_bytes(rt.compress(x, portable=None if portable else False))
         row = out[f"{bundle}/{variant}"] = {"own": attempt(rt, own, x)}
         if others:
             row["others"] = {o: attempt(rt, d / f"{stem}.{variant}.{o}.vaez", x) for o in others}

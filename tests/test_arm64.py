@@ -174,8 +174,8 @@ def test_cli_on_arm64(arm, spec, tmp_path, mnist_dir):
 
 
 def test_compressed_files_across_x86_and_arm64(arm, mnist_dir):
-    """A file compressed on x86 decompressed on ARM64 and the other way, for each shipped
-    unconditional model's variants: exact, or refused with the line naming the other device's
+    """A file compressed on x86 with the float graphs decompressed on ARM64 and the other way, for
+    the shipped binary models' variants: exact, or refused with the line naming the other device's
     numerics (never other images). Each device's own files come back exactly."""
     from vae_edge.data import binarize, load_slice
 
@@ -185,8 +185,10 @@ def test_compressed_files_across_x86_and_arm64(arm, mnist_dir):
     shutil.copy(HERE / "compress_probe.py", d / "compress_probe.py")
     x, _ = load_slice("mnist:test[0:8]", mnist_dir)
     np.save(d / "x.npy", binarize(x, 0))
-    # (bundles without a portable network; tests/test_portable.py covers those with one: every device)
-    pairs = [["mlp-mnist", "fp32"], ["mlp-mnist", "int8-dynamic-arm64"], ["conv-mnist", "int8-static"]]
+    # coded by the float graphs, as bundles without a portable network are (tests/test_portable.py
+    # covers the portable networks: every device)
+    pairs = [["mlp-mnist", "fp32", "x.npy", "float"], ["mlp-mnist", "int8-dynamic-arm64", "x.npy", "float"],
+             ["conv-mnist", "int8-static", "x.npy", "float"]]
     (d / "pairs.json").write_text(json.dumps(pairs))
     probe = [str(d / "compress_probe.py"), str(d)]
     res = subprocess.run([sys.executable, *probe, "x86"], capture_output=True, text=True, cwd=d,

@@ -134,8 +134,12 @@ def test_refusals(mlp, digits):
     conv = VAERuntime.load("conv-mnist")
     with pytest.raises(C.CompressError, match="was made with mlp-mnist .*whose graphs differ"):
         conv.decompress(data)
+    int8 = VAERuntime.load("mlp-mnist", variant="int8-dynamic")
+    assert np.array_equal(int8.decompress(data), digits[:20])  # the portable network coded it: any variant reads it
+    floats = mlp.compress(digits[:20], portable=False)  # coded by the fp32 graphs: that variant only
+    assert C.read_header(floats)[0]["variant"] == "fp32" and np.array_equal(mlp.decompress(floats), digits[:20])
     with pytest.raises(C.CompressError, match="made with variant fp32 of mlp-mnist; this is int8-dynamic: pass --variant fp32"):
-        VAERuntime.load("mlp-mnist", variant="int8-dynamic").decompress(data)
+        int8.decompress(floats)
     for pos in (0, 5, 40, len(data) // 2, len(data) - 1):  # a flipped byte anywhere
         bad = bytearray(data)
         bad[pos] ^= 0x10
@@ -157,7 +161,7 @@ def _rewrite(data: bytes, field: str, value: bytes) -> bytes:
 
 
 def test_another_devices_numerics_are_named(mlp, digits):
-    data = mlp.compress(digits[:10])
+    data = mlp.compress(digits[:10], portable=False)  # the float graphs: their numerics are the device's
     h, _, _ = C.read_header(data)
     assert h["fingerprint"] == C.fingerprint(mlp)
     other = _rewrite(data, "fingerprint", bytes(8))
@@ -225,5 +229,8 @@ def test_cli_refusals_write_nothing(runner, tmp_path, mnist_dir, digits):
     (tmp_path / "bad.vaez").write_bytes(bytes(bad))
     res = runner.invoke(cli, ["decompress", str(tmp_path / "bad.vaez"), "-o", str(tmp_path / "y.npy")])
     assert res.exit_code == 1 and "damaged" in res.output and not (tmp_path / "y.npy").exists()
-    res = runner.invoke(cli, ["decompress", str(out), "--variant", "int8-dynamic", "-o", str(tmp_path / "y.npy")])
+    floats = VAERuntime.load("mlp-mnist").compress(digits[:4], portable=False)  # the fp32 graphs coded it
+    (tmp_path / "floats.vaez").write_bytes(floats)
+    res = runner.invoke(cli, ["decompress", str(tmp_path / "floats.vaez"), "--variant", "int8-dynamic", "-o",
+                              str(tmp_path / "y.npy")])
     assert res.exit_code == 1 and "pass --variant fp32" in res.output and not (tmp_path / "y.npy").exists()

@@ -91,6 +91,35 @@ def test_files_are_coded_by_the_portable_network_and_round_trip(ar8, mnist_dir):
     assert abs(8 * len(data) / x.size - elbo) < 0.3 * elbo
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_binary_mlps_of_either_activation_have_portable_networks(tmp_path, mnist_dir, activation):
+    """ReLU MLPs requantize their integer sums; tanh ones (the shipped mlp-mnist's) take det_tanh
+    of the exact sums, in units of 2^-15: close to torch, and files round trip at the model's rate."""
+    from vae_edge.data import binarize
+    from vae_edge.export import export_bundle
+    from vae_edge.runtime import compress as C
+    from vae_edge.train import load_checkpoint, model_from_checkpoint
+
+    ckpt = _train(tmp_path / "run", mnist_dir, steps=30, arch="mlp", hidden=64, depth=2, latent_dim=8,
+                  activation=activation)
+    bundle = export_bundle(ckpt, tmp_path / "b", data_dir=mnist_dir, log=lambda s: None)
+    rt = VAERuntime.load(bundle, warn=lambda s: None)
+    assert rt.portable is not None
+    x = binarize(_eight_bit(mnist_dir, 40), 0)
+    model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    with torch.no_grad():
+        tmu, _ = model.encode(torch.from_numpy(x))
+        tlogits = model.decode(tmu)
+    mu, _ = rt.portable.encode(x)
+    assert np.abs(mu - tmu.numpy()).max() < 0.05
+    logits = rt.portable.decode(tmu.numpy())["logits"].reshape(tlogits.shape)
+    assert np.abs(logits - tlogits.numpy()).max() < 0.1
+    data = C.compress(rt, x)
+    assert C.read_header(data)[0]["variant"] == "portable" and np.array_equal(C.decompress(rt, data), x)
+    floats = C.compress(rt, x, portable=False)
+    assert abs(len(data) - len(floats)) < 0.05 * len(floats)  # about the same rate (40 images: start-up noise)
+
+
 def test_an_oversized_layer_is_refused(monkeypatch):
     import vae_edge.export.portable as P
     from vae_edge.model import VAE, VAEConfig
@@ -107,17 +136,12 @@ def test_an_oversized_layer_is_refused(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.arm64
 def test_portable_files_open_on_every_device(tmp_path, mnist_dir):
-    """Files of the shipped 8-bit compression model (conv-mnist8) and of a binary MLP made on this
-    x86 decompress exactly on an AVX2-only x86 and on emulated ARM64 (neoverse-n1, max), and files
-    made there exactly here: every pair of devices."""
+    """Files of every shipped compression model (conv-mnist8 for 8-bit images, mlp-mnist and
+    conv-mnist for binary ones) made on this x86 decompress exactly on an AVX2-only x86 and on
+    emulated ARM64 (neoverse-n1, max), and files made there exactly here: every pair of devices."""
     from tools import arm64_env
     from vae_edge.data import binarize
 
-    mlp = tmp_path / "mlp"
-    mlp.mkdir()
-    ckpt = _train(mlp / "run", mnist_dir, steps=20, arch="mlp", hidden=32, latent_dim=4)
-    r = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(mlp / "binary"), "--data-dir", str(mnist_dir)])
-    assert r.exit_code == 0 and "portable network" in r.output, r.output
     try:
         env = arm64_env.ensure()
     except arm64_env.SetupError as e:
@@ -126,11 +150,13 @@ def test_portable_files_open_on_every_device(tmp_path, mnist_dir):
     d = tmp_path / "files"
     d.mkdir()
     shutil.copy(HERE / "compress_probe.py", d / "compress_probe.py")
-    np.save(d / "x8.npy", _eight_bit(mnist_dir, 2))  # few images: the emulated coder is slow
-    np.save(d / "xb.npy", binarize(_eight_bit(mnist_dir, 2), 0))
-    shipped = stage / "vae_edge" / "pretrained" / "conv-mnist8" / "bundle"  # as the staged package ships it
-    assert "portable" in json.loads((shipped / "manifest.json").read_text())
-    (d / "pairs.json").write_text(json.dumps([[str(shipped), "fp32", "x8.npy"], [str(mlp / "binary"), "fp32", "xb.npy"]]))
+    np.save(d / "x8.npy", _eight_bit(mnist_dir, 1))  # one image: the emulated coder is slow
+    np.save(d / "xb.npy", binarize(_eight_bit(mnist_dir, 1), 0))
+    shipped = {name: stage / "vae_edge" / "pretrained" / name / "bundle"  # as the staged package ships them
+               for name in ("conv-mnist8", "mlp-mnist", "conv-mnist")}
+    assert all("portable" in json.loads((b / "manifest.json").read_text()) for b in shipped.values())
+    (d / "pairs.json").write_text(json.dumps([[str(b), "fp32", "x8.npy" if name == "conv-mnist8" else "xb.npy"]
+                                              for name, b in shipped.items()]))
     devices = {"x86": None, "avx2": "EPYC-Rome", "n1": "neoverse-n1", "max": "max"}
     order, results = list(devices), {}
     # each device writes its files, reads them back, and reads those of the devices before it; then
@@ -141,7 +167,7 @@ def test_portable_files_open_on_every_device(tmp_path, mnist_dir):
             assert row["own"] == "exact", (dev, pair, row)
             results.update({(pair, made, dev): got for made, got in row.get("others", {}).items()})
     bad = {k: v for k, v in results.items() if v != "exact"}
-    assert len(results) == 2 * 4 * 3 and not bad, bad
+    assert len(results) == 3 * 4 * 3 and not bad, bad
     print(f"\nportable files: {len(results)} (model, made on, read on) pairs of devices, all exact")
 
 

@@ -89,6 +89,36 @@ def training_record(folders: list[Path]) -> dict:
                               f"{platform.machine()})"}
 
 
+def add_portable(name: str, sign_key: str | None) -> None:
+    """Give a shipped bundle made before portable networks existed its portable network (its graphs,
+    golden vectors and evaluation unchanged) as the next release: `compress` then codes with it,
+    and its files open on every device. The manifest changes, so the bundle is re-signed."""
+    from vae_edge.export.onnx_export import add_portable as build_portable
+    from vae_edge.runtime.files import write_json_atomic
+    from vae_edge.train import load_checkpoint, model_from_checkpoint
+
+    bundle = HERE / name / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if "portable" in manifest:
+        print(f"{name}: has a portable network already")
+        return
+    model = model_from_checkpoint(load_checkpoint(HERE / name / "model.pt")).eval()  # the weights the graphs hold
+    from vae_edge.export.portable import eligible
+
+    if (why := eligible(model)) is not None:
+        print(f"{name}: no portable network ({why})")
+        return
+    build_portable(bundle, model, manifest, log=print)
+    manifest = {**{k: v for k, v in manifest.items() if k != "release"}, "release": manifest.get("release", 0) + 1}
+    keys = list(manifest)  # the release beside the name, as export writes it
+    keys.insert(keys.index("name") + 1, keys.pop(keys.index("release")))
+    write_json_atomic(bundle / "manifest.json", {k: manifest[k] for k in keys})
+    (bundle / "model.sig").unlink(missing_ok=True)  # stale: the manifest changed
+    if sign_key:
+        sh(sys.executable, "-m", "vae_edge", "sign", str(bundle), "--key", sign_key)
+    print(f"{name}: portable network added, release {manifest['release']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
@@ -97,7 +127,13 @@ def main() -> None:
     ap.add_argument("--only", choices=list(MODELS) + list(EXPERIMENTS), default=None)
     ap.add_argument("--threads", default="2")
     ap.add_argument("--sign-key", default=None, help="Private key to sign the bundles with (the project key).")
+    ap.add_argument("--add-portable", action="store_true",
+                    help="Only add portable networks to the shipped bundles that lack one (--only NAME: that one).")
     args = ap.parse_args()
+    if args.add_portable:
+        for name in [args.only] if args.only else list(MODELS):
+            add_portable(name, args.sign_key)
+        return
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     exe = [sys.executable, "-m", "vae_edge"]
     Path(args.runs).mkdir(exist_ok=True)
