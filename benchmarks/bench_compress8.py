@@ -104,7 +104,7 @@ def per_image(v: np.ndarray) -> list[dict]:
     return rows
 
 
-def vae_rows(v: np.ndarray, name: str, bundle: str, variants: list[str]) -> list[dict]:
+def vae_rows(v: np.ndarray, name: str, bundle: str, variants: list[str], iw: tuple[int, int] = (0, 0)) -> list[dict]:
     from vae_edge.runtime import compress as C
 
     x = (v / 255.0).astype(np.float32)
@@ -115,10 +115,12 @@ def vae_rows(v: np.ndarray, name: str, bundle: str, variants: list[str]) -> list
         back, td = _timed(C.decompress, rt, data)
         assert np.array_equal(np.rint(back * 255).astype(np.uint8), v), (name, variant)
         nelbo = float(np.mean(rt.bits_per_dim_8bit(rt.score(x, elbo_samples=10))))
+        k, n_iw = iw
+        iw_bpd = (float(np.mean(rt.bits_per_dim_8bit(rt.score(x[:n_iw], iw_samples=k)))) if k else None)
         coder = "portable network" if rt.portable is not None else f"{variant} graphs"
         rows.append({"codec": f"vae-edge {rt.info.name or name} ({coder})", "bytes": len(data), "bpd": 8 * len(data) / v.size,
                      "compress_per_s": len(v) / tc, "decompress_per_s": len(v) / td, "neg_elbo_bpd": nelbo,
-                     "exact": True})
+                     "exact": True, **({"iw_nll_bpd": iw_bpd, "iw_samples": k, "iw_images": min(n_iw, len(x))} if k else {})})
         rt.close()
     return rows
 
@@ -155,14 +157,16 @@ def render(report: dict) -> str:
           "decompressed and compared: all exact.", ""]
     for ds, r in report["datasets"].items():
         md += [f"**{ds}** test set, {r['images']:,} images of 28x28, 8-bit ({r['images'] * 784:,} values):", "",
-               "| codec | bits per dim | bytes | compress (images/s) | decompress (images/s) | -ELBO (bpd) |",
-               "|---|---:|---:|---:|---:|---:|"]
+               "| codec | bits per dim | bytes | compress (images/s) | decompress (images/s) | -ELBO (bpd) | IW-NLL (bpd) |",
+               "|---|---:|---:|---:|---:|---:|---:|"]
         for row in sorted(r["rows"], key=lambda row: row["bpd"]):
             elbo = f"{row['neg_elbo_bpd']:.4f}" if "neg_elbo_bpd" in row else ""
+            iw = (f"{row['iw_nll_bpd']:.4f} (K={row['iw_samples']:,}, first {row['iw_images']:,} images)"
+                  if row.get("iw_nll_bpd") else "")
             md.append(f"| {row['codec']} | {row['bpd']:.4f} | {row['bytes']:,} | {row['compress_per_s']:,.0f} | "
-                      f"{row['decompress_per_s']:,.0f} | {elbo} |")
+                      f"{row['decompress_per_s']:,.0f} | {elbo} | {iw} |")
         for name, bpd in REFERENCE.get(ds, []):
-            md.append(f"| {name} | {bpd:.2f} | | | | |")
+            md.append(f"| {name} | {bpd:.2f} | | | | | |")
         lone = r.get("lone")
         if lone:
             md += ["", f"A lone image (the first {lone['images']} test images, each compressed alone by `compress`): "
@@ -179,10 +183,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--iw-samples", type=int, default=1000, help="IW-NLL's K (0: no IW-NLL column).")
+    ap.add_argument("--iw-images", type=int, default=1000, help="IW-NLL on the first this many test images.")
     args = ap.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
     report = {"command": "python benchmarks/bench_compress8.py " + " ".join(
-        a if "=" not in a else a.split("=")[0] + "=BUNDLE" for a in __import__("sys").argv[1:]),
+        a if "=" not in a or "/" not in a else a.split("=")[0] + "=BUNDLE" for a in __import__("sys").argv[1:]),
         "environment": environment(), "datasets": {}}
     dirs = {"mnist": args.data_dir, "fashion-mnist": args.fashion_dir}
     for ds in ("mnist", "fashion-mnist"):
@@ -192,7 +198,7 @@ def main() -> None:
         rows = streams(v) + per_image(v)
         entry = {"images": len(v), "rows": rows}
         if ds in bundles:
-            rows += vae_rows(v, ds, bundles[ds], args.variants.split(","))
+            rows += vae_rows(v, ds, bundles[ds], args.variants.split(","), (args.iw_samples, args.iw_images))
             entry["lone"] = lone_images(v, bundles[ds])
         report["datasets"][ds] = entry
         print(render({**report, "datasets": {ds: entry}}), flush=True)

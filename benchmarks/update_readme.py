@@ -35,6 +35,8 @@ SOURCES = {
     "compression8": "compression8.md",
     "ab_mnist": "ab_mnist.md",
     "diffusers": "diffusers.md",
+    "diffusers_taesd": "diffusers-taesd.md",
+    "web_large": "web_large.md",
 }
 
 

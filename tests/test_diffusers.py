@@ -245,12 +245,15 @@ def test_any_size_is_split_to_fit_the_memory_limit_and_tiles_blend_within_the_bo
     whole = rt.decode(z)
     assert whole.shape == (2, 3, 128, 96)
     # a limit that one image fits and two do not: one at a time, the same numbers
+    from vae_edge.runtime.vae_runtime import MEMORY_RESERVE
+
+    keep = 1 - MEMORY_RESERVE  # the share of --max-memory the estimate plans with
     one = rt._weight_bytes + 2 * whole[0].nbytes * 2 + 5 * per_pixel["decoder"] * 128 * 96
-    rt.max_memory = one + 5 * per_pixel["decoder"] * 128 * 96 // 2
+    rt.max_memory = int((one + 5 * per_pixel["decoder"] * 128 * 96 // 2) / keep)
     assert rt._plan("decoder", 2, (64, 48)) == (0, 0)
     assert np.max(np.abs(rt.decode(z) - whole)) < 1e-5
     # a limit that one image does not fit: tiles, blended within the bound
-    rt.max_memory = rt._weight_bytes + 2 * 4 * 128 * 96 * 3 + 5 * per_pixel["decoder"] * 64 * 64
+    rt.max_memory = int((rt._weight_bytes + 2 * 4 * 128 * 96 * 3 + 5 * per_pixel["decoder"] * 64 * 64) / keep)
     plan = rt._plan("decoder", 1, (64, 48))
     assert plan and plan != (0, 0) and max(plan) < 64
     tiled = rt.decode(z[:1])
