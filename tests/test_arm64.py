@@ -52,7 +52,7 @@ def spec(arm, quantized, mnist_dir):
     bundles = {"mlp-mnist": str(stage / "vae_edge/pretrained/mlp-mnist/bundle"),
                "conv-mnist": str(stage / "vae_edge/pretrained/conv-mnist/bundle"), "fresh": str(fresh)}
     assert {k: Path(v).is_dir() for k, v in bundles.items()} == dict.fromkeys(bundles, True)
-    assert set(shipped_bundles()) == {"mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8"}
+    assert set(shipped_bundles()) == {"mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8", "conv-fashion8"}
     variants = {k: list(load_manifest(v)["variants"]) for k, v in bundles.items()}
     path = root / "spec.json"
     path.write_text(json.dumps({"images": str(root / "x.npy"), "bundles": bundles, "variants": variants}))

@@ -60,7 +60,7 @@ def test_the_wheel_ships_bundles_without_torch_checkpoints(tmp_path):
     wheel = next((tmp_path / "dist").glob("vae_edge-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.endswith(".pt")], names
-    for model in ("mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8"):
+    for model in ("mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8", "conv-fashion8"):
         assert f"vae_edge/pretrained/{model}/bundle/manifest.json" in names
         assert f"vae_edge/pretrained/{model}/bundle/model.sig" in names
     assert "vae_edge/pretrained/conv-mnist8/bundle/portable.npz" in names  # its files open on any device

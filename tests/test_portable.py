@@ -136,8 +136,8 @@ def test_an_oversized_layer_is_refused(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.arm64
 def test_portable_files_open_on_every_device(tmp_path, mnist_dir):
-    """Files of every shipped compression model (conv-mnist8 for 8-bit images, mlp-mnist and
-    conv-mnist for binary ones) made on this x86 decompress exactly on an AVX2-only x86 and on
+    """Files of every shipped compression model (conv-mnist8 and conv-fashion8 for 8-bit images,
+    mlp-mnist and conv-mnist for binary ones) made on this x86 decompress exactly on an AVX2-only x86 and on
     emulated ARM64 (neoverse-n1, max), and files made there exactly here: every pair of devices."""
     from tools import arm64_env
     from vae_edge.data import binarize
@@ -153,9 +153,9 @@ def test_portable_files_open_on_every_device(tmp_path, mnist_dir):
     np.save(d / "x8.npy", _eight_bit(mnist_dir, 1))  # one image: the emulated coder is slow
     np.save(d / "xb.npy", binarize(_eight_bit(mnist_dir, 1), 0))
     shipped = {name: stage / "vae_edge" / "pretrained" / name / "bundle"  # as the staged package ships them
-               for name in ("conv-mnist8", "mlp-mnist", "conv-mnist")}
+               for name in ("conv-mnist8", "conv-fashion8", "mlp-mnist", "conv-mnist")}
     assert all("portable" in json.loads((b / "manifest.json").read_text()) for b in shipped.values())
-    (d / "pairs.json").write_text(json.dumps([[str(b), "fp32", "x8.npy" if name == "conv-mnist8" else "xb.npy"]
+    (d / "pairs.json").write_text(json.dumps([[str(b), "fp32", "x8.npy" if name.endswith("8") else "xb.npy"]
                                               for name, b in shipped.items()]))
     devices = {"x86": None, "avx2": "EPYC-Rome", "n1": "neoverse-n1", "max": "max"}
     order, results = list(devices), {}
@@ -167,7 +167,7 @@ def test_portable_files_open_on_every_device(tmp_path, mnist_dir):
             assert row["own"] == "exact", (dev, pair, row)
             results.update({(pair, made, dev): got for made, got in row.get("others", {}).items()})
     bad = {k: v for k, v in results.items() if v != "exact"}
-    assert len(results) == 3 * 4 * 3 and not bad, bad
+    assert len(results) == 4 * 4 * 3 and not bad, bad
     print(f"\nportable files: {len(results)} (model, made on, read on) pairs of devices, all exact")
 
 

@@ -26,11 +26,11 @@ def test_every_recipe_loads_and_uses_train_options_only():
         for stage in r.stages:
             assert set(stage) <= TRAIN_OPTIONS, (name, set(stage) - TRAIN_OPTIONS)
     assert set(mp.MODELS) == {n for n in recipes.names() if recipes.load(n).shipped} == \
-        {"mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8"}
+        {"mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8", "conv-fashion8"}
     assert mp.MODELS["conv-mnist"][0][1][:2] == ["--init-from", mp.PREVIOUS]
 
 
-@pytest.mark.parametrize("name", ["mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8"])
+@pytest.mark.parametrize("name", ["mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8", "conv-fashion8"])
 def test_recipe_is_what_the_shipped_checkpoint_was_trained_with(name):
     """The shipped model.pt records its architecture and its last stage's training options: the
     recipe's last stage says the same (and the first stage the architecture)."""

@@ -107,7 +107,7 @@ def test_shipped_bundles_are_signed_and_checked_by_default(monkeypatch):
     assert project_key().is_file()
     from vae_edge.runtime import shipped_bundles
 
-    assert set(shipped_bundles()) == {"mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8"}
+    assert set(shipped_bundles()) == {"mlp-mnist", "conv-mnist", "conv-cond-mnist", "conv-mnist8", "conv-fashion8"}
     for name in shipped_bundles():
         rt = VAERuntime.load(name)
         assert rt.signature == "verified" and rt.signed_by == "the vae-edge project key"

@@ -74,7 +74,8 @@ def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int, 
     return check_binary(x), (layout or 0)
 
 
-BINARY_MODEL, EIGHT_BIT_MODEL = "mlp-mnist", "conv-mnist8"  # the shipped compression models (28x28 grey)
+# the shipped compression models (28x28 grey): binary digits, 8-bit digits, 8-bit Fashion-MNIST
+BINARY_MODEL, EIGHT_BIT_MODEL, FASHION_MODEL = "mlp-mnist", "conv-mnist8", "conv-fashion8"
 
 
 def coded_by(rt) -> str:
@@ -85,8 +86,11 @@ def coded_by(rt) -> str:
 
 def default_model(inputs, data_dir, binarize: str | None, seed: int) -> str:
     """Without --bundle: the shipped binary model for binary images (0/1, 0/255, bool, 1-bit
-    files, or --binarize), the shipped 8-bit one for any other grey image."""
+    files, or --binarize), the shipped 8-bit Fashion-MNIST one for fashion-mnist slices, the 8-bit
+    digits one for any other grey image."""
     import numpy as np
+
+    from vae_edge.runtime.vae_runtime import shipped_bundles
 
     if binarize:
         return BINARY_MODEL
@@ -95,7 +99,10 @@ def default_model(inputs, data_dir, binarize: str | None, seed: int) -> str:
     except VaeEdgeError:
         return BINARY_MODEL  # not 8-bit images at 28x28: the binary model's loader says what is wrong
     levels = np.unique(x)
-    return BINARY_MODEL if set(levels.tolist()) <= {0.0, 1.0} or np.all(levels <= np.float32(1 / 255)) else EIGHT_BIT_MODEL
+    if set(levels.tolist()) <= {0.0, 1.0} or np.all(levels <= np.float32(1 / 255)):
+        return BINARY_MODEL
+    fashion = all(str(s).lower().startswith("fashion-mnist:") for s in inputs)
+    return FASHION_MODEL if fashion and FASHION_MODEL in shipped_bundles() else EIGHT_BIT_MODEL
 
 
 @click.command()
@@ -116,12 +123,12 @@ def compress(inputs, output, binarize, codec, seed, data_dir, **kw) -> None:
     bool), 1-bit or black-and-white image files at the model's size (taken pixel for pixel),
     folders of them, or dataset slices with --binarize. An 8-bit (logistic) model takes 8-bit
     images: uint8 arrays, grey or colour PNGs, folders, dataset slices. Without --bundle, binary
-    images go to the shipped mlp-mnist and 8-bit ones to the shipped conv-mnist8. The file records
-    the bundle and the variant: a bundle with a portable integer network (conv-mnist8, and every
-    new export of an unconditional model) makes files that decompress exactly on any device;
-    otherwise only on the same kind of device (docs/compression.md). The images are also coded as
-    PNG and WebP lossless, and the smallest file is kept (--codec vae: the VAE's always); the
-    rates are printed.
+    images go to the shipped mlp-mnist, 8-bit ones to the shipped conv-mnist8 (conv-fashion8 for
+    fashion-mnist slices). The file records the bundle and the variant: a bundle with a portable
+    integer network (every shipped compression model, and every new export of an unconditional
+    model) makes files that decompress exactly on any device; otherwise only on the same kind of
+    device (docs/compression.md). The images are also coded as PNG and WebP lossless, and the
+    smallest file is kept (--codec vae: the VAE's always); the rates are printed.
 
     \b
     Example: vae-edge compress "mnist:test[0:1000]" -o digits.vaez          (8-bit: conv-mnist8)

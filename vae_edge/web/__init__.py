@@ -186,12 +186,12 @@ def choose_variants(info: Manifest, requested: tuple[str, ...]) -> tuple[list[st
 
 
 def digit_model(info: Manifest) -> bool:
-    """A model of MNIST-style digits, binary (Bernoulli) or 8-bit (logistic): the page gives it the
-    drawing pad and the MNIST test set's score range."""
+    """A model of MNIST digits, binary (Bernoulli) or 8-bit (logistic; trained on MNIST, not
+    Fashion-MNIST): the page gives it the drawing pad and the MNIST test set's score range."""
     from vae_edge.runtime.mathops import EIGHT_BIT
 
     return info.model.mnist_like or (tuple(info.model.image_shape) == (1, 28, 28) and info.model.likelihood in EIGHT_BIT
-                                     and not info.model.spatial_factor)
+                                     and info.dataset == "mnist" and not info.model.spatial_factor)
 
 
 def score_draws(latent_dim: int) -> np.ndarray:
