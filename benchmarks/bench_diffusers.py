@@ -47,7 +47,7 @@ def step(name: str, *args: str) -> dict:
     peak = next((int(ln.split()[1]) for ln in res.stderr.splitlines() if ln.startswith("PEAK_KB ")), 0)
     if res.returncode != 0:
         sys.exit(f"{name} failed: {res.stderr.strip().splitlines()[-2:]}")
-    print(f"{name}: {seconds:.0f} s, peak RSS {peak / 2**20:.2f} GB", flush=True)
+    print(f"{name}: {seconds:.0f} s, peak RSS {peak / 2**20:.2f} GiB", flush=True)
     return {"step": name, "seconds": round(seconds, 1), "peak_rss_gb": round(peak / 2**20, 2)}
 
 
@@ -383,7 +383,7 @@ def render(report: dict) -> str:
                "decoder parameters; random weights), every step a new process.", "",
                "| step | time | peak RSS |", "|---|---:|---:|"]
         md += [f"| {s['step']}{' (' + s['measured'] + ')' if s.get('measured') else ''} | {s['seconds']:.0f} s | "
-               f"{s['peak_rss_gb']:.2f} GB |" for s in p["steps"]]
+               f"{s['peak_rss_gb']:.2f} GiB |" for s in p["steps"]]
         md += ["", "| variant | size (both graphs) |", "|---|---:|"]
         md += [f"| {v} | {mb:.1f} MB |" for v, mb in p["bundle_mb"].items()]
     rows = report.get("latency")
