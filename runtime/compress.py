@@ -550,8 +550,8 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0, porta
     return data
 
 
-def compress_best(rt, x: np.ndarray, layout: int = 0, classical: tuple[str, ...] = ("png", "webp")
-                  ) -> tuple[bytes, dict]:
+def compress_best(rt, x: np.ndarray, layout: int = 0, classical: tuple[str, ...] = ("png", "webp"),
+                  portable: bool | None = None) -> tuple[bytes, dict]:
     """The smaller of the VAE file and a classical one (PNG, or WebP lossless) of the same images:
     (the file's bytes, a report: what was chosen, and each candidate's bits per value, the
     classical ones measured on the same images; WebP of more than FULL_WEBP_IMAGES images is first
@@ -559,7 +559,7 @@ def compress_best(rt, x: np.ndarray, layout: int = 0, classical: tuple[str, ...]
     from vae_edge.runtime import classic
 
     eight_bit = rt.likelihood in EIGHT_BIT
-    data = compress(rt, x, layout=layout)
+    data = compress(rt, x, layout=layout, portable=portable)
     x = rt._images(x)
     values = np.rint(np.asarray(x, np.float64) * (255 if eight_bit else 1)).astype(np.uint8)
     digest = data_digest(x, eight_bit)

@@ -242,8 +242,11 @@ def test_cli_refusals_write_nothing(runner, tmp_path, mnist_dir, digits):
     (tmp_path / "bad.vaez").write_bytes(bytes(bad))
     res = runner.invoke(cli, ["decompress", str(tmp_path / "bad.vaez"), "-o", str(tmp_path / "y.npy")])
     assert res.exit_code == 1 and "damaged" in res.output and not (tmp_path / "y.npy").exists()
-    floats = VAERuntime.load("mlp-mnist").compress(digits[:4], portable=False)  # the fp32 graphs coded it
-    (tmp_path / "floats.vaez").write_bytes(floats)
+    np.save(tmp_path / "x4.npy", digits[:4])
+    res = runner.invoke(cli, ["compress", str(tmp_path / "x4.npy"), "--float-graphs", "--codec", "vae", "-o",
+                              str(tmp_path / "floats.vaez")])  # the fp32 graphs code it: this kind of device only
+    assert res.exit_code == 0 and "coded with mlp-mnist fp32" in res.output, res.output
+    assert C.read_header((tmp_path / "floats.vaez").read_bytes())[0]["variant"] == "fp32"
     res = runner.invoke(cli, ["decompress", str(tmp_path / "floats.vaez"), "--variant", "int8-dynamic", "-o",
                               str(tmp_path / "y.npy")])
     assert res.exit_code == 1 and "pass --variant fp32" in res.output and not (tmp_path / "y.npy").exists()

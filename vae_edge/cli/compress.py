@@ -113,10 +113,13 @@ def default_model(inputs, data_dir, binarize: str | None, seed: int) -> str:
 @click.option("--codec", type=click.Choice(["auto", "vae"]), default="auto", show_default=True,
               help="auto: the smallest of the VAE's file and PNG / WebP lossless of the same images (a lone image "
                    "can cost less as a PNG); vae: the VAE's file always.")
+@click.option("--float-graphs", is_flag=True,
+              help="Code with the variant's float graphs, not the bundle's portable integer network: faster (the "
+                   "conv models' network is the coder's main cost), but the file opens only on the same kind of device.")
 @seed_option
 @data_dir_option
 @runtime_options
-def compress(inputs, output, binarize, codec, seed, data_dir, **kw) -> None:
+def compress(inputs, output, binarize, codec, float_graphs, seed, data_dir, **kw) -> None:
     """Compress images losslessly with the model (bits-back coding with ANS).
 
     A binary (Bernoulli) model takes binary images: .npy arrays (float or uint8 0/1, uint8 0/255,
@@ -146,11 +149,13 @@ def compress(inputs, output, binarize, codec, seed, data_dir, **kw) -> None:
         kw["bundle"] = default_model(inputs, data_dir, binarize, seed)
     rt = load_runtime(kw)
     x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in eight_bit_likelihoods())
-    data, report = compress_best(rt, x, layout, () if codec == "vae" else ("png", "webp"))
+    data, report = compress_best(rt, x, layout, () if codec == "vae" else ("png", "webp"),
+                                 portable=False if float_graphs else None)
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
     rates = report["bits_per_value"]
     chosen = report["chosen"]
-    label = f"{rt.info.name} {coded_by(rt)}" if chosen == "vae-edge" else NAMES[chosen]
+    label = (f"{rt.info.name} {rt.variant if float_graphs else coded_by(rt)}" if chosen == "vae-edge"
+             else NAMES[chosen])
     others = ", ".join(f"{NAMES.get(k.split()[0], k)}{' (est.)' if 'est.' in k else ''} {v:.4f}"
                        for k, v in rates.items() if k.split()[0] != chosen)
     done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out}: {len(data):,} bytes, {rates[chosen]:.4f} bits per "
@@ -264,4 +269,5 @@ def decompress(file, output, **kw) -> None:
     rt = load_runtime(kw)
     x = decode(rt, data, file)
     save_decompressed(out, x, header["layout"], folder, rt.likelihood in eight_bit_likelihoods())
-    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {coded_by(rt)})", out)
+    how = coded_by(rt) if header["variant"] == "portable" else header["variant"]
+    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {how})", out)
