@@ -62,7 +62,7 @@ def main() -> None:
           "| variant | size | tiles | time | the page's longest pause | Chromium's peak RSS |",
           "|---|---:|---:|---:|---:|---:|"]
     md += [f"| {r['variant']} | {r['size']}x{r['size']} | {r['tiles']} | {r['seconds']} s | {r['longest_pause_ms']} ms "
-           f"| {r['chromium_peak_rss_gb']} GB |" for r in rows]
+           f"| {r['chromium_peak_rss_gb']} GiB |" for r in rows]
     (OUT / "web_large.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

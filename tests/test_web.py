@@ -80,6 +80,20 @@ def test_site_holds_the_checked_graphs_and_what_the_page_needs(sites):
         assert "http://" not in text and "https://" not in text, f
 
 
+def test_the_page_previews_a_large_diffusers_vae_at_a_small_size():
+    """SD's bundle (own size 512x512): 16 samples at that size do not fit WebAssembly's memory
+    (onnxruntime-web: bad_alloc), so the page's samples and uploads use a 128x128 preview."""
+    from types import SimpleNamespace
+
+    from vae_edge.web import PREVIEW_PIXELS, page_shapes
+
+    sd = SimpleNamespace(model=SimpleNamespace(image_shape=(3, 512, 512), latent_shape=(4, 64, 64), spatial_factor=8))
+    assert page_shapes(sd) == ([3, PREVIEW_PIXELS, PREVIEW_PIXELS], [4, PREVIEW_PIXELS // 8, PREVIEW_PIXELS // 8])
+    small = SimpleNamespace(model=SimpleNamespace(image_shape=(3, 32, 32), latent_shape=(4, 8, 8), spatial_factor=4))
+    digits = SimpleNamespace(model=SimpleNamespace(image_shape=(1, 28, 28), latent_shape=(32,), spatial_factor=0))
+    assert page_shapes(small) == ([3, 32, 32], [4, 8, 8]) and page_shapes(digits) == ([1, 28, 28], [32])
+
+
 def test_variant_choice_reads_the_web_tuning(tmp_path):
     from vae_edge.runtime.manifest import Manifest
 

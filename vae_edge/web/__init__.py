@@ -52,6 +52,7 @@ MAX_ORT_FILE_BYTES = 64 << 20
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = ("index.html", "app.js", "vae.js", "style.css")
 SITE_MARKER = ".vae-edge-site"
+PREVIEW_PIXELS = 128  # graphs of any size: the side of the page's samples and uploads (pixels)
 SCORE_SAMPLES = 16  # -ELBO on the page: the mean over these fixed draws = rt.score(x, seed=0, elbo_samples=16)
 SCORE_RANGE_IMAGES = 1000  # test images behind the "typical range" shown beside a drawing's score
 PAD_SIZE = 256  # the drawing pad's pixels (<= the runtime's WORK_SIDE: no extra resize in Python)
@@ -228,13 +229,27 @@ def _check_out(out: Path, force: bool) -> None:
             raise VaeEdgeError(f"--out {out} holds a site built before: pass --force to replace it")
 
 
+def page_shapes(info: Manifest) -> tuple[list[int], list[int]]:
+    """(image shape, latent shape) of the page's samples, morphs, uploads and scores: the model's
+    own, or for graphs of any size (a diffusers VAE) a PREVIEW_PIXELS preview (16 samples of SD's
+    own 512x512 do not fit the browser's WebAssembly memory; large images decode in tiles)."""
+    image, latent = list(info.model.image_shape), list(info.model.latent_shape)
+    f = info.model.spatial_factor
+    if f and image[1] * image[2] > PREVIEW_PIXELS ** 2:
+        side = max(f, PREVIEW_PIXELS // f * f)
+        image, latent = [image[0], side, side], [latent[0], side // f, side // f]
+    return image, latent
+
+
 def _site_config(info: Manifest, path: Path, chosen, default: str, why: str, rng: dict, signature: str) -> dict:
     """config.json: what the page reads (its variants, the score draws and range, the pad)."""
+    image, latent = page_shapes(info)
+    dim = int(np.prod(latent))
     return {
         "schema": "vae-edge-site", "schema_version": 1,
         "name": info.name or path.name,
-        "model": {"arch": info.model.arch, "latent_dim": info.model.latent_dim,
-                  "latent_shape": list(info.model.latent_shape), "image_shape": list(info.model.image_shape),
+        "model": {"arch": info.model.arch, "latent_dim": dim,
+                  "latent_shape": latent, "image_shape": image,
                   "likelihood": info.model.likelihood, "sigma": info.model.sigma,
                   "learned_sigma": info.model.learned_sigma, "mnist_like": info.model.mnist_like,
                   # > 0: graphs of any size (a diffusers VAE): the page decodes large images in tiles
@@ -244,7 +259,7 @@ def _site_config(info: Manifest, path: Path, chosen, default: str, why: str, rng
                          "dtype": info.variants[v].dtype,
                          "accuracy": dict(info.variants[v].accuracy)} for v in chosen},
         "default_variant": default, "why": why,
-        "score": {"draws": score_draws(info.model.latent_dim).tolist(), "range": rng},
+        "score": {"draws": score_draws(dim).tolist(), "range": rng},
         # the drawing pad draws digits: for one-channel 28x28 digit models (binary or 8-bit) only
         "pad": {"size": PAD_SIZE, "stroke": PAD_STROKE} if digit_model(info) else None,
         "onnxruntime_web": ORT_WEB_VERSION,
