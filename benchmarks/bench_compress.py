@@ -99,8 +99,9 @@ def vae_rows(xb: np.ndarray) -> list[dict]:
     n, dims = len(xb), xb[0].size
     rows = []
     for model in MODELS:
-        has_portable = VAERuntime.load(model).portable is not None
-        runs = ([("fp32", None)] if has_portable else []) + [(v, False) for v in VAERuntime.load(model).info.variants]
+        shipped = VAERuntime.load(model)
+        has_portable = shipped.portable is not None
+        runs = ([("fp32", True)] if has_portable else []) + [(v, False) for v in shipped.info.variants]
         for variant, portable in runs:
             rt = VAERuntime.load(model, variant=variant, threads=1)
             data, tc = _timed(lambda x: rt.compress(x, portable=portable), xb)  # noqa: B023
@@ -112,10 +113,10 @@ def vae_rows(xb: np.ndarray) -> list[dict]:
             elbo = float(rt.score(xb, elbo_samples=10).mean())
             iw = iw_nll(model, variant)
             to_bpd = 1 / (dims * math.log(2))
-            label = "portable network (any device)" if portable is None else \
+            label = "portable network (any device)" if portable else \
                 f"{variant}{' float graphs (this device only)' if has_portable else ''}"
             rows.append({"codec": f"vae-edge {model} {label}", "model": model,
-                         "variant": "portable" if portable is None else variant,
+                         "variant": "portable" if portable else variant,
                          "bytes": len(data), "bpd": 8 * len(data) / (n * dims), "exact": exact,
                          "neg_elbo_nats": elbo, "neg_elbo_bpd": elbo * to_bpd,
                          "iw_nll_nats": iw, "iw_nll_bpd": iw * to_bpd if iw else None,

@@ -511,21 +511,19 @@ def lanes_for(n: int) -> int:
     return min(LANES, max(1, n // IMAGES_PER_LANE))
 
 
-def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0, portable: bool | None = None) -> bytes:
+def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0, portable: bool = True) -> bytes:
     """Binary images [N, C, H, W] (the bundle's shape; 8-bit ones for a logistic model) -> the
     file's bytes. `layout` records how the caller's array looked (see LAYOUTS), for giving it back
-    the same way. `portable`: None codes with the bundle's portable network when it has one (files
-    for every device), False with the variant's float graphs (faster; the file then opens only
-    where the graphs compute the same floats)."""
+    the same way. With the bundle's portable network when it has one (files for every device),
+    unless portable=False: the variant's float graphs (faster; the file then opens only where the
+    graphs compute the same floats)."""
     check_model(rt)
     eight_bit = rt.likelihood in EIGHT_BIT
     x = (check_8bit if eight_bit else check_binary)(rt._images(x))
     if len(x) > MAX_IMAGES or x.size > MAX_VALUES:
         raise VaeEdgeError(f"at most {MAX_IMAGES:,} images and {MAX_VALUES:,} pixels per file: compress "
                            f"{len(x):,} images of {x[0].size:,} pixels in parts")
-    if portable and rt.portable is None:
-        raise VaeEdgeError(f"{rt.info.name or 'this bundle'} has no portable network: re-export it with vae-edge export")
-    portable = rt.portable is not None if portable is None else portable  # integers: files for every device
+    portable = portable and rt.portable is not None  # integers: files for every device
     codec = Codec(rt, portable=portable)
     lanes = lanes or lanes_for(len(x))
     if not lanes_for(len(x)) <= lanes <= LANES:  # what a reader accepts: bounded work per image decoded
@@ -551,7 +549,7 @@ def compress(rt, x: np.ndarray, lanes: int | None = None, layout: int = 0, porta
 
 
 def compress_best(rt, x: np.ndarray, layout: int = 0, classical: tuple[str, ...] = ("png", "webp"),
-                  portable: bool | None = None) -> tuple[bytes, dict]:
+                  portable: bool = True) -> tuple[bytes, dict]:
     """The smaller of the VAE file and a classical one (PNG, or WebP lossless) of the same images:
     (the file's bytes, a report: what was chosen, and each candidate's bits per value, the
     classical ones measured on the same images; WebP of more than FULL_WEBP_IMAGES images is first

@@ -571,7 +571,7 @@ class VAERuntime:
             return np.asarray(nats, np.float64) / (d * math.log(2))
         return (np.asarray(nats, np.float64) + d * math.log(256)) / (d * math.log(2))
 
-    def compress(self, x, portable: bool | None = None) -> bytes:
+    def compress(self, x, portable: bool = True) -> bytes:
         """Binary images [N, C, H, W] (every pixel 0 or 1; 8-bit ones for a logistic model) -> a
         lossless file's bytes: bits-back coding with this model (runtime/compress.py); about the
         -ELBO in bits per image. With the bundle's portable network when it has one (files that

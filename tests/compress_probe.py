@@ -34,7 +34,7 @@ def main() -> None:
         rt = VAERuntime.load(bundle, variant=variant, self_check=False)
         stem = "-".join(Path(bundle).parts[-2:])  # e.g. mlp-mnist-bundle
         own = d / f"{stem}.{variant}.{tag}.vaez"
-        own.write_bytes(rt.compress(x, portable=None if portable else False))
+        own.write_bytes(rt.compress(x, portable=portable))
         row = out[f"{bundle}/{variant}"] = {"own": attempt(rt, own, x)}
         if others:
             row["others"] = {o: attempt(rt, d / f"{stem}.{variant}.{o}.vaez", x) for o in others}

@@ -78,10 +78,12 @@ def load_binary_inputs(specs, shape, data_dir, binarize: str | None, seed: int, 
 BINARY_MODEL, EIGHT_BIT_MODEL, FASHION_MODEL = "mlp-mnist", "conv-mnist8", "conv-fashion8"
 
 
-def coded_by(rt) -> str:
-    """What computes the coder's probabilities: the bundle's portable integer network when it has
-    one (files that open on any device), else the variant's graphs."""
-    return "portable network (any device)" if "portable" in rt.manifest else rt.variant
+def coded_by(variant: str) -> str:
+    """What computed a file's probabilities, from the variant its header names: the bundle's
+    portable integer network (files that open on any device), or that variant's graphs."""
+    from vae_edge.runtime.compress import PORTABLE
+
+    return "portable network (any device)" if variant == PORTABLE else variant
 
 
 def default_model(inputs, data_dir, binarize: str | None, seed: int) -> str:
@@ -139,7 +141,7 @@ def compress(inputs, output, binarize, codec, float_graphs, seed, data_dir, **kw
              vae-edge decompress digits.vaez -o digits.npy
     """
     from vae_edge.runtime.classic import NAMES
-    from vae_edge.runtime.compress import compress_best
+    from vae_edge.runtime.compress import compress_best, read_header
     from vae_edge.runtime.files import check_output_path, is_stdout, write_output
 
     out = Path(output)
@@ -150,12 +152,11 @@ def compress(inputs, output, binarize, codec, float_graphs, seed, data_dir, **kw
     rt = load_runtime(kw)
     x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in eight_bit_likelihoods())
     data, report = compress_best(rt, x, layout, () if codec == "vae" else ("png", "webp"),
-                                 portable=False if float_graphs else None)
+                                 portable=not float_graphs)
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
     rates = report["bits_per_value"]
     chosen = report["chosen"]
-    label = (f"{rt.info.name} {rt.variant if float_graphs else coded_by(rt)}" if chosen == "vae-edge"
-             else NAMES[chosen])
+    label = f"{rt.info.name} {coded_by(read_header(data)[0]['variant'])}" if chosen == "vae-edge" else NAMES[chosen]
     others = ", ".join(f"{NAMES.get(k.split()[0], k)}{' (est.)' if 'est.' in k else ''} {v:.4f}"
                        for k, v in rates.items() if k.split()[0] != chosen)
     done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out}: {len(data):,} bytes, {rates[chosen]:.4f} bits per "
@@ -269,5 +270,4 @@ def decompress(file, output, **kw) -> None:
     rt = load_runtime(kw)
     x = decode(rt, data, file)
     save_decompressed(out, x, header["layout"], folder, rt.likelihood in eight_bit_likelihoods())
-    how = coded_by(rt) if header["variant"] == "portable" else header["variant"]
-    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {how})", out)
+    done(f"{len(x)} image{'s' if len(x) != 1 else ''} -> {out} (exact; {rt.info.name} {coded_by(header['variant'])})", out)
