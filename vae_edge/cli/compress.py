@@ -86,25 +86,26 @@ def coded_by(variant: str) -> str:
     return "portable network (any device)" if variant == PORTABLE else variant
 
 
-def default_model(inputs, data_dir, binarize: str | None, seed: int) -> str:
+def default_model(inputs, data_dir, binarize: str | None, seed: int) -> tuple[str, tuple | None]:
     """Without --bundle: the shipped binary model for binary images (0/1, 0/255, bool, 1-bit
     files, or --binarize), the shipped 8-bit Fashion-MNIST one for fashion-mnist slices, the 8-bit
-    digits one for any other grey image."""
+    digits one for any other grey image; with an 8-bit model, the inputs as it takes them (read
+    once)."""
     import numpy as np
 
     from vae_edge.runtime.vae_runtime import shipped_bundles
 
     if binarize:
-        return BINARY_MODEL
+        return BINARY_MODEL, None
     try:
-        x, _ = load_binary_inputs(inputs, (1, 28, 28), data_dir, None, seed, eight_bit=True)
+        loaded = load_binary_inputs(inputs, (1, 28, 28), data_dir, None, seed, eight_bit=True)
     except VaeEdgeError:
-        return BINARY_MODEL  # not 8-bit images at 28x28: the binary model's loader says what is wrong
-    levels = np.unique(x)
+        return BINARY_MODEL, None  # not 8-bit images at 28x28: the binary model's loader says what is wrong
+    levels = np.unique(loaded[0])
     if set(levels.tolist()) <= {0.0, 1.0} or np.all(levels <= np.float32(1 / 255)):
-        return BINARY_MODEL
+        return BINARY_MODEL, None
     fashion = all(str(s).lower().startswith("fashion-mnist:") for s in inputs)
-    return FASHION_MODEL if fashion and FASHION_MODEL in shipped_bundles() else EIGHT_BIT_MODEL
+    return (FASHION_MODEL if fashion and FASHION_MODEL in shipped_bundles() else EIGHT_BIT_MODEL), loaded
 
 
 @click.command()
@@ -147,10 +148,12 @@ def compress(inputs, output, binarize, codec, float_graphs, seed, data_dir, **kw
     out = Path(output)
     if not is_stdout(out):
         check_output_path(out)
+    loaded = None  # the inputs, when choosing the default model read them as that model takes them
     if kw["bundle"] is None:
-        kw["bundle"] = default_model(inputs, data_dir, binarize, seed)
+        kw["bundle"], loaded = default_model(inputs, data_dir, binarize, seed)
     rt = load_runtime(kw)
-    x, layout = load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed, rt.likelihood in eight_bit_likelihoods())
+    x, layout = loaded or load_binary_inputs(inputs, rt.image_shape, data_dir, binarize, seed,
+                                             rt.likelihood in eight_bit_likelihoods())
     data, report = compress_best(rt, x, layout, () if codec == "vae" else ("png", "webp"),
                                  portable=not float_graphs)
     write_output(out, lambda tmp: Path(tmp).write_bytes(data))
