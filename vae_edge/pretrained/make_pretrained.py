@@ -94,6 +94,7 @@ def add_portable(name: str, sign_key: str | None) -> None:
     golden vectors and evaluation unchanged) as the next release: `compress` then codes with it,
     and its files open on every device. The manifest changes, so the bundle is re-signed."""
     from vae_edge.export.onnx_export import add_portable as build_portable
+    from vae_edge.export.portable import eligible
     from vae_edge.runtime.files import write_json_atomic
     from vae_edge.train import load_checkpoint, model_from_checkpoint
 
@@ -103,16 +104,15 @@ def add_portable(name: str, sign_key: str | None) -> None:
         print(f"{name}: has a portable network already")
         return
     model = model_from_checkpoint(load_checkpoint(HERE / name / "model.pt")).eval()  # the weights the graphs hold
-    from vae_edge.export.portable import eligible
-
     if (why := eligible(model)) is not None:
         print(f"{name}: no portable network ({why})")
         return
     build_portable(bundle, model, manifest, log=print)
-    manifest = {**{k: v for k, v in manifest.items() if k != "release"}, "release": manifest.get("release", 0) + 1}
-    keys = list(manifest)  # the release beside the name, as export writes it
-    keys.insert(keys.index("name") + 1, keys.pop(keys.index("release")))
-    write_json_atomic(bundle / "manifest.json", {k: manifest[k] for k in keys})
+    release = manifest.pop("release", 0) + 1
+    items = list(manifest.items())
+    at = [k for k, _ in items].index("name") + 1  # the release beside the name, as export writes it
+    manifest = dict(items[:at] + [("release", release)] + items[at:])
+    write_json_atomic(bundle / "manifest.json", manifest)
     (bundle / "model.sig").unlink(missing_ok=True)  # stale: the manifest changed
     if sign_key:
         sh(sys.executable, "-m", "vae_edge", "sign", str(bundle), "--key", sign_key)
