@@ -22,6 +22,16 @@ LARGE_IMAGE = 64 * 64 * 3  # image values from which one golden image is recorde
                            # manifest holds them: four 512x512 decodes were 17 MB per variant)
 FP32_TOL = 1e-4  # float kernels differ by rounding across CPUs (FMA, summation order)
 INT8_FLOOR = 2e-3  # one activation-quantization step may round the other way on another CPU
+# A quantized variant whose outputs here miss the maker's by more than its tolerance is still taken
+# if it is as accurate here as there: against the fp32 variant's golden outputs (the same inputs),
+# its RMS deviation at most ACCURACY_RMS times the maker's (1 dB) and its largest at most
+# ACCURACY_MAX times. In a deep int8 network one float op computed by other kernels (an AVX2 tanh
+# against an AVX-512 one) flips a few activation steps that later layers carry far: a trained TAESD
+# decoder's int8 outputs moved by 0.146 on an AVX2-only x86 (tolerance 0.046) while its RMS deviation
+# from fp32 went from 0.0094 to 0.0102 and its images stayed within 0.1 dB (docs/diffusers.md).
+# Kernels that compute something else land far outside both (0.93 in probability for the SME case).
+ACCURACY_RMS = 1.25
+ACCURACY_MAX = 2.0
 
 
 class SelfCheckFailed(VaeEdgeError):
@@ -114,8 +124,37 @@ def record(manifest: dict, entry: dict, run: Callable[[str, dict], np.ndarray]) 
     }
 
 
-def check(variant: str, golden: dict, run: Callable[[str, dict], np.ndarray]) -> dict[str, float]:
-    """Run the golden inputs; returns the max |difference| per graph, or raises SelfCheckFailed."""
+def reference_outputs(variants: dict, variant: str) -> dict[str, np.ndarray] | None:
+    """The fp32 variant's golden outputs, for judging a quantized variant's accuracy on this device:
+    None for fp32 itself, a float variant, or when fp32's golden inputs are not this variant's."""
+    entry, fp32 = variants.get(variant) or {}, variants.get("fp32") or {}
+    g, ref = entry.get("golden") or {}, fp32.get("golden") or {}
+    if variant == "fp32" or entry.get("dtype", "float32") == "float32" or not ref or ref.get("inputs") != g.get("inputs"):
+        return None
+    try:
+        return {k: _dec(ref["outputs"][k]) for k in ("encoder", "decoder")}
+    except (KeyError, TypeError):
+        return None
+
+
+def _as_accurate(got: np.ndarray, want: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
+    """Is this device's output (got) as close to fp32's (ref) as the maker's (want) was?"""
+    own, here = want - ref, got - ref
+
+    def rms(a: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(a * a)))
+
+    ok = (rms(here) <= ACCURACY_RMS * rms(own) and float(np.max(np.abs(here))) <= ACCURACY_MAX * float(np.max(np.abs(own))))
+    return ok, (f"RMS deviation from fp32 {rms(here):.3g} here against {rms(own):.3g} where it was made, largest "
+                f"{float(np.max(np.abs(here))):.3g} against {float(np.max(np.abs(own))):.3g}")
+
+
+def check(variant: str, golden: dict, run: Callable[[str, dict], np.ndarray],
+          reference: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Run the golden inputs; returns the max |difference| per graph, or raises SelfCheckFailed.
+
+    reference: the fp32 variant's golden outputs (reference_outputs): a quantized variant whose
+    outputs miss the maker's by more than the tolerance passes if it is as accurate here as there."""
     try:
         inputs = {k: _dec(v) for k, v in golden["inputs"].items()}
         wants = {g: _dec(golden["outputs"][g]) for g in ("encoder", "decoder")}
@@ -131,12 +170,19 @@ def check(variant: str, golden: dict, run: Callable[[str, dict], np.ndarray]) ->
         d = float(np.max(np.abs(got - want))) if np.all(np.isfinite(got)) else float("inf")
         diffs[graph] = d
         tol = float(golden["tolerance"][graph])
-        if not d <= tol:
-            raise SelfCheckFailed(
-                f"variant {variant} fails its self-check on this device: its {graph} outputs differ by {d:.3g} "
-                f"from those recorded where it was made ({golden.get('made_on', '?')}; tolerance {tol:.3g}); "
-                "this CPU's kernels compute other numbers for it: use another variant (e.g. --variant auto)"
-            )
+        if d <= tol:
+            continue
+        accuracy = ""
+        if reference is not None and graph in reference and np.isfinite(d) and reference[graph].shape == want.shape:
+            ok, accuracy = _as_accurate(got, want.astype(np.float64), reference[graph].astype(np.float64))
+            if ok:
+                continue
+            accuracy = f", and it is less accurate here ({accuracy})"
+        raise SelfCheckFailed(
+            f"variant {variant} fails its self-check on this device: its {graph} outputs differ by {d:.3g} "
+            f"from those recorded where it was made ({golden.get('made_on', '?')}; tolerance {tol:.3g}){accuracy}; "
+            "this CPU's kernels compute other numbers for it: use another variant (e.g. --variant auto)"
+        )
     return diffs
 
 

@@ -247,7 +247,8 @@ class VAERuntime:
             if graph == "encoder":
                 return self._enc_run.plain(["mu"], feeds)[0]
             return self._dec_run.plain(["probs"], feeds)[0]
-        return selfcheck.check(self.variant, golden, run)
+        ref = selfcheck.reference_outputs(self.info.raw["variants"], self.variant)
+        return selfcheck.check(self.variant, golden, run, ref)
 
     def close(self) -> None:
         """Release the onnxruntime sessions (also on leaving a `with` block)."""
