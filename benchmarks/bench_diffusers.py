@@ -2,11 +2,13 @@
 parameters, random weights: speed and memory do not depend on them) saved with save_pretrained,
 then every step through the CLI in a fresh process each (time and peak RSS); decode and encode
 latency of every variant against diffusers' own module in torch (eager, channels_last, bf16
-autocast, torch.compile), in one run; quality on a small AutoencoderKL trained here. With
---model taesd, TAESD (diffusers' AutoencoderTiny, 1.2M + 1.2M parameters) the same way.
+autocast, torch.compile), in one run; quality on a small AutoencoderKL trained here; the same
+bundles on other CPU families under emulation (an AVX2-only x86, ARM64: what they compute). With
+--model taesd, TAESD (diffusers' AutoencoderTiny, 1.2M + 1.2M parameters) the same way, its
+quality on an AutoencoderTiny of TAESD's config trained here.
 
     python benchmarks/bench_diffusers.py [--model sd|taesd] [--size 512] [--calibration 64]
-                                         [--part pipeline|latency|quality] [--workdir DIR [--resume]]
+                                         [--part pipeline|latency|quality|devices] [--workdir DIR [--resume]]
 
 Writes benchmarks/results/diffusers.md and .json, or diffusers-taesd.* (docs/diffusers.md quotes them).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,39 +180,46 @@ def colour_fashion(split: str, n: int, seed: int) -> np.ndarray:
     return (x * tint).astype(np.float32)
 
 
-def train_small(folder: Path, steps: int) -> dict:
-    """A small diffusers AutoencoderKL trained here (KL-regularised, L2 reconstruction, Adam) so
-    that quantization meets the activations of a trained model; saved with save_pretrained."""
+def train_small(folder: Path, steps: int, model: str = "sd") -> dict:
+    """A small diffusers model trained here so that quantization meets the activations of a trained
+    model; saved with save_pretrained. sd: an AutoencoderKL (KL-regularised, L2 reconstruction);
+    taesd: an AutoencoderTiny of TAESD's own config (deterministic: L2 reconstruction alone; at 32x32
+    its 4x4x4 latent compresses 48x, as SD's 64x64x4 latent of a 512x512 image does). Adam."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
     x = torch.from_numpy(colour_fashion("train", 20000, 0))
-    vae = AutoencoderKL(**SMALL)
+    tiny = model == "taesd"
+    vae = diffusers.AutoencoderTiny() if tiny else diffusers.AutoencoderKL(**SMALL)
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
     t0 = time.perf_counter()
     for i in range(steps):
         batch = x[torch.randint(0, len(x), (64,))] * 2 - 1
-        dist = vae.encode(batch).latent_dist
-        recon = vae.decode(dist.sample()).sample
-        loss = ((recon - batch) ** 2).sum((1, 2, 3)).mean() + 1e-3 * dist.kl().mean()
+        if tiny:
+            recon = vae.decode(vae.encode(batch).latents).sample
+            loss = ((recon - batch) ** 2).sum((1, 2, 3)).mean()
+        else:
+            dist = vae.encode(batch).latent_dist
+            recon = vae.decode(dist.sample()).sample
+            loss = ((recon - batch) ** 2).sum((1, 2, 3)).mean() + 1e-3 * dist.kl().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if i % 200 == 0:
-            print(f"small AutoencoderKL step {i}: loss {loss.item():.1f}", flush=True)
+            print(f"small {type(vae).__name__} step {i}: loss {loss.item():.1f}", flush=True)
     vae.eval().save_pretrained(folder)
-    return {"steps": steps, "seconds": round(time.perf_counter() - t0), "final_loss": round(float(loss.item()), 2),
-            "parameters": sum(p.numel() for p in vae.parameters())}
+    return {"class": type(vae).__name__, "steps": steps, "seconds": round(time.perf_counter() - t0),
+            "final_loss": round(float(loss.item()), 2), "parameters": sum(p.numel() for p in vae.parameters())}
 
 
-def quality(tmp: Path, steps: int) -> dict:
+def quality(tmp: Path, steps: int, model: str = "sd") -> dict:
     """PSNR of each variant's reconstructions of held-out images (vs the images and vs fp32's) and
     the -ELBO delta quantize records, on the small trained model."""
     from vae_edge.runtime import VAERuntime
 
-    trained = train_small(tmp / "small", steps)
+    trained = train_small(tmp / "small", steps, model)
     np.save(tmp / "small-calib.npy", colour_fashion("train", 256, 1)[-256:])
     step("export small", "export", "--diffusers", str(tmp / "small"), "--out", str(tmp / "sb"))
     step("quantize small static", "quantize", str(tmp / "sb"), "--mode", "static", "--calibration-data",
@@ -243,6 +253,88 @@ def seams(bundle: Path, x: np.ndarray, tile: int = 64) -> dict:
     d = np.abs(tiled - whole)
     return {"images": len(m), "size": 128, "tile": tile, "max_diff": float(d.max()), "mean_diff": float(d.mean()),
             "psnr_db": psnr(tiled, whole)}
+
+
+DEVICES = {  # --part devices: where the probe runs (emulated CPUs: their arithmetic, not their speed)
+    "this CPU": None,
+    "x86 AVX2 (qemu EPYC-Rome)": ("x86", "EPYC-Rome"),
+    "ARM64 Neoverse-N1 (qemu)": ("arm64", "neoverse-n1"),
+}
+
+
+def devices(work: Path, model: str, n_images: int = 32, big: int = 64) -> dict:
+    """The variants on other CPU families (emulated: what they compute, not how fast): the trained
+    small model of --part quality reconstructing held-out images, and the real-size graphs of
+    --part pipeline decoding a big x big image from a random latent, on this CPU, an AVX2-only x86
+    (no VNNI: u8 x s8 products saturate at 16 bits) and ARM64. Adds to the small bundle the static
+    variant quantize advises for AVX2 CPUs (--target x86-avx2: 7-bit weights)."""
+    sys.path.insert(0, str(ROOT))
+    from tools import arm64_env
+
+    sb = work / "sb"
+    if not (sb / "manifest.json").exists():
+        sys.exit(f"--part devices needs the trained bundle of --part quality in --workdir ({sb} is missing)")
+    made = json.loads((sb / "manifest.json").read_text())["variants"]
+    if "int8-static-x86-avx2" not in made:
+        step("quantize small static --target x86-avx2", "quantize", str(sb), "--mode", "static", "--target",
+             "x86-avx2", "--calibration-data", str(work / "small-calib.npy"))
+        made = json.loads((sb / "manifest.json").read_text())["variants"]
+    x = colour_fashion("test", 500, 2)[:n_images]
+    np.save(work / "dev-x.npy", x)
+    jobs = {"small": {"path": str(sb), "variants": list(made), "inputs": str(work / "dev-x.npy"),
+                      "call": "reconstruct"}}
+    if (work / "b" / "manifest.json").exists():  # the real-size graphs (random weights)
+        bm = json.loads((work / "b" / "manifest.json").read_text())
+        c = bm["model"]["latent_shape"][0]
+        np.save(work / "dev-z.npy", np.random.default_rng(3).standard_normal((1, c, big // 8, big // 8)).astype(np.float32))
+        jobs["real size"] = {"path": str(work / "b"), "variants": list(bm["variants"]), "inputs": str(work / "dev-z.npy"),
+                             "call": "decode"}
+    spec = work / "dev-spec.json"
+    spec.write_text(json.dumps({"bundles": jobs}))
+    probe = str(ROOT / "benchmarks" / "diffusers_probe.py")
+    env = arm64_env.ensure()
+    shutil.rmtree(work / "arm64", ignore_errors=True)  # this checkout's code, not an earlier run's
+    stage = arm64_env.stage_project(work / "arm64")
+
+    def probe_on(name: str) -> tuple[dict, dict]:
+        where, out = DEVICES[name], work / f"dev-{list(DEVICES).index(name)}.npz"
+        t0 = time.perf_counter()
+        if where is None:
+            res = subprocess.run([sys.executable, probe, str(spec), str(out)], capture_output=True, text=True)
+        elif where[0] == "x86":
+            res = subprocess.run(["qemu-x86_64-static", "-cpu", where[1], sys.executable, probe, str(spec), str(out)],
+                                 capture_output=True, text=True)
+        else:
+            res = env.run([probe, str(spec), str(out)], where[1], stage, timeout=7200)
+        if res.returncode != 0:
+            sys.exit(f"probe on {name} failed: {res.stderr.strip().splitlines()[-3:]}")
+        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        return ({**json.loads(res.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - t0)},
+                dict(np.load(out)))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(DEVICES)) as pool:  # one thread each: the emulated CPUs side by side
+        done = dict(zip(DEVICES, pool.map(probe_on, DEVICES), strict=True))
+    reports = {k: v[0] for k, v in done.items()}
+    got = {k: v[1] for k, v in done.items()}
+    here = got["this CPU"]
+    rows = []
+    for name, outs in got.items():
+        rep = reports[name]
+        for key, y in outs.items():
+            bundle, variant = key.split("/", 1)
+            run = rep["runs"][key]
+            rows.append({"device": name, "onnxruntime": rep["onnxruntime"], "model": bundle,
+                         "variant": variant, "refused": run.get("refused"),
+                         "psnr_vs_images_db": psnr(y, x) if bundle == "small" else None,
+                         "psnr_vs_fp32_here_db": psnr(y, here[f"{bundle}/fp32"]),
+                         "psnr_vs_same_here_db": psnr(y, here[key]),
+                         "max_diff_vs_same_here": float(np.max(np.abs(y.astype(np.float64) - here[key])))})
+            print(rows[-1], flush=True)
+    return {"images": n_images, "big": big, "rows": rows,
+            "cpus": {k: {"machine": r["machine"], "target": r["cpu"]["targets"][0], "onnxruntime": r["onnxruntime"],
+                         "probe_seconds": r["seconds"]} for k, r in reports.items()}}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -321,8 +413,8 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="Leave torch.compile out of the latency table.")
     ap.add_argument("--train-steps", type=int, default=600, help="Steps of the small trained model (quality).")
     ap.add_argument("--model", choices=sorted(MODELS), default="sd",
-                    help="sd: SD 1.x's AutoencoderKL; taesd: TAESD (AutoencoderTiny; no quality part).")
-    ap.add_argument("--part", choices=["pipeline", "latency", "quality", "all"], default="all",
+                    help="sd: SD 1.x's AutoencoderKL; taesd: TAESD (AutoencoderTiny).")
+    ap.add_argument("--part", choices=["pipeline", "latency", "quality", "devices", "all"], default="all",
                     help="Run one part (the others' results are kept from the results file).")
     ap.add_argument("--workdir", default=None, help="Keep the models and bundles here (latency reuses pipeline's).")
     ap.add_argument("--only", default=None, metavar="VARIANT",
@@ -363,9 +455,12 @@ def main() -> None:
             else:
                 report["latency"] = rows
                 commands["latency"] = cmd
-        if args.part in ("quality", "all") and args.model == "sd":
-            report["quality"] = quality(work, args.train_steps)
+        if args.part in ("quality", "all"):
+            report["quality"] = quality(work, args.train_steps, args.model)
             commands["quality"] = cmd
+        if args.part in ("devices", "all"):
+            report["devices"] = devices(work, args.model)
+            commands["devices"] = cmd
     report["cpu"], report["commands"] = cpu(), commands
     path.write_text(json.dumps(report, indent=1) + "\n")
     md = render(report)
@@ -407,10 +502,13 @@ def render(report: dict) -> str:
     qual = report.get("quality")
     if qual:
         t = qual["trained"]
-        md += ["", f"Quality by `{report['commands']['quality']}`, on a small AutoencoderKL trained here "
+        nll = ("reconstruction NLL (Gaussian, sigma 0.05)" if t.get("class") == "AutoencoderTiny" else "-ELBO")  # deterministic: no KL
+        what = ("an AutoencoderTiny of TAESD's own config" if t.get("class") == "AutoencoderTiny" else
+                "a small AutoencoderKL")
+        md += ["", f"Quality by `{report['commands']['quality']}`, on {what} trained here "
                f"({t['parameters'] / 1e6:.2f}M parameters, {t['steps']} steps of Adam in {t['seconds']} s on tinted "
                "32x32 Fashion-MNIST), 500 held-out test images reconstructed; quantized with 256 training images:", "",
-               "| variant | PSNR vs the images | PSNR vs fp32's reconstruction | -ELBO delta (quantize's record) |",
+               f"| variant | PSNR vs the images | PSNR vs fp32's reconstruction | {nll} delta (quantize's record) |",
                "|---|---:|---:|---:|"]
         md += [f"| {r['variant']} | {r['psnr_vs_images_db']} dB | "
                f"{'(the reference)' if r['psnr_vs_fp32_db'] is None else str(r['psnr_vs_fp32_db']) + ' dB'} | "
@@ -423,6 +521,26 @@ def render(report: dict) -> str:
                    f"{seams['tile']} pixels (25% overlap, linear blending):", "",
                    "| | max abs difference | mean abs difference | PSNR tiled vs whole |", "|---|---:|---:|---:|",
                    f"| decode | {seams['max_diff']:.4f} | {seams['mean_diff']:.5f} | {seams['psnr_db']} dB |"]
+    dev = report.get("devices")
+    if dev:
+        cpus = dev["cpus"]
+        md += ["", f"Other CPU families by `{report['commands']['devices']}`: the same bundles on this CPU and, under "
+               "qemu-user, on an AVX2-only x86 (no VNNI) and on ARM64, each running its own onnxruntime kernels "
+               "(emulation reproduces what a CPU computes, not how fast; targets detected: "
+               + ", ".join(f"{k} {v['target']}" for k, v in cpus.items()) + "). small: the trained model above reconstructing "
+               f"{dev['images']} held-out test images; real size: the random-weights graphs above decoding one "
+               f"{dev['big']}x{dev['big']} image from a random latent. A variant the self-check refuses at load is "
+               "one a user of that CPU never gets (`--variant auto` takes the next); its row shows what it would "
+               "have computed.", "",
+               "| CPU (onnxruntime) | model | variant | at load | PSNR vs the images | vs fp32 on this CPU | "
+               "vs the same variant on this CPU |", "|---|---|---|---|---:|---:|---:|"]
+        for r in dev["rows"]:
+            def db(v):  # psnr() gives None for identical arrays
+                return "identical" if v is None else f"{v} dB"
+            md.append(f"| {r['device']} ({r['onnxruntime']}) | {r['model']} | {r['variant']} | "
+                      f"{'refused by the self-check' if r['refused'] else 'runs'} | "
+                      f"{db(r['psnr_vs_images_db']) if r['model'] == 'small' else ''} | {db(r['psnr_vs_fp32_here_db'])} | "
+                      f"{db(r['psnr_vs_same_here_db'])} |")
     return "\n".join(md) + "\n"
 
 
