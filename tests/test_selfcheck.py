@@ -83,6 +83,10 @@ def test_other_kernels_as_accurate_as_the_makers_pass(bundle_copy):
     write_json_atomic(bundle_copy / "manifest.json", m)
     with pytest.raises(SelfCheckFailed, match="less accurate here"):
         VAERuntime.load(bundle_copy, variant="int8-static")
+    _set_golden(m, "int8-static", "decoder", np.full_like(here, 0.5))  # no yardstick: beyond its accuracy record
+    write_json_atomic(bundle_copy / "manifest.json", m)
+    with pytest.raises(SelfCheckFailed, match="decoder outputs differ"):
+        VAERuntime.load(bundle_copy, variant="int8-static")
 
 
 def test_cli_refuses_and_no_self_check_overrides(runner, bundle_copy, tmp_path):
