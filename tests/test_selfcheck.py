@@ -85,7 +85,7 @@ def test_other_kernels_as_accurate_as_the_makers_pass(bundle_copy):
         VAERuntime.load(bundle_copy, variant="int8-static")
     _set_golden(m, "int8-static", "decoder", np.full_like(here, 0.5))  # no yardstick: beyond its accuracy record
     write_json_atomic(bundle_copy / "manifest.json", m)
-    with pytest.raises(SelfCheckFailed, match="decoder outputs differ"):
+    with pytest.raises(SelfCheckFailed, match="decoder outputs differ.*beyond its accuracy record"):
         VAERuntime.load(bundle_copy, variant="int8-static")
 
 
