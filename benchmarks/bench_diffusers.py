@@ -306,11 +306,11 @@ def devices(work: Path, model: str, n_images: int = 32, big: int = 64) -> dict:
                                  capture_output=True, text=True)
         else:
             res = env.run([probe, str(spec), str(out)], where[1], stage, timeout=7200)
+        seconds = round(time.perf_counter() - t0)
         if res.returncode != 0:
             sys.exit(f"probe on {name} failed: {res.stderr.strip().splitlines()[-3:]}")
-        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-        return ({**json.loads(res.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - t0)},
-                dict(np.load(out)))
+        print(f"{name}: {seconds} s", flush=True)
+        return {**json.loads(res.stdout.strip().splitlines()[-1]), "seconds": seconds}, dict(np.load(out))
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -502,9 +502,8 @@ def render(report: dict) -> str:
     qual = report.get("quality")
     if qual:
         t = qual["trained"]
-        nll = ("reconstruction NLL (Gaussian, sigma 0.05)" if t.get("class") == "AutoencoderTiny" else "-ELBO")  # deterministic: no KL
-        what = ("an AutoencoderTiny of TAESD's own config" if t.get("class") == "AutoencoderTiny" else
-                "a small AutoencoderKL")
+        what, nll = (("an AutoencoderTiny of TAESD's own config", "reconstruction NLL (Gaussian, sigma 0.05)")  # no KL
+                     if t.get("class") == "AutoencoderTiny" else ("a small AutoencoderKL", "-ELBO"))
         md += ["", f"Quality by `{report['commands']['quality']}`, on {what} trained here "
                f"({t['parameters'] / 1e6:.2f}M parameters, {t['steps']} steps of Adam in {t['seconds']} s on tinted "
                "32x32 Fashion-MNIST), 500 held-out test images reconstructed; quantized with 256 training images:", "",
@@ -534,9 +533,10 @@ def render(report: dict) -> str:
                "have computed.", "",
                "| CPU (onnxruntime) | model | variant | at load | PSNR vs the images | vs fp32 on this CPU | "
                "vs the same variant on this CPU |", "|---|---|---|---|---:|---:|---:|"]
+        def db(v):  # psnr() gives None for identical arrays
+            return "identical" if v is None else f"{v} dB"
+
         for r in dev["rows"]:
-            def db(v):  # psnr() gives None for identical arrays
-                return "identical" if v is None else f"{v} dB"
             md.append(f"| {r['device']} ({r['onnxruntime']}) | {r['model']} | {r['variant']} | "
                       f"{'refused by the self-check' if r['refused'] else 'runs'} | "
                       f"{db(r['psnr_vs_images_db']) if r['model'] == 'small' else ''} | {db(r['psnr_vs_fp32_here_db'])} | "
